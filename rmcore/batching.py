@@ -1,0 +1,102 @@
+"""Pack a group's prompt and its K responses into one row, so the prompt is computed once.
+
+A row is [prompt | response 1 | response 2 | ... | response K | padding]. A block attention mask
+lets each response see the prompt and itself (causally) but not its siblings, and position ids
+restart after the prompt for every response, so each response's hidden states equal those of
+"prompt + response" run alone. Gradients from every response flow back into the shared prompt.
+Rows of one batch come from groups of similar length (see `length_bucketed_batches`), so little
+compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from rmcore.encoding import EncodedGroup
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # (B, L) token ids, padded with pad_id
+    position_ids: torch.Tensor  # (B, L) restart at len(prompt) for every response
+    attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
+    last_index: torch.Tensor  # (N,) flat index into B*L of each response's last token
+    response_lengths: torch.Tensor  # (N,) tokens of each response (without the prompt)
+    group_sizes: list[int]  # K of each group, in order; sum(group_sizes) == N
+    real_tokens: int  # tokens that are not padding
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        return PackedBatch(
+            self.input_ids.to(device),
+            self.position_ids.to(device),
+            self.attention_mask.to(device),
+            self.last_index.to(device),
+            self.response_lengths.to(device),
+            self.group_sizes,
+            self.real_tokens,
+        )
+
+
+def pack_groups(groups: list[EncodedGroup], pad_id: int) -> PackedBatch:
+    """Build the packed rows of a batch of groups (one row per group)."""
+    length = max(g.num_tokens for g in groups)
+    batch = len(groups)
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((batch, length), dtype=torch.long)
+    segment = torch.full((batch, length), -1, dtype=torch.long)  # 0 = prompt, k = response k, -1 = pad
+    last_index, response_lengths, sizes = [], [], []
+    for row, group in enumerate(groups):
+        p = len(group.prompt_ids)
+        input_ids[row, :p] = torch.tensor(group.prompt_ids, dtype=torch.long)
+        position_ids[row, :p] = torch.arange(p)
+        segment[row, :p] = 0
+        start = p
+        for k, ids in enumerate(group.response_ids, start=1):
+            n = len(ids)
+            input_ids[row, start : start + n] = torch.tensor(ids, dtype=torch.long)
+            position_ids[row, start : start + n] = torch.arange(p, p + n)
+            segment[row, start : start + n] = k
+            last_index.append(row * length + start + n - 1)
+            response_lengths.append(n)
+            start += n
+        sizes.append(len(group.response_ids))
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # (L, L)
+    seg_q = segment[:, :, None]  # (B, L, 1)
+    seg_k = segment[:, None, :]  # (B, 1, L)
+    allowed = causal & ((seg_q == seg_k) & (seg_q >= 0) | ((seg_k == 0) & (seg_q > 0)))
+    allowed |= torch.eye(length, dtype=torch.bool)  # padding attends to itself: no empty softmax rows
+    return PackedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=allowed[:, None, :, :],
+        last_index=torch.tensor(last_index, dtype=torch.long),
+        response_lengths=torch.tensor(response_lengths, dtype=torch.long),
+        group_sizes=sizes,
+        real_tokens=sum(g.num_tokens for g in groups),
+    )
+
+
+def length_bucketed_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, *, shuffle: bool = True
+) -> list[list[int]]:
+    """Batches of indices with similar lengths, in a random order fixed by (seed, epoch).
+
+    Indices are shuffled, cut into windows of 16 batches, sorted by length inside each window and
+    cut into batches; the batches are shuffled again. Padding stays small while every epoch still
+    sees a different order, and the order can be replayed exactly when training resumes.
+    """
+    order = list(range(len(lengths)))
+    rng = random.Random(seed * 100_003 + epoch)
+    if shuffle:
+        rng.shuffle(order)
+    window = batch_size * 16
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    if shuffle:
+        rng.shuffle(batches)
+    return batches

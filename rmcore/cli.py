@@ -1,0 +1,300 @@
+"""The `rmcore` command line: validate data, train, score candidates, evaluate.
+
+Every failure a user can cause (bad data, a missing model folder, bad options) prints one line on
+stderr and exits with status 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rmcore.errors import RmcoreError
+
+EPILOG = """examples:
+  rmcore validate ../shared/data/oasst/en_100_tree.jsonl
+  rmcore train data.jsonl --out runs/rm --mode head --epochs 3
+  rmcore score --model runs/rm --prompt "Name a prime" --response 7 --response 8 --json
+  rmcore eval held_out.jsonl --model runs/rm --json
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rmcore.data import FORMATS
+    from rmcore.train import DEFAULT_LR, MODES
+
+    parser = argparse.ArgumentParser(
+        prog="rmcore", description="Train, score and evaluate reward models from ranked human preferences.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model_help = "base or trained model: 'embedded' (SmolLM2-135M-Instruct, the default) or a local HF folder"
+    formats = "; ".join(f"{k}: {v}" for k, v in FORMATS.items())
+
+    p = sub.add_parser("validate", help="check a data file and summarise it",
+                       description=f"Read DATA, detect its format and report what training would use. Formats: {formats}")
+    p.add_argument("data", metavar="DATA", help=".jsonl, .json, .csv or .parquet, optionally .gz")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--model", default="embedded", help=model_help + " (its tokenizer counts truncation)")
+    p.add_argument("--max-length", type=_positive_int, default=512, help="tokens of prompt + response (default 512)")
+    p.add_argument("--no-tokenize", action="store_true", help="skip counting truncated examples (no model needed)")
+
+    p = sub.add_parser("train", help="train a reward model", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train on ranked groups with the Bradley-Terry loss over every ordered pair.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the trained model (a standard HF folder)")
+    p.add_argument("--model", default="embedded", help=model_help)
+    p.add_argument("--mode", choices=MODES, default="head",
+                   help="head: train only the reward neuron on cached trunk features (fast, CPU-friendly); "
+                        "lora: adapters on every linear layer + the neuron; full: every weight (default head)")
+    p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default by mode: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    p.add_argument("--batch-size", type=_positive_int, default=8,
+                   help="prompts per step, each with all its responses; halve it if you run out of memory")
+    p.add_argument("--max-length", type=_positive_int, default=512,
+                   help="tokens of prompt + one response; longer prompts are cut from the left (default 512)")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--eval", metavar="DATA", help="held-out data file (otherwise --eval-fraction of DATA)")
+    held.add_argument("--eval-fraction", type=_fraction, default=0.1, help="share of prompts held out (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--center-coefficient", type=float, default=0.0, help="weight of mean(r^2), keeps rewards near 0")
+    p.add_argument("--lora-r", type=_positive_int, default=16, help="LoRA rank (mode lora)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="0 = at each epoch end")
+    p.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="0 = at each epoch end")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N prompts")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint (same data and options)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("score", help="score candidate responses to one prompt")
+    p.add_argument("--model", default="embedded", help=model_help + " (a base model gets an untrained head)")
+    p.add_argument("--prompt", required=True, help="the instruction")
+    p.add_argument("--response", action="append", required=True, metavar="TEXT", help="a candidate; repeat for more")
+    p.add_argument("--json", action="store_true", help="print rewards, probabilities (K x K) and best as JSON")
+    p.add_argument("--max-length", type=_positive_int, default=None, help="default: the model's training max length")
+
+    p = sub.add_parser("eval", help="evaluate a model on ranked data")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--model", default="embedded", help=model_help)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N prompts")
+    p.add_argument("--pairs-csv", metavar="FILE", help="also write every scored pair to a CSV file")
+
+    p = sub.add_parser("embedded", help="print the folder of the embedded model (converting it on first use)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    _quiet_libraries()
+    args = parser.parse_args(argv)
+    try:
+        return {"validate": cmd_validate, "train": cmd_train, "score": cmd_score, "eval": cmd_eval,
+                "embedded": cmd_embedded}[args.command](args)
+    except RmcoreError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"rmcore {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Our own progress output only: no per-file progress bars or init warnings from transformers."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _read(path: str, limit: int | None = None):
+    from rmcore.data import read_preferences
+
+    data = read_preferences(path)
+    if limit:
+        data.groups = data.groups[:limit]
+    return data
+
+
+def cmd_validate(args) -> int:
+    data = _read(args.data)
+    if not args.no_tokenize:
+        from rmcore.encoding import count_truncated, encode_groups
+        from rmcore.model import choose_pad_token, load_tokenizer, resolve_model_path
+
+        tokenizer = load_tokenizer(resolve_model_path(args.model)[0])
+        choose_pad_token(tokenizer)
+        prompts, responses = count_truncated(encode_groups(tokenizer, data.groups, args.max_length))
+        data.report.truncated_prompts, data.report.truncated_responses = prompts, responses
+        data.report.max_length = args.max_length
+    if args.json:
+        print(json.dumps(data.report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(data.report.summary_lines()))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from rmcore.data import split_groups
+    from rmcore.train import TrainConfig, train
+
+    data = _read(args.data, args.limit)
+    if args.eval:
+        train_groups, eval_groups = data.groups, _read(args.eval).groups
+    else:
+        train_groups, eval_groups = split_groups(data.groups, args.eval_fraction, args.seed)
+    config = TrainConfig(
+        model=args.model, mode=args.mode, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        max_length=args.max_length, eval_fraction=0.0 if args.eval else args.eval_fraction, seed=args.seed,
+        center_coefficient=args.center_coefficient, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+    )
+    config.check()
+    printer = _ProgressPrinter(quiet=args.quiet)
+    summary = {"file": args.data, "format": data.report.format, "skipped_rows": len(data.report.skipped)}
+    try:
+        result = train(config, train_groups, args.out, eval_groups=eval_groups, on_step=printer,
+                       resume=args.resume, data_summary=summary)
+    finally:
+        printer.close()
+    if result.is_main_process:
+        ev = result.final.get("eval") or {}
+        tr = result.final.get("train") or {}
+        line = f"saved {result.out_dir} after {result.steps}/{result.total_steps} steps"
+        if tr:
+            line += f"; train loss {tr.get('loss', float('nan')):.4f} accuracy {tr.get('accuracy', float('nan')):.3f}"
+        if ev:
+            line += f"; held-out accuracy {ev['eval_accuracy']:.3f} on {ev['eval_comparisons']} comparisons"
+        if result.stopped:
+            line += f" (stopped early: resume with --resume; checkpoint in {Path(args.out) / 'checkpoint'})"
+        print(line, file=sys.stderr)
+    return 0
+
+
+class _ProgressPrinter:
+    """The CLI's on_step callback: a tqdm bar with loss and accuracy, phases as log lines."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, metrics: dict) -> None:
+        if self.quiet:
+            return
+        event = metrics.get("event")
+        if event == "phase":
+            if self.bar is None:
+                print(f"[rmcore] {metrics['phase']}", file=sys.stderr, flush=True)
+        elif event == "step":
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=metrics["total_steps"], initial=metrics["step"] - 1, unit="step",
+                                dynamic_ncols=True, file=sys.stderr)
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}",
+                                 lr=f"{metrics['lr']:.1e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        elif event == "eval":
+            message = (f"[rmcore] held-out after step {metrics['step']}: loss {metrics['eval_loss']:.4f}, "
+                       f"accuracy {metrics['eval_accuracy']:.3f} ({metrics['eval_comparisons']} comparisons)")
+            (self.bar.write(message, file=sys.stderr) if self.bar else print(message, file=sys.stderr))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_score(args) -> int:
+    from rmcore.model import RewardModel
+
+    model = RewardModel.load(args.model, max_length=args.max_length)
+    result = model.score(args.prompt, args.response)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    if not result.trained:
+        print("note: this model's reward head is untrained (random); train one with `rmcore train`.")
+    order = sorted(range(len(result.rewards)), key=lambda i: -result.rewards[i])
+    for place, i in enumerate(order, start=1):
+        text = args.response[i].replace("\n", " ")
+        print(f"{place}. reward {result.rewards[i]:+.4f}  [{i}] {text[:70]}{'...' if len(text) > 70 else ''}")
+    print("\nP[i][j] = sigma(r_i - r_j), the probability that i is preferred over j:")
+    k = len(result.rewards)
+    print("      " + "".join(f"{j:>7}" for j in range(k)))
+    for i in range(k):
+        print(f"{i:>5} " + "".join(f"{result.probabilities[i][j]:>7.3f}" for j in range(k)))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from rmcore.evaluate import evaluate, worst_pairs
+    from rmcore.model import RewardModel
+
+    data = _read(args.data, args.limit)
+    model = RewardModel.load(args.model, max_length=args.max_length)
+    result = evaluate(model, data.groups, batch_size=args.batch_size)
+    summary = {**result.summary, "data": args.data, "format": data.report.format,
+               "skipped_rows": len(data.report.skipped)}
+    if args.pairs_csv:
+        import pandas as pd
+
+        pd.DataFrame(result.pairs).to_csv(args.pairs_csv, index=False)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    s = result.summary
+    if not model.trained:
+        print("note: this model's reward head is untrained (random); expect accuracy near 0.5.")
+    print(f"model:       {s['model']}")
+    print(f"data:        {args.data} ({data.report.format}, {s['prompts']} prompts, {s['comparisons']} comparisons)")
+    print(f"accuracy:    {s['accuracy']:.3f} over every strictly ordered pair")
+    for gap, v in s["by_rank_gap"].items():
+        print(f"  rank gap {gap}: {v['accuracy']:.3f} ({v['comparisons']} comparisons)")
+    if s["best_of_group_accuracy"] is not None:
+        print(f"best-of-n:   {s['best_of_group_accuracy']:.3f} (top reward is a human-best response)")
+    lc = s["length_correlation"]
+    print(f"length bias: corr(reward, response tokens) = {lc:+.3f}" if lc is not None else "length bias: n/a")
+    print("calibration: predicted -> observed (count)")
+    for b in s["calibration"]:
+        if b["count"]:
+            print(f"  {b['bin_low']:.1f}-{b['bin_high']:.1f}: {b['predicted']:.3f} -> {b['observed']:.3f} ({b['count']})")
+    print("worst pairs:")
+    for p in worst_pairs(result, 3):
+        print(f"  r_w - r_l = {p['margin']:+.3f} at {p['source']}: {p['prompt'][:60]!r}")
+    return 0
+
+
+def cmd_embedded(args) -> int:
+    from rmcore.embedded import embedded_model_dir
+
+    print(embedded_model_dir())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

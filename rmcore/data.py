@@ -1,0 +1,723 @@
+"""Read human preference data in the formats people actually have, into one shape: ranked groups.
+
+Every format becomes a list of `RankedGroup`: one instruction (a conversation ending with the
+user's turn), K responses and their human ranks (1 = best, equal = tie, None = unranked). Pairs are
+the K = 2 case. Rows that cannot be used are skipped with a reason that names the file and line,
+never dropped silently; a file with no usable row raises `DataError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import gzip
+import io
+import json
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rmcore.errors import DataError
+
+Message = dict[str, str]
+
+FORMATS = {
+    "ranked": "ranked lists: prompt, responses, ranks (1 = best, equal = tie, null = unranked)",
+    "pairs": "pairs with explicit prompt: prompt, chosen, rejected (optional margin)",
+    "implicit_pairs": "pairs with implicit prompt (HH-RLHF): chosen, rejected sharing the dialogue",
+    "conversational": "conversational pairs: prompt/chosen/rejected as lists of {role, content}",
+    "tidy": "tidy table: one row per response with prompt, response, rank",
+    "oasst": "OpenAssistant message trees: ranked sibling replies",
+}
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_HH_ASSISTANT = "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+@dataclass
+class RankedGroup:
+    """One instruction with the responses people compared."""
+
+    prompt: list[Message]  # the conversation so far, ending with the user's turn
+    responses: list[str]
+    ranks: list[int | None]  # 1 = best; equal numbers = tie; None = left unranked
+    margin: float = 0.0  # extra margin a pair must clear (Llama 2 style); 0 = none
+    source: str = ""  # "PATH:LINE" the group came from
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every strictly ordered pair (winner, loser); ties and unranked responses give none."""
+        return [
+            (w, l)
+            for w, rank_w in enumerate(self.ranks)
+            for l, rank_l in enumerate(self.ranks)
+            if rank_w is not None and rank_l is not None and rank_w < rank_l
+        ]
+
+    @property
+    def prompt_text(self) -> str:
+        """The last user turn: what a person would call "the instruction"."""
+        return self.prompt[-1]["content"] if self.prompt else ""
+
+    def to_record(self) -> dict[str, Any]:
+        """The ranked-list record this group would be written as (format "ranked")."""
+        if len(self.prompt) == 1 and self.prompt[0]["role"] == "user":
+            prompt: Any = self.prompt[0]["content"]
+        else:
+            prompt = self.prompt
+        record: dict[str, Any] = {"prompt": prompt, "responses": self.responses, "ranks": self.ranks}
+        if self.margin:
+            record["margin"] = self.margin
+        return record
+
+
+@dataclass
+class SkippedRow:
+    where: str  # "PATH:LINE"
+    reason: str
+
+
+@dataclass
+class DataReport:
+    """What a file held and what became of it: the validation summary users see."""
+
+    path: str
+    format: str
+    rows: int = 0  # records read (lines, table rows, trees)
+    prompts: int = 0
+    responses: int = 0
+    k_distribution: dict[int, int] = field(default_factory=dict)
+    comparisons: int = 0
+    ties: int = 0  # pairs of ranked responses with the same rank (no comparison)
+    unranked: int = 0  # responses left without a rank
+    skipped: list[SkippedRow] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    truncated_prompts: int | None = None  # set by `rmcore.encoding.count_truncated`
+    truncated_responses: int | None = None
+    max_length: int | None = None
+
+    @property
+    def k_max(self) -> int:
+        return max(self.k_distribution, default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["k_distribution"] = {str(k): v for k, v in sorted(self.k_distribution.items())}
+        out["k_max"] = self.k_max
+        out["format_description"] = FORMATS.get(self.format, "")
+        return out
+
+    def summary_lines(self) -> list[str]:
+        k = ", ".join(f"K={k}: {n}" for k, n in sorted(self.k_distribution.items()))
+        lines = [
+            f"file:        {self.path}",
+            f"format:      {self.format} ({FORMATS.get(self.format, '')})",
+            f"rows read:   {self.rows}",
+            f"prompts:     {self.prompts}",
+            f"responses:   {self.responses} ({k})",
+            f"comparisons: {self.comparisons} ordered pairs",
+            f"ties:        {self.ties} tied pairs (no comparison)",
+            f"unranked:    {self.unranked} responses",
+        ]
+        if self.truncated_prompts is not None:
+            lines.append(
+                f"truncated:   {self.truncated_prompts} prompts (from the left), "
+                f"{self.truncated_responses} responses at --max-length {self.max_length}"
+            )
+        lines.append(f"skipped:     {len(self.skipped)} rows")
+        for row in self.skipped[:20]:
+            lines.append(f"  {row.where}: {row.reason}")
+        if len(self.skipped) > 20:
+            lines.append(f"  ... and {len(self.skipped) - 20} more")
+        for warning in self.warnings[:20]:
+            lines.append(f"warning: {warning}")
+        if len(self.warnings) > 20:
+            lines.append(f"warning: ... and {len(self.warnings) - 20} more")
+        return lines
+
+
+@dataclass
+class PreferenceData:
+    groups: list[RankedGroup]
+    report: DataReport
+
+
+class _RowError(ValueError):
+    """A record that cannot be used; the message says why (the caller adds where)."""
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def read_preferences(path: str | Path, *, display_name: str | None = None) -> PreferenceData:
+    """Read a preference file (.jsonl/.json/.csv/.parquet, optionally .gz) and detect its format."""
+    path = Path(path)
+    name = display_name or str(path)
+    if not path.exists():
+        raise DataError(name, "no such file")
+    if path.is_dir():
+        raise DataError(name, "is a folder, not a data file")
+    return read_preferences_bytes(path.read_bytes(), name)
+
+
+def read_preferences_bytes(raw: bytes, name: str) -> PreferenceData:
+    """Same as `read_preferences`, for bytes already in memory (an upload); `name` gives the suffix."""
+    records = _read_records(raw, name)
+    return records_to_preferences(records, name)
+
+
+def records_to_preferences(records: list[tuple[str, Any]], name: str) -> PreferenceData:
+    """Turn (where, record) pairs into ranked groups, detecting the format from the fields."""
+    skipped: list[SkippedRow] = []
+    objects: list[tuple[str, dict[str, Any]]] = []
+    for where, record in records:
+        if isinstance(record, _Unparsable):
+            skipped.append(SkippedRow(where, record.reason))
+        elif not isinstance(record, dict):
+            skipped.append(SkippedRow(where, f"expected an object with fields, found {_kind(record)}"))
+        else:
+            objects.append((where, {str(k).strip().lower(): v for k, v in record.items()}))
+    if not objects:
+        first = skipped[0] if skipped else SkippedRow(name, "no records")
+        raise DataError(first.where, first.reason if skipped else "the file holds no records")
+    fmt = detect_format(objects[0][1], objects[0][0])
+    report = DataReport(path=name, format=fmt, rows=len(records), skipped=skipped)
+    groups = _GROUP_READERS[fmt](objects, report)
+    usable = []
+    for group in groups:
+        reason = _why_unusable(group)
+        if reason:
+            report.skipped.append(SkippedRow(group.source, reason))
+        else:
+            usable.append(group)
+    report.skipped.sort(key=lambda row: _line_of(row.where))
+    if not usable:
+        reasons = Counter(row.reason for row in report.skipped).most_common(1)
+        detail = f" (most common reason: {reasons[0][0]})" if reasons else ""
+        first = report.skipped[0].where if report.skipped else name
+        raise DataError(first, f"no usable comparison in the file{detail}")
+    _fill_stats(report, usable)
+    return PreferenceData(usable, report)
+
+
+class _Unparsable:
+    """Stands for a record that could not be parsed at all (bad JSON line)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {str: "text", list: "a list", dict: "an object", bool: "true/false"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
+def _line_of(where: str) -> int:
+    match = re.search(r":(?:record |row )?(\d+)$", where)
+    return int(match.group(1)) if match else 0
+
+
+def _suffix(name: str) -> tuple[str, bool]:
+    lower = name.lower()
+    gz = lower.endswith(".gz")
+    if gz:
+        lower = lower[:-3]
+    return Path(lower).suffix, gz
+
+
+def _read_records(raw: bytes, name: str) -> list[tuple[str, Any]]:
+    suffix, gz = _suffix(name)
+    if gz or raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(name, f"not a readable gzip file ({exc})") from None
+    if not raw.strip():
+        raise DataError(name, "the file is empty")
+    if suffix == ".parquet" or raw[:4] == b"PAR1":
+        return _read_parquet(raw, name)
+    text = _decode(raw, name)
+    if suffix == ".csv" or suffix == ".tsv":
+        return _read_csv(text, name, "\t" if suffix == ".tsv" else ",")
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        return _read_json(text, name)
+    if suffix in (".json", ".jsonl"):
+        raise DataError(f"{name}:1", "not JSON: expected one JSON object per line (or a JSON array)")
+    return _read_csv(text, name, ",")
+
+
+def _decode(raw: bytes, name: str) -> str:
+    if b"\x00" in raw[:8192]:
+        raise DataError(name, "binary data, not a text file (expected UTF-8 JSON lines, JSON, CSV or parquet)")
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark is accepted and dropped
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{name}:{line}", f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
+def _read_json(text: str, name: str) -> list[tuple[str, Any]]:
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    else:
+        if isinstance(whole, list):
+            return [(f"{name}:record {i + 1}", record) for i, record in enumerate(whole)]
+        if isinstance(whole, dict):
+            nested = [v for v in whole.values() if isinstance(v, list) and v and isinstance(v[0], dict)]
+            if len(nested) == 1 and not ({"prompt", "chosen", "responses"} & set(whole)):
+                return [(f"{name}:record {i + 1}", record) for i, record in enumerate(nested[0])]
+            return [(f"{name}:1", whole)]
+    if text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{name}:{exc.lineno}", f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+    records: list[tuple[str, Any]] = []
+    lines = text.splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        where = f"{name}:{i + 1}"
+        try:
+            records.append((where, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            if i == last and i > 0:
+                reason = f"truncated JSON on the last line ({exc.msg}); the file may have been cut off"
+            else:
+                reason = f"not valid JSON: {exc.msg} (column {exc.colno})"
+            records.append((where, _Unparsable(reason)))
+    if records and all(isinstance(r, _Unparsable) for _, r in records):
+        where, bad = records[0]
+        raise DataError(where, bad.reason)
+    return records
+
+
+def _read_csv(text: str, name: str, delimiter: str) -> list[tuple[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if not reader.fieldnames or all(not (f or "").strip() for f in reader.fieldnames):
+        raise DataError(f"{name}:1", "no header row: the first line must name the columns")
+    records: list[tuple[str, Any]] = []
+    start = reader.line_num + 1
+    try:
+        for row in reader:
+            where = f"{name}:{start}"
+            start = reader.line_num + 1
+            if None in row:  # more cells than header columns
+                records.append((where, _Unparsable(f"{len(row[None])} more cells than the header has columns")))
+                continue
+            records.append((where, {k: _csv_cell(v) for k, v in row.items() if k is not None}))
+    except csv.Error as exc:
+        raise DataError(f"{name}:{reader.line_num}", f"not valid CSV: {exc}") from None
+    return records
+
+
+def _csv_cell(value: str | None) -> Any:
+    """CSV cells are text; empty and NaN cells mean "no value", JSON lists are parsed."""
+    if value is None:
+        return None
+    stripped = value.strip()
+    if stripped == "" or stripped.lower() in ("nan", "null", "none", "na"):
+        return None
+    if stripped.startswith("[") and stripped.endswith("]"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _read_parquet(raw: bytes, name: str) -> list[tuple[str, Any]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(io.BytesIO(raw))
+    except Exception as exc:  # pyarrow raises many types for a broken file
+        raise DataError(name, f"not a readable parquet file ({type(exc).__name__}: {exc})") from None
+    return [(f"{name}:row {i + 1}", _plain(rec)) for i, rec in enumerate(frame.to_dict("records"))]
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars from parquet into plain Python; NaN into None."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------- format detection
+
+_FORMAT_FIELDS = {
+    "ranked": ("prompt", "responses", "ranks"),
+    "tidy": ("prompt", "response", "rank"),
+    "pairs": ("prompt", "chosen", "rejected"),
+    "implicit_pairs": ("chosen", "rejected"),
+}
+_KNOWN_FIELDS = sorted({f for fields in _FORMAT_FIELDS.values() for f in fields} | {"margin", "message_tree_id"})
+
+
+def detect_format(record: dict[str, Any], where: str = "") -> str:
+    """Name the format from a record's fields (see FORMATS)."""
+    keys = set(record)
+    if "message_tree_id" in keys or isinstance(record.get("prompt"), dict):
+        return "oasst"
+    if {"responses", "ranks"} <= keys:
+        return "ranked"
+    if {"response", "rank"} <= keys:
+        return "tidy"
+    if {"chosen", "rejected"} <= keys:
+        if isinstance(record.get("prompt"), list) or isinstance(record.get("chosen"), list):
+            return "conversational"
+        return "pairs" if "prompt" in keys else "implicit_pairs"
+    hints = []
+    for key in sorted(keys - set(_KNOWN_FIELDS)):
+        close = difflib.get_close_matches(key, _KNOWN_FIELDS, n=1, cutoff=0.7)
+        if close:
+            hints.append(f"'{key}' looks like a misspelling of '{close[0]}'")
+    found = ", ".join(sorted(keys)) or "none"
+    message = (
+        f"cannot tell the format from the fields ({found}); expected prompt+responses+ranks, "
+        "prompt+response+rank, [prompt+]chosen+rejected, or an OpenAssistant tree"
+    )
+    if hints:
+        message += "; " + "; ".join(hints)
+    raise DataError(where, message)
+
+
+# ----------------------------------------------------------------------------- per-format readers
+
+
+def _text(value: Any, what: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        if value is None:
+            raise _RowError(f"'{what}' is missing")
+        raise _RowError(f"'{what}' must be text, found {_kind(value)}")
+    if not allow_empty and not value.strip():
+        raise _RowError(f"'{what}' is empty")
+    return value
+
+
+def _rank(value: Any, what: str) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        raise _RowError(f"{what} must be a whole number (1 = best) or null, found {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _RowError(f"{what} must be a whole number (1 = best) or null, found {value!r}") from None
+    if not isinstance(value, (int, float)) or value != int(value):
+        raise _RowError(f"{what} must be a whole number (1 = best) or null, found {value!r}")
+    if value < 1:
+        raise _RowError(f"{what} is {int(value)}: ranks start at 1 (best)")
+    return int(value)
+
+
+def _prompt_messages(value: Any, what: str = "prompt") -> list[Message]:
+    if isinstance(value, list):
+        return _messages(value, what)
+    return [{"role": "user", "content": _text(value, what)}]
+
+
+def _messages(value: Any, what: str) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise _RowError(f"'{what}' must be a non-empty list of {{role, content}} messages")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise _RowError(f"'{what}' message {i + 1} must be an object with role and content")
+        for key in ("role", "content"):
+            if key not in message:
+                raise _RowError(f"'{what}' message {i + 1} has no '{key}'")
+        role = _text(message["role"], f"{what} message {i + 1} role")
+        content = _text(message["content"], f"{what} message {i + 1} content", allow_empty=True)
+        messages.append({"role": role.strip(), "content": content})
+    return messages
+
+
+def _margin(record: dict[str, Any]) -> float:
+    value = record.get("margin")
+    if value is None or value == "":
+        return 0.0
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        raise _RowError(f"'margin' must be a number, found {value!r}") from None
+    if math.isnan(margin):
+        return 0.0
+    if math.isinf(margin):
+        raise _RowError("'margin' is infinite")
+    return margin
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise _RowError(f"'{what}' must be a list, found text") from None
+    if not isinstance(value, list):
+        raise _RowError(f"'{what}' must be a list, found {_kind(value)}")
+    return value
+
+
+def _ranked_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
+    groups = []
+    for where, record in objects:
+        try:
+            prompt = _prompt_messages(record.get("prompt"))
+            responses = _list(record.get("responses"), "responses")
+            ranks = _list(record.get("ranks"), "ranks")
+            if len(ranks) != len(responses):
+                raise _RowError(f"{len(ranks)} ranks for {len(responses)} responses: give one rank per response")
+            texts, kept_ranks = [], []
+            for i, (response, rank) in enumerate(zip(responses, ranks)):
+                rank = _rank(rank, f"rank {i + 1}")
+                text = _text(response, f"response {i + 1}", allow_empty=True)
+                if not text.strip():
+                    report.warnings.append(f"{where}: response {i + 1} is empty; dropped")
+                    continue
+                texts.append(text)
+                kept_ranks.append(rank)
+            groups.append(RankedGroup(prompt, texts, kept_ranks, _margin(record), where))
+        except _RowError as exc:
+            report.skipped.append(SkippedRow(where, str(exc)))
+    return groups
+
+
+def _tidy_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
+    by_prompt: dict[str, RankedGroup] = {}
+    for where, record in objects:
+        try:
+            prompt = _text(record.get("prompt"), "prompt")
+            response = _text(record.get("response"), "response")
+            rank = _rank(record.get("rank"), "rank")
+        except _RowError as exc:
+            report.skipped.append(SkippedRow(where, str(exc)))
+            continue
+        group = by_prompt.setdefault(prompt, RankedGroup([{"role": "user", "content": prompt}], [], [], 0.0, where))
+        group.responses.append(response)
+        group.ranks.append(rank)
+    return list(by_prompt.values())
+
+
+def _pair_group(prompt: list[Message], chosen: str, rejected: str, margin: float, where: str) -> RankedGroup:
+    if chosen.strip() == rejected.strip():
+        raise _RowError("chosen and rejected are identical: no preference to learn")
+    return RankedGroup(prompt, [chosen, rejected], [1, 2], margin, where)
+
+
+def _pair_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
+    groups = []
+    for where, record in objects:
+        try:
+            prompt = _prompt_messages(record.get("prompt"))
+            chosen = _text(record.get("chosen"), "chosen")
+            rejected = _text(record.get("rejected"), "rejected")
+            groups.append(_pair_group(prompt, chosen, rejected, _margin(record), where))
+        except _RowError as exc:
+            report.skipped.append(SkippedRow(where, str(exc)))
+    return groups
+
+
+def split_hh_dialogue(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
+    """Split an HH-RLHF pair at the last "\\n\\nAssistant:" both share: (prompt messages, chosen, rejected)."""
+    cut = chosen.rfind(_HH_ASSISTANT)
+    while cut >= 0 and not rejected.startswith(chosen[: cut + len(_HH_ASSISTANT)]):
+        cut = chosen.rfind(_HH_ASSISTANT, 0, cut)
+    if cut < 0:
+        raise _RowError("chosen and rejected share no dialogue ending in '\\n\\nAssistant:'")
+    head = chosen[:cut]
+    start = cut + len(_HH_ASSISTANT)
+    parts = _HH_TURN.split(head)
+    messages: list[Message] = []
+    if parts[0].strip():
+        messages.append({"role": "user", "content": parts[0].strip()})
+    for role, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    if not messages:
+        raise _RowError("the shared dialogue has no human turn")
+    return messages, chosen[start:].strip(), rejected[start:].strip()
+
+
+def _implicit_pair_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
+    groups = []
+    for where, record in objects:
+        try:
+            chosen = _text(record.get("chosen"), "chosen")
+            rejected = _text(record.get("rejected"), "rejected")
+            prompt, chosen_reply, rejected_reply = split_hh_dialogue(chosen, rejected)
+            if not chosen_reply or not rejected_reply:
+                raise _RowError("the last assistant reply of chosen or rejected is empty")
+            groups.append(_pair_group(prompt, chosen_reply, rejected_reply, _margin(record), where))
+        except _RowError as exc:
+            report.skipped.append(SkippedRow(where, str(exc)))
+    return groups
+
+
+def _reply_text(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        return _text(value, what)
+    messages = _messages(value, what)
+    replies = [m["content"] for m in messages if m["role"] == "assistant"] or [messages[-1]["content"]]
+    return _text("\n".join(replies), what)
+
+
+def _conversational_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
+    groups = []
+    for where, record in objects:
+        try:
+            if record.get("prompt") is not None:
+                prompt = _prompt_messages(record["prompt"])
+                chosen = _reply_text(record.get("chosen"), "chosen")
+                rejected = _reply_text(record.get("rejected"), "rejected")
+            else:  # implicit prompt: the messages chosen and rejected share
+                chosen_msgs = _messages(record.get("chosen"), "chosen")
+                rejected_msgs = _messages(record.get("rejected"), "rejected")
+                shared = 0
+                while (
+                    shared < min(len(chosen_msgs), len(rejected_msgs)) - 1
+                    and chosen_msgs[shared] == rejected_msgs[shared]
+                ):
+                    shared += 1
+                if shared == 0:
+                    raise _RowError("chosen and rejected share no prompt messages (and there is no 'prompt')")
+                prompt = chosen_msgs[:shared]
+                chosen = _reply_text(chosen_msgs[shared:], "chosen")
+                rejected = _reply_text(rejected_msgs[shared:], "rejected")
+            groups.append(_pair_group(prompt, chosen, rejected, _margin(record), where))
+        except _RowError as exc:
+            report.skipped.append(SkippedRow(where, str(exc)))
+    return groups
+
+
+_OASST_ROLES = {"prompter": "user", "assistant": "assistant", "user": "user"}
+
+
+def _oasst_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
+    groups: list[RankedGroup] = []
+    for where, record in objects:
+        root = record.get("prompt")
+        if not isinstance(root, dict):
+            report.skipped.append(SkippedRow(where, "'prompt' must be the tree's root message (an object)"))
+            continue
+        found: list[RankedGroup] = []
+        try:
+            _walk_oasst(root, [], where, found)
+        except _RowError as exc:
+            report.skipped.append(SkippedRow(where, str(exc)))
+            continue
+        if not found:
+            report.skipped.append(SkippedRow(where, "message tree has no ranked assistant replies"))
+        groups.extend(found)
+    return groups
+
+
+def _walk_oasst(node: dict[str, Any], history: list[Message], where: str, out: list[RankedGroup]) -> None:
+    role = _OASST_ROLES.get(str(node.get("role", "")))
+    if role is None:
+        raise _RowError(f"message role {node.get('role')!r} is neither 'prompter' nor 'assistant'")
+    conversation = history + [{"role": role, "content": _text(node.get("text"), "text", allow_empty=True)}]
+    replies = [r for r in node.get("replies") or [] if isinstance(r, dict)]
+    if role == "user" and replies:
+        ranks = [_rank(r["rank"] + 1 if isinstance(r.get("rank"), int) else r.get("rank"), "rank") for r in replies]
+        if sum(rank is not None for rank in ranks) >= 2:
+            texts = [r.get("text") if isinstance(r.get("text"), str) else "" for r in replies]
+            keep = [i for i, text in enumerate(texts) if text.strip()]
+            label = f"{where} (reply group of message {node.get('message_id', '?')})"
+            out.append(RankedGroup(conversation, [texts[i] for i in keep], [ranks[i] for i in keep], 0.0, label))
+    for reply in replies:
+        _walk_oasst(reply, conversation, where, out)
+
+
+_GROUP_READERS = {
+    "ranked": _ranked_groups,
+    "tidy": _tidy_groups,
+    "pairs": _pair_groups,
+    "implicit_pairs": _implicit_pair_groups,
+    "conversational": _conversational_groups,
+    "oasst": _oasst_groups,
+}
+
+
+# ----------------------------------------------------------------------------- checks and stats
+
+
+def _why_unusable(group: RankedGroup) -> str | None:
+    if len(group.responses) < 2:
+        return "only one response: nothing to compare"
+    ranked = [r for r in group.ranks if r is not None]
+    if len(ranked) < 2:
+        return "fewer than two ranked responses: nothing to compare"
+    if len(set(ranked)) < 2:
+        return "every ranked response is tied: no comparison"
+    return None
+
+
+def _fill_stats(report: DataReport, groups: list[RankedGroup]) -> None:
+    report.prompts = len(groups)
+    report.responses = sum(len(g.responses) for g in groups)
+    report.k_distribution = dict(sorted(Counter(len(g.responses) for g in groups).items()))
+    report.comparisons = sum(len(g.pairs()) for g in groups)
+    report.unranked = sum(r is None for g in groups for r in g.ranks)
+    report.ties = sum(
+        1
+        for g in groups
+        for i, a in enumerate(g.ranks)
+        for b in g.ranks[i + 1 :]
+        if a is not None and a == b
+    )
+
+
+def summarize(groups: list[RankedGroup], name: str = "(in memory)", fmt: str = "ranked") -> DataReport:
+    """A report for groups built or edited in memory (the app's editor)."""
+    report = DataReport(path=name, format=fmt, rows=len(groups))
+    _fill_stats(report, groups)
+    return report
+
+
+def split_groups(
+    groups: list[RankedGroup], eval_fraction: float, seed: int = 0
+) -> tuple[list[RankedGroup], list[RankedGroup]]:
+    """Hold out whole prompts (never pairs of one prompt on both sides) for evaluation."""
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"eval fraction must be in [0, 1), got {eval_fraction}")
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    n_eval = int(round(len(groups) * eval_fraction))
+    if eval_fraction > 0 and len(groups) >= 2:
+        n_eval = min(max(n_eval, 1), len(groups) - 1)
+    held = set(order[:n_eval])
+    train = [g for i, g in enumerate(groups) if i not in held]
+    held_out = [g for i, g in enumerate(groups) if i in held]
+    return train, held_out
+
+
+def write_ranked_jsonl(groups: list[RankedGroup], path: str | Path | None = None) -> str:
+    """Write groups as ranked-list JSON lines (the app's download); returns the text."""
+    text = "".join(json.dumps(g.to_record(), ensure_ascii=False) + "\n" for g in groups)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+def demo_data_path() -> Path:
+    """The project's own demo set (written by the rmcore authors): ranked lists, K = 3..6."""
+    return Path(__file__).parent / "demo" / "demo_ranked.jsonl"

@@ -1,0 +1,24 @@
+"""Pick the compute device in one place: CUDA, then Apple MPS, then CPU."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def autodetect_device() -> str:
+    """Return "cuda", "mps" or "cpu"; RMCORE_DEVICE overrides (e.g. to force the CPU)."""
+    forced = os.environ.get("RMCORE_DEVICE")
+    if forced:
+        return forced
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def mixed_precision_for(device: str) -> str:
+    """bf16 autocast on CUDA; float32 elsewhere (bf16 matmuls on these CPUs are ~100x slower)."""
+    return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"

@@ -1,0 +1,346 @@
+"""The reward model: a causal LM trunk plus one linear neuron, read at each response's true last token.
+
+We use `AutoModelForSequenceClassification(num_labels=1)` so a saved model loads anywhere, but we
+never rely on its "last token that is not padding" rule to find where to read: SmolLM2's pad token
+is its end-of-turn token, which would move the reading one token early. rmcore reads at the true
+last token, and saved models get a pad token that never appears in rendered text, so plain
+transformers reads at the same place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rmcore.batching import PackedBatch, pack_groups
+from rmcore.data import Message, RankedGroup
+from rmcore.device import autodetect_device
+from rmcore.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
+from rmcore.encoding import EncodedGroup, encode_group, render_text
+from rmcore.errors import ModelError
+
+METADATA_FILE = "rmcore.json"
+DEFAULT_MAX_LENGTH = 512
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_model_path(name: str | os.PathLike | None) -> tuple[str, str]:
+    """Map a --model value to (what from_pretrained gets, a display name)."""
+    if name is None or str(name).lower() in EMBEDDED_ALIASES:
+        return str(embedded_model_dir()), EMBEDDED_NAME
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: a model must be a folder (config.json, *.safetensors, tokenizer)")
+        check_model_folder(path)
+        return str(path), str(path)
+    if str(name).startswith((".", "/", "~")) or os.sep in str(name) and str(name).count("/") > 1:
+        raise ModelError(f"{name}: no such model folder")
+    return str(name), str(name)  # a hub id; works only where the network allows
+
+
+def check_model_folder(path: Path) -> None:
+    """Refuse folders we cannot load safely: weights must be safetensors (pickle can run code)."""
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a model folder (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        if pickled:
+            raise ModelError(
+                f"{path}: weights are only in pickle files ({', '.join(pickled)}); rmcore loads safetensors only, "
+                "because pickle files can run code. Convert them with a trusted tool first."
+            )
+        raise ModelError(f"{path}: no *.safetensors weights in the folder")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
+    return tokenizer
+
+
+def choose_pad_token(tokenizer) -> None:
+    """Give the tokenizer a pad token distinct from EOS, so the stock head reads the true last token.
+
+    Prefer an existing special token that chat templates never emit (unk, e.g. <|endoftext|>);
+    otherwise add one. Either way padding never equals a token the reward is read at.
+    """
+    pad = tokenizer.pad_token_id
+    eos = tokenizer.eos_token_id
+    if pad is not None and pad != eos:
+        return
+    for candidate in (tokenizer.unk_token, "<|endoftext|>"):
+        if candidate and candidate in tokenizer.get_vocab() and tokenizer.convert_tokens_to_ids(candidate) != eos:
+            tokenizer.pad_token = candidate
+            return
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+
+
+def is_reward_model_folder(path: str) -> bool:
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return False
+    config = json.loads(config_file.read_text())
+    archs = config.get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs) and config.get("num_labels", 1) == 1
+
+
+def _from_pretrained(cls, path: str, **kwargs):
+    try:
+        return cls.from_pretrained(
+            path, trust_remote_code=False, use_safetensors=True, attn_implementation="sdpa", **kwargs
+        )
+    except OSError as exc:
+        raise ModelError(
+            f"{path}: cannot load the model ({exc}). Use a local folder, or 'embedded' for the built-in model"
+        ) from None
+    except ValueError as exc:
+        raise ModelError(f"{path}: cannot load the model ({exc})") from None
+
+
+def load_sequence_classifier(path: str, *, seed: int = 0):
+    """(model, tokenizer, trained_head): a reward-model folder as is, or a base LM with a new head."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = load_tokenizer(path)
+    trained = is_reward_model_folder(path)
+    if trained:
+        model = _from_pretrained(AutoModelForSequenceClassification, path)
+    else:
+        # The new head starts random: seed it so an untrained model gives the same rewards every time.
+        torch.manual_seed(seed)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected here
+        try:
+            model = _from_pretrained(AutoModelForSequenceClassification, path, num_labels=1)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    choose_pad_token(tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    tokenizer.padding_side = "right"
+    config = model.config
+    config.pad_token_id = tokenizer.pad_token_id
+    config.problem_type = "regression"
+    config.id2label = {0: "reward"}
+    config.label2id = {"reward": 0}
+    return model, tokenizer, trained
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+
+def unwrap_classifier(model: nn.Module) -> nn.Module:
+    """The *ForSequenceClassification module, under any peft or DDP wrapper."""
+    if hasattr(model, "module") and not hasattr(model, "score"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+class PackedRewardModel(nn.Module):
+    """Reads the reward head at each response's last token of packed rows (see rmcore.batching).
+
+    One module so that DistributedDataParallel (accelerate) sees a single forward call.
+    `features_only=True` returns the last-token hidden states instead (for head-only training).
+    """
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input_ids, position_ids, attention_mask, last_index, features_only: bool = False):
+        inner = unwrap_classifier(self.classifier)
+        trunk = getattr(inner, inner.base_model_prefix)
+        hidden = trunk(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (B, L, H)
+        last_hidden = hidden.reshape(-1, hidden.shape[-1])[last_index]  # (N, H)
+        if features_only:
+            return last_hidden
+        return inner.score(last_hidden).squeeze(-1).float()  # (N,)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The reward neuron (a Linear(hidden, 1)), for head-only training on cached features."""
+    head = unwrap_classifier(model).score
+    if hasattr(head, "modules_to_save"):  # peft keeps the trained copy here
+        head = head.modules_to_save["default"]
+    return head
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def preference_matrix(rewards: list[float]) -> list[list[float]]:
+    """P[i][j] = sigma(r_i - r_j): the Bradley-Terry probability that i is preferred over j."""
+    return [[sigmoid(r_i - r_j) for r_j in rewards] for r_i in rewards]
+
+
+@dataclass
+class ScoreResult:
+    rewards: list[float]
+    probabilities: list[list[float]]  # P[i][j] = sigma(r_i - r_j)
+    best: int  # index of the highest reward
+    trained: bool  # False when the head is untrained (rewards are then meaningless)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rewards": self.rewards, "probabilities": self.probabilities, "best": self.best, "trained": self.trained}
+
+
+@dataclass
+class TokenRewards:
+    tokens: list[str]  # the response's tokens as text
+    rewards: list[float]  # the head applied at each of those positions
+    prompt_tokens: int
+
+
+# ----------------------------------------------------------------------------- the user-facing class
+
+
+class RewardModel:
+    """A reward model ready to score: `RewardModel.load("runs/rm").score(prompt, candidates)`."""
+
+    def __init__(self, model, tokenizer, *, device: str | None = None, trained: bool = True,
+                 max_length: int = DEFAULT_MAX_LENGTH, name: str = "", metadata: dict | None = None):
+        self.device = device or autodetect_device()
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.trained = trained
+        self.max_length = max_length
+        self.name = name
+        self.metadata = metadata or {}
+        self.packed = PackedRewardModel(self.model)
+
+    @classmethod
+    def load(cls, name: str | os.PathLike | None = None, *, device: str | None = None,
+             max_length: int | None = None, seed: int = 0) -> RewardModel:
+        """Load a saved reward model, or a base model (embedded by default) with an untrained head."""
+        path, display = resolve_model_path(name)
+        model, tokenizer, trained = load_sequence_classifier(path, seed=seed)
+        metadata = {}
+        meta_file = Path(path) / METADATA_FILE
+        if meta_file.is_file():
+            metadata = json.loads(meta_file.read_text())
+        if max_length is None:
+            max_length = int(metadata.get("config", {}).get("max_length", DEFAULT_MAX_LENGTH))
+        return cls(model, tokenizer, device=device, trained=trained, max_length=max_length,
+                   name=display, metadata=metadata)
+
+    # -- scoring
+    def encode(self, prompt: str | list[Message], responses: list[str]) -> EncodedGroup:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        group = RankedGroup(messages, list(responses), [None] * len(responses))
+        return encode_group(self.tokenizer, group, self.max_length)
+
+    @torch.inference_mode()
+    def rewards_for(self, encoded: list[EncodedGroup], batch_size: int = 8) -> list[list[float]]:
+        """Rewards of every response of every group, batched by similar length."""
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
+        out: list[list[float]] = [[] for _ in encoded]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = pack_groups([encoded[i] for i in idx], self.tokenizer.pad_token_id).to(self.device)
+            with self._autocast():
+                rewards = self.packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index)
+            flat = rewards.float().cpu().tolist()
+            for i, size in zip(idx, batch.group_sizes):
+                out[i], flat = flat[:size], flat[size:]
+        return out
+
+    def rewards(self, prompt: str | list[Message], responses: list[str]) -> list[float]:
+        return self.rewards_for([self.encode(prompt, responses)])[0]
+
+    def score(self, prompt: str | list[Message], candidates: list[str]) -> ScoreResult:
+        """Rewards of the candidates, the matrix sigma(r_i - r_j) and the best candidate."""
+        if not candidates:
+            raise ValueError("give at least one candidate")
+        rewards = self.rewards(prompt, candidates)
+        best = max(range(len(rewards)), key=rewards.__getitem__)
+        return ScoreResult(rewards, preference_matrix(rewards), best, self.trained)
+
+    @torch.inference_mode()
+    def token_rewards(self, prompt: str | list[Message], response: str) -> TokenRewards:
+        """The head applied at every position of the response: which tokens move the reward."""
+        encoded = self.encode(prompt, [response])
+        ids = encoded.prompt_ids + encoded.response_ids[0]
+        input_ids = torch.tensor([ids], device=self.device)
+        inner = unwrap_classifier(self.model)
+        trunk = getattr(inner, inner.base_model_prefix)
+        with self._autocast():
+            hidden = trunk(input_ids=input_ids, use_cache=False).last_hidden_state[0]  # (L, H)
+            per_token = inner.score(hidden).squeeze(-1).float().cpu()
+        p = len(encoded.prompt_ids)
+        tokens = [self.tokenizer.decode([t]) for t in encoded.response_ids[0]]
+        return TokenRewards(tokens, per_token[p:].tolist(), p)
+
+    def render(self, prompt: str | list[Message], response: str) -> str:
+        """The exact text a pipeline must be given to reproduce this model's reward."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return render_text(self.tokenizer, messages, response)
+
+    def _autocast(self):
+        if self.device == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    # -- saving
+    def save(self, out_dir: str | os.PathLike, metadata: dict | None = None) -> Path:
+        """Write a standard HF folder (safetensors, tokenizer, config) plus rmcore.json, atomically."""
+        meta = dict(self.metadata)
+        meta.update(metadata or {})
+        return save_reward_model(self.model, self.tokenizer, out_dir, meta)
+
+
+def save_reward_model(model, tokenizer, out_dir: str | os.PathLike, metadata: dict,
+                      extra_files: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Path:
+    """Save atomically: write a sibling temp folder, then swap it in by rename.
+
+    A process killed while saving leaves the previous folder intact (or, between the two renames,
+    recoverable as OUT.old). `keep` names entries of an existing folder carried into the new one
+    (the training checkpoint).
+    """
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        classifier = unwrap_classifier(model)
+        classifier.config.pad_token_id = tokenizer.pad_token_id
+        classifier.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        for name in keep:
+            if (out / name).exists():
+                os.rename(out / name, tmp / name)
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,158 @@
+"""Training on a tiny random model: every mode learns and saves, stop and resume, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rmcore.data import read_preferences, split_groups
+from rmcore.errors import TrainingError
+from rmcore.model import RewardModel, load_sequence_classifier
+from rmcore.train import TrainConfig, train
+
+STEP_KEYS = {"loss", "accuracy", "margin", "reward_mean", "reward_std", "lr", "tokens_per_s", "progress",
+             "step", "total_steps", "eta_s"}
+
+
+@pytest.fixture(scope="module")
+def demo_split(demo_path):
+    groups = read_preferences(demo_path).groups
+    return split_groups(groups, 0.2, seed=0)
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize(("mode", "lr"), [("head", 5e-2), ("lora", 5e-3), ("full", 2e-3)])
+def test_every_mode_trains_changes_its_parameters_and_saves(mode, lr, tiny_model_dir, demo_split, tmp_path,
+                                                           private_cache):
+    train_groups, eval_groups = demo_split
+    events: list[dict] = []
+    config = TrainConfig(model=str(tiny_model_dir), mode=mode, epochs=3, lr=lr, batch_size=8, max_length=256)
+    result = train(config, train_groups, tmp_path / "rm", eval_groups=eval_groups, on_step=events.append)
+    steps = [e for e in events if e["event"] == "step"]
+    assert len(steps) == result.total_steps == 3 * 6
+    assert STEP_KEYS <= set(steps[0])
+    assert [e["step"] for e in events if e["event"] == "eval"] == [0, 6, 12, 18]
+    assert steps[-1]["progress"] == 1.0 and events[-1]["event"] == "done"
+    # what changed: the head always; the trunk only in lora (merged) and full modes
+    before, _, _ = load_sequence_classifier(str(tiny_model_dir), seed=0)
+    start = {k: v for k, v in before.state_dict().items()}
+    after = weights(tmp_path / "rm")
+    changed = {k for k in after if not torch.equal(after[k], start[k])}
+    trunk = {k for k in after if k != "score.weight"}
+    assert "score.weight" in changed
+    if mode == "head":
+        assert not changed & trunk
+    else:
+        linear = {k for k in trunk if k.endswith("proj.weight")}
+        assert linear <= changed  # every linear layer moved (LoRA on "all-linear" is merged in)
+    # training lowered the loss on the data it saw
+    first = sum(s["loss"] for s in steps[:6]) / 6
+    last = sum(s["loss"] for s in steps[-6:]) / 6
+    assert last < first
+    meta = json.loads((tmp_path / "rm" / "rmcore.json").read_text())
+    assert meta["mode"] == mode and meta["steps"] == 18 and not meta["stopped"]
+    assert len((tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()) == 18 + 4
+    # the saved folder scores through rmcore with the trained head
+    model = RewardModel.load(tmp_path / "rm", device="cpu")
+    assert model.trained and model.metadata["base_model"] == str(tiny_model_dir)
+
+
+def test_head_mode_reuses_cached_trunk_features(tiny_model_dir, demo_split, tmp_path, private_cache):
+    train_groups, eval_groups = demo_split
+    config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=1)
+    phases: list[str] = []
+
+    def record(e):
+        if e["event"] == "phase":
+            phases.append(e["phase"])
+
+    train(config, train_groups, tmp_path / "a", eval_groups=eval_groups, on_step=record)
+    assert any(p.startswith("computing trunk features") for p in phases)
+    assert len(list((private_cache / "features").glob("*.safetensors"))) == 1
+    phases.clear()
+    train(config, train_groups, tmp_path / "b", eval_groups=eval_groups, on_step=record)
+    assert "trunk features found in the cache" in phases
+    assert not any(p.startswith("computing trunk features") for p in phases)
+    assert torch.equal(weights(tmp_path / "a")["score.weight"], weights(tmp_path / "b")["score.weight"])
+
+
+def test_stop_keeps_a_checkpoint_and_resume_reaches_the_uninterrupted_model(tiny_model_dir, demo_split, tmp_path,
+                                                                           private_cache):
+    train_groups, _ = demo_split
+    config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=2, lr=2e-3, batch_size=8, seed=3)
+    whole = train(config, train_groups, tmp_path / "whole")
+    stop = threading.Event()
+
+    def stop_at_step_4(e):
+        if e["event"] == "step" and e["step"] == 4:
+            stop.set()
+
+    part = train(config, train_groups, tmp_path / "part", on_step=stop_at_step_4, stop_event=stop)
+    assert part.stopped and part.steps == 4
+    assert (tmp_path / "part" / "checkpoint" / "state.json").is_file()
+    assert json.loads((tmp_path / "part" / "rmcore.json").read_text())["stopped"] is True
+    resumed = train(config, train_groups, tmp_path / "part", resume=True)
+    assert not resumed.stopped and resumed.steps == whole.steps
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "part")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "part" / "checkpoint").exists()  # finished: the checkpoint is no longer needed
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_model_dir, demo_split, tmp_path,
+                                                                      private_cache):
+    train_groups, _ = demo_split
+    config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=2, lr=1e-3, checkpoint_every=2)
+    poisoned = [g for g in train_groups]
+
+    calls = {"n": 0}
+    original = torch.nn.functional.logsigmoid
+
+    def nan_after_three_steps(x):
+        calls["n"] += 1
+        out = original(x)
+        return out * float("nan") if calls["n"] > 3 else out
+
+    import rmcore.loss
+
+    rmcore.loss.F.logsigmoid = nan_after_three_steps
+    try:
+        with pytest.raises(TrainingError, match="loss became nan at step 4"):
+            train(config, poisoned, tmp_path / "rm")
+    finally:
+        rmcore.loss.F.logsigmoid = original
+    state = json.loads((tmp_path / "rm" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+
+
+def test_data_without_comparisons_is_refused(tiny_model_dir, tmp_path):
+    from rmcore.data import RankedGroup
+
+    tied = [RankedGroup([{"role": "user", "content": "q"}], ["a", "b"], [1, 1])]
+    with pytest.raises(TrainingError, match="no comparison"):
+        train(TrainConfig(model=str(tiny_model_dir)), tied, tmp_path / "rm")
+
+
+def test_two_process_accelerate_launch(tiny_model_dir, demo_path, tmp_path):
+    """The same CLI under `accelerate launch` with 2 CPU processes: half the steps each, one saved model."""
+    env = {**os.environ, "RMCORE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmcore", "train",
+           str(demo_path), "--out", str(tmp_path / "ddp"), "--model", str(tiny_model_dir), "--mode", "full",
+           "--batch-size", "4", "--eval-fraction", "0.1", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "ddp" / "rmcore.json").read_text())
+    batches = -(-meta["data"]["train_prompts"] // 4)
+    assert meta["total_steps"] == -(-batches // 2)  # each process takes every other batch
+    assert proc.stderr.count("saved ") == 1  # only the main process reports
