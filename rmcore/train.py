@@ -242,9 +242,13 @@ def train(
     start_step = 0
     history: list[dict[str, Any]] = []
     checkpoint = out_dir / CHECKPOINT_DIR
+    run_key = _run_key(config, model_path, encoded)
     if resume and (checkpoint / "state.json").is_file():
-        start_step, history = _load_checkpoint(checkpoint, accelerator.unwrap_model(module), optimizer, scheduler)
+        start_step, history = _load_checkpoint(checkpoint, accelerator.unwrap_model(module), optimizer, scheduler,
+                                               run_key)
         phase(f"resumed from step {start_step}")
+    elif resume:
+        phase(f"no checkpoint in {checkpoint}; starting from step 0")
 
     def forward(batch_groups: list[int]) -> tuple[torch.Tensor, list[EncodedGroup], int]:
         groups = [encoded[i] for i in batch_groups]
@@ -318,7 +322,7 @@ def train(
                 last_eval = evaluate_held_out(step) or last_eval
                 module.train()
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or (end_of_epoch and step < total_steps):
-                _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, config, checkpoint)
+                _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, run_key, checkpoint)
             if stop_event is not None and stop_event.is_set() and step < total_steps:
                 stopped = True
                 break
@@ -331,7 +335,7 @@ def train(
         ) from None
     if stopped:
         phase(f"stopped at step {step}; saving a checkpoint")
-        _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, config, checkpoint)
+        _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, run_key, checkpoint)
 
     # 6-7. save the model (merged LoRA weights: a plain HF folder) with what produced it
     accelerator.wait_for_everyone()
@@ -448,7 +452,14 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
 
 
-def _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, config, checkpoint: Path) -> None:
+def _run_key(config: TrainConfig, model_path: str, encoded: list[EncodedGroup]) -> str:
+    """What a checkpoint must match to be resumed: model, data, and every option but the epochs."""
+    options = {k: v for k, v in asdict(config).items() if k not in ("epochs", "checkpoint_every", "eval_every")}
+    return _fingerprint(model_path, encoded, config.max_length) + ":" + json.dumps(options, sort_keys=True)
+
+
+def _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, run_key: str,
+                     checkpoint: Path) -> None:
     """Trainable weights, optimizer and schedule at `step`, written to a temp folder then renamed."""
     from safetensors.torch import save_file
 
@@ -459,7 +470,7 @@ def _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, c
         tmp.mkdir(parents=True, exist_ok=True)
         save_file(_trainable_state(accelerator.unwrap_model(module)), str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(config), "history": history}))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "run_key": run_key, "history": history}))
         old = checkpoint.with_name(f".{checkpoint.name}.old")
         if checkpoint.exists():
             os.rename(checkpoint, old)
@@ -471,10 +482,15 @@ def _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, c
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> tuple[int, list[dict[str, Any]]]:
+def _load_checkpoint(checkpoint: Path, model, optimizer, scheduler, run_key: str) -> tuple[int, list[dict[str, Any]]]:
     from safetensors.torch import load_file
 
     state = json.loads((checkpoint / "state.json").read_text())
+    if state.get("run_key") != run_key:
+        raise TrainingError(
+            f"{checkpoint}: this checkpoint was made with another model, data or options; resume with the same "
+            "ones (only --epochs may change), or train into a new --out folder"
+        )
     weights = load_file(str(checkpoint / "trainable.safetensors"))
     missing = set(weights) - set(model.state_dict())
     if missing:
