@@ -100,7 +100,8 @@ def is_reward_model_folder(path: str) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in archs) and config.get("num_labels", 1) == 1
 
 
-def _from_pretrained(cls, path: str, **kwargs):
+def from_pretrained_safely(cls, path: str, **kwargs):
+    """`cls.from_pretrained` with safetensors only, no remote code, SDPA attention, errors as ModelError."""
     try:
         return cls.from_pretrained(
             path, trust_remote_code=False, use_safetensors=True, attn_implementation="sdpa", **kwargs
@@ -121,14 +122,14 @@ def load_sequence_classifier(path: str, *, seed: int = 0):
     tokenizer = load_tokenizer(path)
     trained = is_reward_model_folder(path)
     if trained:
-        model = _from_pretrained(AutoModelForSequenceClassification, path)
+        model = from_pretrained_safely(AutoModelForSequenceClassification, path)
     else:
         # The new head starts random: seed it so an untrained model gives the same rewards every time.
         torch.manual_seed(seed)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected here
         try:
-            model = _from_pretrained(AutoModelForSequenceClassification, path, num_labels=1)
+            model = from_pretrained_safely(AutoModelForSequenceClassification, path, num_labels=1)
         finally:
             hf_logging.set_verbosity(verbosity)
     choose_pad_token(tokenizer)

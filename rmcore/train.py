@@ -95,6 +95,15 @@ class TrainResult:
 # ----------------------------------------------------------------------------- helpers
 
 
+def feature_cache_path(model_path: str, encoded: list[EncodedGroup], max_length: int) -> Path:
+    """Where head mode keeps the trunk features of these groups under this model and max length."""
+    return cache_dir() / "features" / f"{_fingerprint(model_path, encoded, max_length)}.safetensors"
+
+
+class _StopRequested(Exception):
+    """A stop request arrived before the first training step (while computing features)."""
+
+
 def _fingerprint(model_path: str, encoded: list[EncodedGroup], max_length: int) -> str:
     """Key of the head-mode feature cache: the model's weights files and the exact token ids."""
     digest = hashlib.sha256()
@@ -209,9 +218,13 @@ def train(
         head = head_of(classifier)
         head.requires_grad_(True)
         packed.to(accelerator.device)
-        features, eval_features = _head_features(
-            config, model_path, packed, encoded, encoded_eval, pad_id, accelerator, phase
-        )
+        try:
+            features, eval_features = _head_features(
+                config, model_path, packed, encoded, encoded_eval, pad_id, accelerator, phase, stop_event
+            )
+        except _StopRequested:
+            phase("stopped while computing trunk features; nothing was trained or saved")
+            return TrainResult(out_dir, 0, 0, True, [], {}, is_main)
         trainable_module: torch.nn.Module = head
     else:
         if config.mode == "lora":
@@ -388,16 +401,17 @@ def _mean_across_processes(accelerator, stats: dict[str, float]) -> dict[str, fl
     return out
 
 
-def _head_features(config, model_path, packed, encoded, encoded_eval, pad_id, accelerator, phase):
+def _head_features(config, model_path, packed, encoded, encoded_eval, pad_id, accelerator, phase, stop_event):
     """Trunk features of every train and eval response, from the cache when model and data match."""
     from safetensors.torch import load_file, save_file
 
     everything = encoded + encoded_eval
-    key = _fingerprint(model_path, everything, config.max_length)
-    path = cache_dir() / "features" / f"{key}.safetensors"
+    path = feature_cache_path(model_path, everything, config.max_length)
     if accelerator.is_main_process and not (config.cache_features and path.is_file()):
         def progress(done: int, total: int) -> None:
             phase(f"computing trunk features ({done}/{total} prompts)", done / total)
+            if stop_event is not None and stop_event.is_set() and done < total:
+                raise _StopRequested
 
         feats = compute_features(packed, everything, pad_id, accelerator.device, config.batch_size,
                                  accelerator.autocast, progress)

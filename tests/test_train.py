@@ -156,3 +156,14 @@ def test_two_process_accelerate_launch(tiny_model_dir, demo_path, tmp_path):
     batches = -(-meta["data"]["train_prompts"] // 4)
     assert meta["total_steps"] == -(-batches // 2)  # each process takes every other batch
     assert proc.stderr.count("saved ") == 1  # only the main process reports
+
+
+def test_stop_while_computing_features_ends_at_once_without_saving(tiny_model_dir, demo_split, tmp_path,
+                                                                   private_cache):
+    stop = threading.Event()
+    stop.set()
+    result = train(TrainConfig(model=str(tiny_model_dir), mode="head", batch_size=2), demo_split[0],
+                   tmp_path / "rm", stop_event=stop)
+    assert result.stopped and result.steps == 0
+    assert not (tmp_path / "rm").exists()
+    assert not list(private_cache.glob("features/*"))  # no half-computed cache entry either

@@ -1,0 +1,222 @@
+"""Estimate how long a training run will take on this machine, by timing one batch before it starts.
+
+The cost of a run is almost all token work, so we time one real batch of the user's data in the
+chosen mode (forward only for head mode, whose trunk runs once to cache features; forward,
+backward and an optimizer step for lora and full), turn it into seconds per token, and multiply by
+the tokens the run will see:
+
+    head:      load + (train + eval tokens) x forward s/token + steps x (tiny head step)
+    lora/full: load + epochs x train tokens x train s/token + (epochs + 1) x eval tokens x forward s/token
+
+The rates depend on the model, the mode and the device, not on the data set, so a caller (the app)
+can measure them once and reuse them while the user changes epochs, batch size or the data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from rmcore.batching import pack_groups
+from rmcore.data import RankedGroup
+from rmcore.device import autodetect_device
+from rmcore.encoding import EncodedGroup, encode_groups
+from rmcore.model import (
+    PackedRewardModel,
+    head_of,
+    load_sequence_classifier,
+    load_tokenizer,
+    resolve_model_path,
+)
+from rmcore.train import TrainConfig
+
+HEAD_STEP_S = 0.003  # one optimizer step of the reward neuron on cached features (measured: ~1-3 ms)
+SAVE_BYTES_PER_S = 150e6  # writing safetensors, tokenizer and the atomic rename
+
+
+@dataclass
+class StepRates:
+    """Seconds per token of one model in one mode on one device (what `measure_rates` timed)."""
+
+    model: str
+    mode: str
+    device: str
+    load_s: float  # loading the model and adding the reward neuron
+    forward_s_per_token: float  # inference (features, held-out evaluation)
+    train_s_per_token: float  # forward + backward + optimizer step (0 for head mode: it trains on features)
+    parameters: int  # parameters saved at the end (for the save time)
+
+
+@dataclass
+class TimeEstimate:
+    seconds: float
+    parts: dict[str, float] = field(default_factory=dict)  # load, features, training, evaluation, save
+    steps: int = 0
+    train_tokens: int = 0  # packed tokens of one epoch (each prompt once, then its K responses)
+    eval_tokens: int = 0
+    cached_features: bool = False  # head mode: the trunk features are already in the cache
+    device: str = "cpu"
+
+    def describe(self) -> str:
+        """One line for people: "about 1 min 20 s on cpu (features 50 s, training 25 s, ...)"."""
+        parts = ", ".join(f"{k} {format_duration(v)}" for k, v in self.parts.items() if v >= 0.5)
+        cached = "; trunk features already cached" if self.cached_features else ""
+        return f"about {format_duration(self.seconds)} on {self.device} ({parts}{cached})"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        return f"{seconds:.1f} s" if seconds < 1 else f"{seconds:.0f} s"
+    if seconds < 60:
+        return f"{round(seconds):.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s" if minutes < 10 else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _sample_batch(encoded: list[EncodedGroup], batch_size: int) -> list[EncodedGroup]:
+    """A batch of typical length: `batch_size` groups around the median packed length."""
+    order = sorted(encoded, key=lambda g: g.num_tokens)
+    middle = len(order) // 2
+    start = max(0, min(middle - batch_size // 2, len(order) - batch_size))
+    return order[start : start + batch_size]
+
+
+def measure_rates(
+    config: TrainConfig, groups: list[RankedGroup], *, device: str | None = None, sample_groups: int = 2
+) -> StepRates:
+    """Load the base model as training would and time a small batch of `groups` in `config.mode`.
+
+    `sample_groups` prompts of median length (with all their responses) are run once to warm up and
+    once timed; for lora and full one training step is timed too. A few seconds on a CPU for the
+    embedded model. The loaded copy is thrown away, so nothing cached elsewhere is touched.
+    """
+    config.check()
+    device = device or autodetect_device()
+    started = time.perf_counter()
+    path, name = resolve_model_path(config.model)
+    classifier, tokenizer, _ = load_sequence_classifier(path, seed=config.seed)
+    load_s = time.perf_counter() - started
+    usable = [g for g in groups if g.pairs()] or groups
+    size = max(1, min(sample_groups, config.batch_size, len(usable)))
+    encoded = encode_groups(tokenizer, usable[: max(size * 8, 64)], config.max_length)
+    batch_groups = _sample_batch(encoded, size)
+    batch = pack_groups(batch_groups, tokenizer.pad_token_id).to(device)
+    tokens = max(1, batch.real_tokens)
+
+    parameters = sum(p.numel() for p in classifier.parameters())  # what is saved (LoRA is merged)
+    if config.mode == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+        )
+        classifier = get_peft_model(classifier, lora)
+    packed = PackedRewardModel(classifier).to(device)
+
+    def autocast():
+        if device == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def forward_once() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast():
+            packed(
+                batch.input_ids,
+                batch.position_ids,
+                batch.attention_mask,
+                batch.last_index,
+                features_only=config.mode == "head",
+            )
+        _sync(device)
+        return time.perf_counter() - t0
+
+    packed.eval()
+    forward_once()  # warm-up: first calls allocate and pick kernels
+    forward_s = forward_once()
+
+    train_s = 0.0
+    if config.mode != "head":
+        if config.mode == "full":
+            classifier.requires_grad_(True)
+        params = [p for p in packed.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate())
+        packed.train()
+
+        def train_once() -> float:
+            _sync(device)
+            t0 = time.perf_counter()
+            with autocast():
+                rewards = packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index)
+            rewards.float().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        train_s = train_once()  # the forward warm-up above is enough; a second step would double the wait
+    else:
+        head_of(classifier)  # fails early if the model has no reward neuron to train
+    return StepRates(name, config.mode, device, load_s, forward_s / tokens, train_s / tokens, parameters)
+
+
+def estimate_training_time(
+    config: TrainConfig,
+    train_groups: list[RankedGroup],
+    eval_groups: list[RankedGroup] | None = None,
+    *,
+    rates: StepRates | None = None,
+    tokenizer=None,
+) -> TimeEstimate:
+    """Seconds the run would take here; pass `rates` (from `measure_rates`) to skip the timing."""
+    config.check()
+    if rates is None:
+        rates = measure_rates(config, train_groups)
+    if tokenizer is None:
+        path, _ = resolve_model_path(config.model)
+        tokenizer = load_tokenizer(path)
+    encoded = encode_groups(tokenizer, train_groups, config.max_length)
+    encoded_eval = encode_groups(tokenizer, eval_groups or [], config.max_length)
+    train_tokens = sum(g.num_tokens for g in encoded)
+    eval_tokens = sum(g.num_tokens for g in encoded_eval)
+    steps = math.ceil(len(encoded) / config.batch_size) * config.epochs
+    parts = {"loading": rates.load_s}
+    cached = False
+    if config.mode == "head":
+        cached = config.cache_features and _features_cached(config, encoded + encoded_eval)
+        parts["features"] = 0.0 if cached else (train_tokens + eval_tokens) * rates.forward_s_per_token
+        parts["training"] = steps * HEAD_STEP_S
+        parts["evaluation"] = 0.0
+    else:
+        parts["training"] = config.epochs * train_tokens * rates.train_s_per_token
+        parts["evaluation"] = (config.epochs + 1) * eval_tokens * rates.forward_s_per_token
+    parts["saving"] = 1.0 + rates.parameters * 4 / SAVE_BYTES_PER_S
+    return TimeEstimate(sum(parts.values()), parts, steps, train_tokens, eval_tokens, cached, rates.device)
+
+
+def _features_cached(config: TrainConfig, encoded: list[EncodedGroup]) -> bool:
+    """Whether head-mode training would find its trunk features in the cache (same key as rmcore.train)."""
+    try:
+        from rmcore.train import feature_cache_path
+
+        path, _ = resolve_model_path(config.model)
+        return feature_cache_path(path, encoded, config.max_length).is_file()
+    except Exception:  # an estimate must never fail because of the cache
+        return False
