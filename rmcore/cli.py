@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     formats = "; ".join(f"{k}: {v}" for k, v in FORMATS.items())
 
     p = sub.add_parser("validate", help="check a data file and summarise it",
-                       description=f"Read DATA, detect its format and report what training would use. Formats: {formats}")
+                       description="Read DATA, detect its format and report what training would use. "
+                                   f"Formats: {formats}")
     p.add_argument("data", metavar="DATA", help=".jsonl, .json, .csv or .parquet, optionally .gz")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--model", default="embedded", help=model_help + " (its tokenizer counts truncation)")
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "lora: adapters on every linear layer + the neuron; full: every weight (default head)")
     p.add_argument("--epochs", type=_positive_int, default=1)
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default by mode: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+                   help="learning rate (default by mode: "
+                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--batch-size", type=_positive_int, default=8,
                    help="prompts per step, each with all its responses; halve it if you run out of memory")
     p.add_argument("--max-length", type=_positive_int, default=512,
@@ -282,7 +284,8 @@ def cmd_eval(args) -> int:
     print("calibration: predicted -> observed (count)")
     for b in s["calibration"]:
         if b["count"]:
-            print(f"  {b['bin_low']:.1f}-{b['bin_high']:.1f}: {b['predicted']:.3f} -> {b['observed']:.3f} ({b['count']})")
+            low, high = b["bin_low"], b["bin_high"]
+            print(f"  {low:.1f}-{high:.1f}: {b['predicted']:.3f} -> {b['observed']:.3f} ({b['count']})")
     print("worst pairs:")
     for p in worst_pairs(result, 3):
         print(f"  r_w - r_l = {p['margin']:+.3f} at {p['source']}: {p['prompt'][:60]!r}")

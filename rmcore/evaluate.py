@@ -79,7 +79,9 @@ def evaluate(model: RewardModel, groups: list[RankedGroup], batch_size: int = 8)
         "accuracy": sum(p["correct"] for p in pairs) / n if n else None,
         "mean_log_loss": log_loss,
         "mean_margin": statistics.fmean(p["margin"] for p in pairs) if n else None,
-        "by_rank_gap": {str(g): {"comparisons": len(v), "accuracy": sum(v) / len(v)} for g, v in sorted(by_gap.items())},
+        "by_rank_gap": {
+            str(g): {"comparisons": len(v), "accuracy": sum(v) / len(v)} for g, v in sorted(by_gap.items())
+        },
         "calibration": calibration_bins(pairs),
         "length_correlation": _pearson([float(r["tokens"]) for r in responses], all_rewards),
         "best_of_group_accuracy": _best_of_group_accuracy(groups, rewards),

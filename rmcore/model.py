@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmcore.batching import PackedBatch, pack_groups
+from rmcore.batching import pack_groups
 from rmcore.data import Message, RankedGroup
 from rmcore.device import autodetect_device
 from rmcore.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
@@ -207,7 +207,8 @@ class ScoreResult:
     trained: bool  # False when the head is untrained (rewards are then meaningless)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rewards": self.rewards, "probabilities": self.probabilities, "best": self.best, "trained": self.trained}
+        return {"rewards": self.rewards, "probabilities": self.probabilities, "best": self.best,
+                "trained": self.trained}
 
 
 @dataclass

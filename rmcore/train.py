@@ -334,7 +334,8 @@ def train(
             if (config.eval_every and step % config.eval_every == 0) or end_of_epoch:
                 last_eval = evaluate_held_out(step) or last_eval
                 module.train()
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or (end_of_epoch and step < total_steps):
+            due = config.checkpoint_every and step % config.checkpoint_every == 0
+            if due or (end_of_epoch and step < total_steps):
                 _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, run_key, checkpoint)
             if stop_event is not None and stop_event.is_set() and step < total_steps:
                 stopped = True

@@ -1,0 +1,1 @@
+"""The rmcore Streamlit app: thin pages over the rmcore library (see app/main.py)."""

@@ -1,0 +1,468 @@
+"""Pure functions that build plotly figures from rmcore results (no Streamlit here; tested directly).
+
+Plotly reads a few HTML-like tags (<b>, <br>, <a>) in labels and hover text, so every piece of
+user text goes through `plain()` first: escaped, on one line, shortened. User text never goes into
+a hovertemplate itself (where "%{...}" would be interpolated), only into customdata.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+TRAIN = "#4C78A8"
+HELD_OUT = "#F58518"
+GOOD = "#54A24B"
+BAD = "#E45756"
+GREY = "#9D9D9D"
+MAX_POINTS = 2000  # curves are thinned to this many points so a long run still draws quickly
+
+
+def plain(text: Any, limit: int = 60) -> str:
+    """User text made safe and short for a chart label: escaped, one line, cut at `limit` chars."""
+    one_line = " ".join(str(text).split())
+    if len(one_line) > limit:
+        one_line = one_line[: limit - 1].rstrip() + "…"
+    return html.escape(one_line, quote=False)
+
+
+def token_label(token: str) -> str:
+    """A token as people can read it: spaces as '·', newlines as '⏎', escaped."""
+    shown = token.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥")
+    return html.escape(shown or "∅", quote=False)
+
+
+def candidate_labels(candidates: list[str], limit: int = 40) -> list[str]:
+    return [f"#{i + 1} {plain(c, limit)}" for i, c in enumerate(candidates)]
+
+
+def _layout(fig: go.Figure, height: int = 320, **kwargs) -> go.Figure:
+    kwargs.setdefault("margin", dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(height=height, **kwargs)
+    return fig
+
+
+def _thin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(rows) <= MAX_POINTS:
+        return rows
+    stride = math.ceil(len(rows) / MAX_POINTS)
+    return rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
+
+
+def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing), debiased at the start."""
+    out, avg = [], 0.0
+    for i, value in enumerate(values):
+        avg = weight * avg + (1 - weight) * value
+        out.append(avg / (1 - weight ** (i + 1)))
+    return out
+
+
+# ----------------------------------------------------------------------------- Data
+
+
+def k_distribution(k_distribution: dict[Any, int]) -> go.Figure:
+    ks = sorted(k_distribution, key=lambda k: int(k))
+    fig = go.Figure(
+        go.Bar(
+            x=[int(k) for k in ks],
+            y=[k_distribution[k] for k in ks],
+            marker_color=TRAIN,
+            hovertemplate="K = %{x}: %{y} instructions<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="responses per instruction (K)", dtick=1)
+    fig.update_yaxes(title="instructions")
+    return _layout(fig, 260, title="Responses per instruction")
+
+
+# ----------------------------------------------------------------------------- Train
+
+
+CURVES = (
+    ("loss", "eval_loss", "Bradley-Terry loss"),
+    ("accuracy", "eval_accuracy", "Pairwise accuracy"),
+    ("margin", "eval_margin", "Reward margin r<sub>w</sub> − r<sub>l</sub>"),
+)
+
+
+def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) -> go.Figure:
+    """Loss, pairwise accuracy and margin against the step: train (raw and smoothed) and held-out."""
+    fig = make_subplots(
+        rows=1, cols=3, subplot_titles=[title for _, _, title in CURVES], horizontal_spacing=0.07
+    )
+    steps = _thin(steps)
+    x = [s["step"] for s in steps]
+    for col, (key, eval_key, _) in enumerate(CURVES, start=1):
+        first = col == 1
+        values = [s.get(key) for s in steps]
+        if steps:
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=values,
+                    mode="lines",
+                    line=dict(color=TRAIN, width=1),
+                    opacity=0.35,
+                    name="train (each step)",
+                    legendgroup="raw",
+                    showlegend=first,
+                    hovertemplate=f"step %{{x}}<br>train {key} %{{y:.3f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=smooth(values),
+                    mode="lines",
+                    line=dict(color=TRAIN, width=2.5),
+                    name="train (smoothed)",
+                    legendgroup="smooth",
+                    showlegend=first,
+                    hovertemplate=f"step %{{x}}<br>smoothed {key} %{{y:.3f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        if evals:
+            fig.add_trace(
+                go.Scatter(
+                    x=[e["step"] for e in evals],
+                    y=[e.get(eval_key) for e in evals],
+                    mode="lines+markers",
+                    line=dict(color=HELD_OUT, width=2.5),
+                    marker=dict(size=7),
+                    name="held-out",
+                    legendgroup="eval",
+                    showlegend=first,
+                    hovertemplate=f"step %{{x}}<br>held-out {key} %{{y:.3f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text="step", row=1, col=col, rangemode="tozero")
+    fig.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
+    fig.add_hline(y=0.5, line=dict(color=GREY, dash="dot"), row=1, col=2)
+    fig.add_hline(y=math.log(2), line=dict(color=GREY, dash="dot"), row=1, col=1)
+    return _layout(
+        fig,
+        340,
+        legend=dict(orientation="h", yanchor="bottom", y=-0.35, x=0),
+        margin=dict(l=10, r=10, t=40, b=70),
+    )
+
+
+# ----------------------------------------------------------------------------- Probe
+
+
+def reward_bars(candidates: list[str], rewards: list[float], best: int | None = None) -> go.Figure:
+    """Rewards as horizontal bars, highest on top; the best candidate in green."""
+    order = sorted(range(len(rewards)), key=lambda i: rewards[i])  # plotly draws the first bar at the bottom
+    labels = candidate_labels(candidates)
+    colors = [GOOD if i == best else TRAIN for i in order]
+    fig = go.Figure(
+        go.Bar(
+            x=[rewards[i] for i in order],
+            y=[labels[i] for i in order],
+            orientation="h",
+            marker_color=colors,
+            text=[f"{rewards[i]:+.3f}" for i in order],
+            textposition="auto",
+            customdata=[plain(candidates[i], 200) for i in order],
+            hovertemplate="reward %{x:.4f}<br>%{customdata}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="reward r (one number per response)", zeroline=True, zerolinecolor=GREY)
+    fig.update_yaxes(automargin=True)
+    return _layout(fig, 90 + 42 * len(rewards), title="Rewards, sorted")
+
+
+def preference_heatmap(probabilities: list[list[float]], candidates: list[str]) -> go.Figure:
+    """P[i][j] = sigma(r_i - r_j) with the value in each cell and the meaning in words on hover."""
+    n = len(probabilities)
+    names = [f"#{i + 1}" for i in range(n)]
+    hover = [
+        [f"P(#{i + 1} preferred over #{j + 1}) = {probabilities[i][j]:.3f}" for j in range(n)]
+        for i in range(n)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=probabilities,
+            x=names,
+            y=names,
+            zmin=0,
+            zmax=1,
+            colorscale="RdBu",
+            reversescale=False,
+            text=[[f"{p:.2f}" for p in row] for row in probabilities],
+            texttemplate="%{text}",
+            customdata=hover,
+            hovertemplate="%{customdata}<extra></extra>",
+            colorbar=dict(title=dict(text="P(i ≻ j)"), thickness=12),
+        )
+    )
+    fig.update_xaxes(title="j (column)", side="bottom", type="category")
+    fig.update_yaxes(title="i (row)", autorange="reversed", type="category")
+    return _layout(
+        fig, 120 + 48 * n, title="P(row i preferred over column j) = σ(r<sub>i</sub> − r<sub>j</sub>)"
+    )
+
+
+def token_trace(tokens: list[str], rewards: list[float]) -> go.Figure:
+    """The reward head applied after every token: top, the reward if the answer ended there;
+    bottom, its change at each token.
+
+    The last point is the real reward: the model reads it at the final token (the end-of-turn marker).
+    """
+    x = list(range(1, len(tokens) + 1))
+    deltas = [rewards[0]] + [b - a for a, b in zip(rewards, rewards[1:], strict=False)] if rewards else []
+    labels = [token_label(t) for t in tokens]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.06)
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=rewards,
+            mode="lines+markers",
+            line=dict(color=TRAIN, width=2),
+            marker=dict(size=5),
+            name="reward if the answer ended here",
+            customdata=labels,
+            hovertemplate="token %{x} '%{customdata}'<br>reward %{y:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    if rewards:
+        fig.add_trace(
+            go.Scatter(
+                x=[x[-1]],
+                y=[rewards[-1]],
+                mode="markers",
+                marker=dict(size=13, color=GOOD),
+                name="the reward (read at the last token)",
+                hovertemplate="final reward %{y:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=deltas,
+            marker_color=[GOOD if d >= 0 else BAD for d in deltas],
+            name="change at this token",
+            customdata=labels,
+            showlegend=False,
+            hovertemplate="token %{x} '%{customdata}'<br>change %{y:+.3f}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    show_ticks = len(tokens) <= 80
+    fig.update_xaxes(
+        tickmode="array" if show_ticks else "auto",
+        tickvals=x if show_ticks else None,
+        ticktext=labels if show_ticks else None,
+        tickangle=-60,
+        row=2,
+        col=1,
+    )
+    fig.update_xaxes(title_text="token of the answer", row=2, col=1)
+    fig.update_yaxes(title_text="reward", row=1, col=1)
+    fig.update_yaxes(title_text="change", zeroline=True, zerolinecolor=GREY, row=2, col=1)
+    return _layout(
+        fig,
+        460,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        margin=dict(l=10, r=10, t=40, b=10),
+    )
+
+
+# ----------------------------------------------------------------------------- Evaluate
+
+
+def rank_gap_accuracy(by_rank_gap: dict[str, dict[str, float]]) -> go.Figure:
+    gaps = sorted(by_rank_gap, key=int)
+    acc = [by_rank_gap[g]["accuracy"] for g in gaps]
+    counts = [by_rank_gap[g]["comparisons"] for g in gaps]
+    fig = go.Figure(
+        go.Bar(
+            x=[int(g) for g in gaps],
+            y=acc,
+            marker_color=TRAIN,
+            customdata=counts,
+            text=[f"{a:.2f}" for a in acc],
+            textposition="auto",
+            hovertemplate="rank gap %{x}: accuracy %{y:.3f} on %{customdata} pairs<extra></extra>",
+        )
+    )
+    fig.add_hline(y=0.5, line=dict(color=GREY, dash="dot"))
+    fig.update_xaxes(title="rank gap (rank of loser − rank of winner)", dtick=1)
+    fig.update_yaxes(title="pairwise accuracy", range=[0, 1.05])
+    return _layout(fig, 300, title="Accuracy by rank gap (dotted line: chance)")
+
+
+def calibration(bins: list[dict[str, Any]]) -> go.Figure:
+    used = [b for b in bins if b["count"]]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line=dict(color=GREY, dash="dash"),
+            name="perfectly calibrated",
+            hoverinfo="skip",
+        )
+    )
+    sizes = [max(6.0, min(30.0, 4 * math.sqrt(b["count"]))) for b in used]
+    fig.add_trace(
+        go.Scatter(
+            x=[b["predicted"] for b in used],
+            y=[b["observed"] for b in used],
+            mode="lines+markers",
+            marker=dict(size=sizes, color=HELD_OUT),
+            line=dict(color=HELD_OUT),
+            name="this model",
+            customdata=[b["count"] for b in used],
+            hovertemplate="predicted %{x:.2f}, observed %{y:.2f}<br>%{customdata} comparisons<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="predicted P = σ(r_a − r_b)", range=[0, 1])
+    fig.update_yaxes(title="observed frequency a preferred", range=[0, 1])
+    return _layout(fig, 320, title="Calibration", legend=dict(orientation="h", y=-0.3))
+
+
+def reward_histograms(responses: list[dict[str, Any]]) -> go.Figure:
+    """Rewards of responses people ranked best against those they ranked lower."""
+    best = [r["reward"] for r in responses if r["rank"] == 1]
+    rest = [r["reward"] for r in responses if r["rank"] is not None and r["rank"] > 1]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Histogram(
+            x=best, name=f"preferred (ranked best, {len(best)})", marker_color=GOOD, opacity=0.65, nbinsx=30
+        )
+    )
+    fig.add_trace(
+        go.Histogram(
+            x=rest, name=f"rejected (ranked lower, {len(rest)})", marker_color=BAD, opacity=0.65, nbinsx=30
+        )
+    )
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title="reward")
+    fig.update_yaxes(title="responses")
+    return _layout(fig, 320, title="Rewards: preferred vs rejected", legend=dict(orientation="h", y=-0.3))
+
+
+def reward_vs_length(responses: list[dict[str, Any]], correlation: float | None) -> go.Figure:
+    xs = [r["tokens"] for r in responses]
+    ys = [r["reward"] for r in responses]
+    colors = [GOOD if r["rank"] == 1 else (GREY if r["rank"] is None else BAD) for r in responses]
+    fig = go.Figure(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="markers",
+            marker=dict(color=colors, size=7, opacity=0.7),
+            customdata=[
+                [plain(r["response"], 80), r["rank"] if r["rank"] is not None else "unranked"]
+                for r in responses
+            ],
+            hovertemplate="%{x} tokens, reward %{y:.3f}, rank %{customdata[1]}<br>%{customdata[0]}"
+            "<extra></extra>",
+            showlegend=False,
+        )
+    )
+    if len(xs) >= 2 and len(set(xs)) >= 2:
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mean_x) ** 2 for x in xs)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=False)) / var
+        lo, hi = min(xs), max(xs)
+        fig.add_trace(
+            go.Scatter(
+                x=[lo, hi],
+                y=[mean_y + slope * (lo - mean_x), mean_y + slope * (hi - mean_x)],
+                mode="lines",
+                line=dict(color=GREY, dash="dash"),
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+    corr = "n/a" if correlation is None else f"{correlation:+.2f}"
+    fig.update_xaxes(title="response length (tokens)")
+    fig.update_yaxes(title="reward")
+    return _layout(fig, 320, title=f"Reward vs length (Pearson r = {corr})")
+
+
+# ----------------------------------------------------------------------------- Learn
+
+
+def sigmoid_explainer(r1: float, r2: float) -> go.Figure:
+    """σ(d) and the loss −log σ(d) against d = r1 − r2, with the sliders' point marked."""
+    d_now = r1 - r2
+    ds = [x / 10 for x in range(-80, 81)]
+    sig = [1 / (1 + math.exp(-d)) for d in ds]
+    loss = [math.log1p(math.exp(-d)) if d > -30 else -d for d in ds]
+    p_now = 1 / (1 + math.exp(-d_now))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["P(1 ≻ 2) = σ(r₁ − r₂)", "loss if 1 was preferred: −log σ(r₁ − r₂)"]
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=ds,
+            y=sig,
+            mode="lines",
+            line=dict(color=TRAIN, width=2.5),
+            name="σ(d)",
+            hovertemplate="d = %{x:.1f}<br>σ(d) = %{y:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[d_now],
+            y=[p_now],
+            mode="markers",
+            marker=dict(size=14, color=HELD_OUT),
+            name="your r₁ − r₂",
+            hovertemplate="d = %{x:.2f}<br>P = %{y:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=ds,
+            y=loss,
+            mode="lines",
+            line=dict(color=BAD, width=2.5),
+            name="−log σ(d)",
+            hovertemplate="d = %{x:.1f}<br>loss = %{y:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    loss_now = math.log1p(math.exp(-d_now)) if d_now > -30 else -d_now
+    fig.add_trace(
+        go.Scatter(
+            x=[d_now],
+            y=[loss_now],
+            mode="markers",
+            marker=dict(size=14, color=HELD_OUT),
+            showlegend=False,
+            hovertemplate="d = %{x:.2f}<br>loss = %{y:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    for col in (1, 2):
+        fig.update_xaxes(title_text="d = r₁ − r₂", row=1, col=col)
+    fig.update_yaxes(range=[-0.02, 1.02], row=1, col=1)
+    return _layout(fig, 330, showlegend=False)

@@ -1,0 +1,279 @@
+"""Background training: one job per server, in a worker thread that makes no Streamlit calls.
+
+The Train page starts a job and polls `manager().current().snapshot()` from a fragment that reruns
+every second; switching pages or closing the tab does not stop the thread. A second session that
+asks to train while a job runs gets `JobBusy` (with the running job's snapshot to show), never a
+second run competing for the same CPU. Stop sets a `threading.Event` that rmcore's trainer checks
+at every step boundary: it saves a checkpoint and the model so far.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rmcore.data import RankedGroup, write_ranked_jsonl
+from rmcore.errors import RmcoreError
+from rmcore.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+HELD_OUT_FILE = "held_out.jsonl"  # the held-out prompts, saved beside the model for the Evaluate page
+ACTIVE = ("starting", "running", "stopping")
+
+
+class JobBusy(RuntimeError):
+    """Another training job is running on this server."""
+
+    def __init__(self, snapshot: JobSnapshot):
+        self.snapshot = snapshot
+        super().__init__(
+            f"a training job ('{snapshot.model_name}') is already running on this server "
+            f"({snapshot.progress:.0%} done); one job runs at a time"
+        )
+
+
+@dataclass
+class JobRequest:
+    config: TrainConfig
+    train_groups: list[RankedGroup]
+    eval_groups: list[RankedGroup]
+    out_dir: Path
+    model_name: str
+    data_name: str = ""
+    data_summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobSnapshot:
+    """A consistent copy of a job's state, safe to read from any session."""
+
+    id: str
+    owner: str  # the session that started it
+    model_name: str
+    out_dir: str
+    data_name: str
+    config: dict[str, Any]
+    status: str  # starting, running, stopping, done, stopped, failed
+    phase: str  # what it is doing now, in words
+    phase_progress: float | None  # progress of that phase (computing features), when it has one
+    progress: float  # 0..1 of the training steps
+    step: int
+    total_steps: int
+    eta_s: float | None
+    elapsed_s: float
+    steps: list[dict[str, Any]]  # one per optimizer step: step, epoch, loss, accuracy, margin, ...
+    evals: list[dict[str, Any]]  # one per held-out evaluation: step, eval_loss, eval_accuracy, eval_margin
+    error: str | None
+    train_prompts: int
+    eval_prompts: int
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.steps[-1] if self.steps else {}
+
+    @property
+    def last_eval(self) -> dict[str, Any]:
+        return self.evals[-1] if self.evals else {}
+
+
+class TrainingJob:
+    def __init__(self, request: JobRequest, owner: str):
+        self.id = uuid.uuid4().hex[:12]
+        self.owner = owner
+        self.request = request
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._status = "starting"
+        self._phase = "starting"
+        self._progress = 0.0
+        self._phase_progress: float | None = None
+        self._steps: list[dict[str, Any]] = []
+        self._evals: list[dict[str, Any]] = []
+        self._error: str | None = None
+        self._started = time.time()
+        self._finished: float | None = None
+        self.thread = threading.Thread(target=self._run, name=f"rmcore-train-{self.id}", daemon=True)
+
+    # -- the worker thread (no st.* calls here)
+    def _on_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            kind = event.get("event")
+            if kind == "phase":
+                self._phase = str(event.get("phase", ""))
+                self._phase_progress = event.get("progress")
+            elif kind == "step":
+                if self._status == "starting":
+                    self._status = "running"
+                self._phase = "training"
+                self._phase_progress = None
+                self._progress = float(event.get("progress", 0.0))
+                self._steps.append({k: v for k, v in event.items() if k != "event"})
+            elif kind == "eval":
+                self._evals.append({k: v for k, v in event.items() if k != "event"})
+
+    def _run(self) -> None:
+        request = self.request
+        try:
+            result = train(
+                request.config,
+                request.train_groups,
+                request.out_dir,
+                eval_groups=request.eval_groups,
+                on_step=self._on_event,
+                stop_event=self.stop_event,
+                data_summary=request.data_summary,
+            )
+            saved = (request.out_dir / "config.json").is_file()
+            if request.eval_groups and saved:
+                _write_atomically(request.out_dir / HELD_OUT_FILE, write_ranked_jsonl(request.eval_groups))
+            status = "stopped" if result.stopped else "done"
+            if not saved:
+                phase = "stopped before the first training step; nothing was saved"
+            elif result.stopped:
+                phase = f"stopped at step {result.steps} of {result.total_steps}; model and checkpoint saved"
+            else:
+                phase = "finished; model saved"
+            error = None
+        except RmcoreError as exc:
+            status, phase, error = "failed", "failed", str(exc)
+        except Exception as exc:  # a bug: keep the server alive, log the traceback, tell the user in one line
+            log.error("training job %s failed:\n%s", self.id, traceback.format_exc())
+            status, phase, error = "failed", "failed", f"{type(exc).__name__}: {exc}"
+        if request.out_dir.is_dir() and not any(request.out_dir.iterdir()):
+            request.out_dir.rmdir()  # nothing was saved: free the reserved name
+        with self._lock:
+            self._status, self._phase, self._error = status, phase, error
+            self._finished = time.time()
+            if status == "done":
+                self._progress = 1.0
+
+    # -- any session
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._status in ("starting", "running"):
+                self._status = "stopping"
+                self._phase = "stopping after this step; saving a checkpoint"
+        self.stop_event.set()
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            last = self._steps[-1] if self._steps else {}
+            end = self._finished or time.time()
+            return JobSnapshot(
+                id=self.id,
+                owner=self.owner,
+                model_name=self.request.model_name,
+                out_dir=str(self.request.out_dir),
+                data_name=self.request.data_name,
+                config=asdict(self.request.config),
+                status=self._status,
+                phase=self._phase,
+                phase_progress=self._phase_progress,
+                progress=self._progress,
+                step=int(last.get("step", 0)),
+                total_steps=int(last.get("total_steps", 0)),
+                eta_s=last.get("eta_s") if self._status in ACTIVE else None,
+                elapsed_s=end - self._started,
+                steps=list(self._steps),
+                evals=list(self._evals),
+                error=self._error,
+                train_prompts=len(self.request.train_groups),
+                eval_prompts=len(self.request.eval_groups),
+            )
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker ends (tests); True when it did."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+class JobManager:
+    """Holds the server's one training job (the running one, or the last one that ended)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._job: TrainingJob | None = None
+
+    def current(self) -> TrainingJob | None:
+        return self._job
+
+    def start(self, request: JobRequest, owner: str) -> TrainingJob:
+        with self._lock:
+            if self._job is not None and self._job.snapshot().active and self._job.thread.is_alive():
+                raise JobBusy(self._job.snapshot())
+            if request.out_dir.exists() and any(request.out_dir.iterdir()):
+                raise FileExistsError(
+                    f"a model named '{request.model_name}' already exists; choose another name"
+                )
+            request.out_dir.mkdir(parents=True, exist_ok=True)  # reserve the name
+            job = TrainingJob(request, owner)
+            self._job = job
+        job.start()
+        return job
+
+    def stop(self, owner: str) -> bool:
+        """Stop the running job if `owner` started it; False when there is nothing of theirs to stop."""
+        job = self._job
+        if job is None or job.owner != owner or not job.snapshot().active:
+            return False
+        job.stop()
+        return True
+
+    def forget(self, owner: str) -> None:
+        """Clear a finished job from the page (its model stays on disk)."""
+        with self._lock:
+            if self._job is not None and self._job.owner == owner and not self._job.snapshot().active:
+                self._job = None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+_MANAGER = JobManager()
+
+
+def manager() -> JobManager:
+    """The one manager of this server process (module state lives as long as the server)."""
+    return _MANAGER
+
+
+def read_held_out(model_dir: Path) -> list[RankedGroup] | None:
+    """The held-out prompts saved beside a model trained in the app, if any."""
+    from rmcore.data import read_preferences
+
+    path = Path(model_dir) / HELD_OUT_FILE
+    if not path.is_file():
+        return None
+    return read_preferences(path, display_name=f"{Path(model_dir).name}/{HELD_OUT_FILE}").groups
+
+
+def metrics_history(model_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(steps, evals) from a saved model's metrics.jsonl, to redraw its curves."""
+    path = Path(model_dir) / "metrics.jsonl"
+    steps, evals = [], []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            (evals if row.get("event") == "eval" else steps).append(row)
+    return steps, evals

@@ -1,0 +1,47 @@
+"""The rmcore workbench: `streamlit run app/main.py` (or `make app`) from the project folder.
+
+A router over thin pages in app/views/; all model work goes through the rmcore library.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts app/ on the path, not the project
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the app never reaches a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import streamlit as st  # noqa: E402
+
+from app import ui  # noqa: E402
+
+PAGES = [
+    ("views/data.py", "Data", ":material/table_view:"),
+    ("views/train.py", "Train", ":material/model_training:"),
+    ("views/probe.py", "Probe", ":material/science:"),
+    ("views/evaluate.py", "Evaluate", ":material/analytics:"),
+    ("views/learn.py", "Learn", ":material/school:"),
+    ("views/export.py", "Export", ":material/download:"),
+]
+
+
+def run() -> None:
+    st.set_page_config(
+        page_title="rmcore: reward-model workbench", page_icon=":material/balance:", layout="wide"
+    )
+    pages = [
+        st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)
+    ]
+    page = st.navigation(pages)
+    with st.sidebar:
+        st.markdown("### :material/balance: rmcore workbench")
+        st.caption("Train, probe and evaluate reward models from ranked preferences.")
+    page.run()
+    ui.sidebar()  # after the page, so it shows what the page just did (data loaded, job started)
+
+
+run()

@@ -1,0 +1,77 @@
+"""Models loaded once per server (st.cache_resource) and only ever used for inference.
+
+A cached model is shared by every session, so nothing here trains or changes it: training loads
+its own copy in the job's thread, and the time estimate loads a throwaway copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from app import settings
+from rmcore.model import RewardModel
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What a model picker returns: a trained model in the models folder, or a base model's untrained head."""
+
+    kind: str  # "trained" or "untrained"
+    name: str  # the folder name in the models folder, or the base model ("embedded" or a folder)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def label(self) -> str:
+        if self.kind == "untrained":
+            return f"untrained head on {settings.base_model_label(self.name)} (for comparison)"
+        return self.name
+
+    def path(self) -> Path | None:
+        return settings.model_path(self.name) if self.kind == "trained" else None
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _load_reward_model(source: str, stamp: float) -> RewardModel:
+    """`stamp` (the folder's config mtime) makes a replaced model load afresh."""
+    return RewardModel.load(source)
+
+
+def reward_model(choice: ModelChoice) -> RewardModel:
+    if choice.kind == "untrained":
+        return _load_reward_model(choice.name, 0.0)
+    path = settings.model_path(choice.name)
+    return _load_reward_model(str(path), (path / "config.json").stat().st_mtime)
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def generator(name: str):
+    from rmcore.generate import Generator
+
+    return Generator(name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def tokenizer(name: str):
+    """The tokenizer of a base model, as rmcore prepares it (for counting tokens and truncation)."""
+    from rmcore.model import choose_pad_token, load_tokenizer, resolve_model_path
+
+    path, _ = resolve_model_path(name)
+    tok = load_tokenizer(path)
+    choose_pad_token(tok)
+    return tok
+
+
+@st.cache_data(show_spinner=False, ttl=3600, max_entries=16)
+def step_rates(model: str, mode: str, max_length: int, batch_size: int, lora_r: int, _groups):
+    """Seconds per token of `model` in `mode` here, measured once per settings (rmcore.estimate)."""
+    from rmcore.estimate import measure_rates
+    from rmcore.train import TrainConfig
+
+    config = TrainConfig(model=model, mode=mode, max_length=max_length, batch_size=batch_size, lora_r=lora_r)
+    return measure_rates(config, _groups)

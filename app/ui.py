@@ -1,0 +1,113 @@
+"""Small pieces every page uses: the sidebar, model pickers, error display, number formatting."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+import streamlit as st
+
+from app import settings, state
+from app.jobs import manager
+from app.resources import ModelChoice
+from rmcore.errors import RmcoreError
+from rmcore.estimate import format_duration
+
+log = logging.getLogger(__name__)
+# Markdown, Streamlit directives (:red[...], :emoji:) and LaTeX ($) read these; a backslash escapes them.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-!|<>~$:&])")
+
+
+def md(text) -> str:
+    """User text (a file name, an error quoting a column) made literal inside markdown elements."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
+@contextlib.contextmanager
+def user_errors(what: str = ""):
+    """Show errors a user can cause (bad data, a model that cannot load) as one message, not a traceback."""
+    try:
+        yield
+    except RmcoreError as exc:
+        st.error(f"{what}{': ' if what else ''}{md(exc)}", icon=":material/error:")
+    except (ValueError, FileExistsError, OSError) as exc:
+        log.info("user error", exc_info=True)
+        st.error(f"{what}{': ' if what else ''}{md(exc)}", icon=":material/error:")
+
+
+def fmt(value, digits: int = 3, missing: str = "–") -> str:
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def duration(seconds: float | None) -> str:
+    return "–" if seconds is None else format_duration(seconds)
+
+
+def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
+    choices = [ModelChoice("trained", entry.name) for entry in settings.list_models(reward_only=True)]
+    if include_untrained:
+        choices.append(ModelChoice("untrained", settings.base_model()))
+    return choices
+
+
+def pick_model(
+    label: str, key: str, include_untrained: bool = True, help: str | None = None
+) -> ModelChoice | None:
+    """A selectbox of the models folder's trained models (newest first), plus the untrained head."""
+    choices = model_choices(include_untrained)
+    if not choices:
+        return None
+    by_key = {c.key: c for c in choices}
+    entries = {e.name: e for e in settings.list_models(reward_only=True)}
+
+    def label_of(k: str) -> str:
+        choice = by_key[k]
+        if choice.kind == "trained" and choice.name in entries:
+            return entries[choice.name].label
+        return choice.label
+
+    if st.session_state.get(key) not in by_key:
+        st.session_state.pop(key, None)  # a model that disappeared: fall back to the newest
+    picked = st.selectbox(label, list(by_key), format_func=label_of, key=key, help=help)
+    return by_key[picked]
+
+
+def data_status() -> None:
+    data = state.get_data()
+    if data is None:
+        st.caption("No data loaded yet.")
+        return
+    summary = data.summary()
+    st.caption(
+        f"Data: **{md(data.name)}** · {summary.prompts} instructions · {summary.comparisons} comparisons"
+        + (" · edited" if data.edited or data.excluded else "")
+    )
+
+
+def _job_status() -> None:
+    job = manager().current()
+    if job is None:
+        return
+    snap = job.snapshot()
+    if snap.active:
+        text = f"Training **{snap.model_name}**: "
+        text += f"{snap.progress:.0%}, ETA {duration(snap.eta_s)}" if snap.steps else snap.phase
+        st.caption(text)
+        st.progress(snap.progress if snap.steps else (snap.phase_progress or 0.0))
+    elif st.session_state.get("_sidebar_polling"):
+        st.session_state["_sidebar_polling"] = False
+        st.rerun()  # the job just ended: one full rerun updates every page and stops the polling
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        data_status()
+        job = manager().current()
+        active = job is not None and job.snapshot().active
+        st.session_state["_sidebar_polling"] = active
+        st.fragment(run_every=2.0 if active else None)(_job_status)()

@@ -1,0 +1,300 @@
+"""Data: upload ranked preferences (or load the demo set), check them, re-rank and edit, download."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, resources, settings, state
+from app.ui import md, user_errors
+from rmcore.data import FORMATS, write_ranked_jsonl
+from rmcore.encoding import count_truncated, encode_groups
+from rmcore.errors import DataError
+
+REPORT_MAX_LENGTH = 512  # the Train page's default; the report counts truncation at this length
+
+
+def load_section() -> None:
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        limit = settings.upload_limit_mb()
+        upload = st.file_uploader(
+            "Upload ranked preferences",
+            type=settings.UPLOAD_TYPES,
+            key="data_upload",
+            max_upload_size=limit,
+            help="JSON lines, JSON, CSV/TSV or parquet, optionally gzipped. rmcore detects the format "
+            "from the "
+            "fields: " + "; ".join(FORMATS.values()),
+        )
+        if upload is not None and upload.file_id != st.session_state.get("data_upload_id"):
+            st.session_state["data_upload_id"] = upload.file_id
+            st.session_state.pop("data_error", None)
+            raw = upload.getvalue()
+            if len(raw) > limit * 1024 * 1024:
+                st.session_state["data_error"] = (
+                    f"{upload.name}: the file is {len(raw) / 2**20:.1f} MB, over the {limit} MB upload limit"
+                )
+            else:
+                try:
+                    state.set_data(state.parse_upload(raw, upload.name))
+                except DataError as exc:
+                    st.session_state["data_error"] = str(exc)
+        if st.session_state.get("data_error"):
+            st.error(md(st.session_state["data_error"]), icon=":material/error:")
+            if state.get_data() is not None:
+                st.caption("The data loaded before is still in use.")
+    with right:
+        st.write(
+            "No file at hand? The demo set has 58 instructions written by the rmcore authors, "
+            "each with 3 to 6 responses ranked best first (a few ties and unranked ones)."
+        )
+        if st.button("Load the demo set", icon=":material/dataset:", key="load_demo"):
+            state.set_data(state.load_demo())
+            st.session_state.pop("data_error", None)
+            st.session_state["data_upload_id"] = upload.file_id if upload is not None else None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def truncation_counts(base_model: str, fingerprint: str, _groups, max_length: int) -> tuple[int, int]:
+    tokenizer = resources.tokenizer(base_model)
+    return count_truncated(encode_groups(tokenizer, _groups, max_length))
+
+
+def report_section(data: state.LoadedData) -> None:
+    report = data.report
+    st.subheader("Validation report")
+    st.caption(
+        f"File **{md(data.name)}** · format `{report['format']}`: {report.get('format_description', '')}"
+    )
+    cols = st.columns(6)
+    cols[0].metric("Instructions", report["prompts"])
+    cols[1].metric("Responses", report["responses"])
+    cols[2].metric(
+        "Comparisons", report["comparisons"], help="Strictly ordered pairs: what training learns from"
+    )
+    cols[3].metric("Tied pairs", report["ties"], help="Pairs with the same rank: no comparison")
+    cols[4].metric("Unranked", report["unranked"], help="Responses without a rank: left out of comparisons")
+    cols[5].metric("Skipped rows", len(report["skipped"]), help="Rows that could not be used; reasons below")
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        st.plotly_chart(charts.k_distribution(report["k_distribution"]), key="k_dist")
+    with right:
+        try:
+            prompts, responses = truncation_counts(
+                settings.base_model(), data.fingerprint(), data.active(), REPORT_MAX_LENGTH
+            )
+            st.write(
+                f"**Truncation** at {REPORT_MAX_LENGTH} tokens (the base model's tokenizer): "
+                f"{prompts} prompts cut from the left, {responses} responses cut at the end. "
+                "Nothing is dropped."
+            )
+        except Exception as exc:  # the report must show even if no tokenizer can be loaded
+            st.caption(f"Truncation not counted ({type(exc).__name__}: {md(exc)})")
+        if report["skipped"]:
+            st.write(f"**{len(report['skipped'])} skipped rows** (where, why):")
+            st.dataframe(
+                pd.DataFrame(report["skipped"]),
+                hide_index=True,
+                height=180,
+                key="skipped_table",
+                column_config={
+                    "where": st.column_config.TextColumn("where", width="medium"),
+                    "reason": st.column_config.TextColumn("reason", width="large"),
+                },
+            )
+        else:
+            st.write("**No row was skipped.**")
+        if report["warnings"]:
+            with st.expander(f"{len(report['warnings'])} warnings"):
+                for warning in report["warnings"][:200]:
+                    st.text(warning)
+
+
+def rank_text(ranks) -> str:
+    return ", ".join("–" if r is None else str(r) for r in ranks)
+
+
+def preview_section(data: state.LoadedData) -> None:
+    st.subheader("Preview")
+    rows = []
+    for i, group in enumerate(data.groups):
+        status = (
+            "too hard (excluded)" if i in data.excluded else ("no comparison" if not group.pairs() else "")
+        )
+        if i in data.edited and not status:
+            status = "edited"
+        rows.append(
+            {
+                "#": i + 1,
+                "instruction": group.prompt_text,
+                "K": len(group.responses),
+                "ranks": rank_text(group.ranks),
+                "best response": _best(group),
+                "status": status,
+            }
+        )
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        height=260,
+        key="preview_table",
+        column_config={
+            "instruction": st.column_config.TextColumn(width="large"),
+            "best response": st.column_config.TextColumn(width="large"),
+        },
+    )
+
+
+def _best(group) -> str:
+    ranked = [i for i, r in enumerate(group.ranks) if r is not None]
+    if not ranked:
+        return ""
+    return group.responses[min(ranked, key=lambda i: group.ranks[i])]
+
+
+def _apply_ranks(data: state.LoadedData, index: int, values: list) -> None:
+    group = data.groups[index]
+    ranks = [None if value is None else int(value) for value in values]
+    if ranks != group.ranks:
+        group.ranks = ranks
+        data.touch(index)
+
+
+def _add_best(data: state.LoadedData, index: int, text: str, replace: int | None) -> None:
+    """The labeler's own response becomes rank 1; every ranked response moves one place down."""
+    group = data.groups[index]
+    ranks = [None if r is None else r + 1 for r in group.ranks]
+    responses = list(group.responses)
+    if replace is not None:
+        del responses[replace], ranks[replace]
+    group.responses = [text] + responses
+    group.ranks = [1] + ranks
+    data.touch(index, rebuild=True)
+
+
+def editor_section(data: state.LoadedData) -> None:
+    st.subheader("Review one instruction")
+    st.caption(
+        "Re-rank the responses, mark an instruction as too hard to rank, or write a better response: it "
+        "becomes the best one, as human labelers do. Edits stay in this session until you download them."
+    )
+    index = st.selectbox(
+        "Instruction",
+        range(len(data.groups)),
+        key=f"edit_index_{data.uid}",
+        format_func=lambda i: f"#{i + 1}: {' '.join(data.groups[i].prompt_text.split())[:110]}",
+    )
+    group = data.groups[index]
+    revision = data.revisions.get(index, 0)
+    with st.container(border=True):
+        for message in group.prompt:
+            st.caption(md(message["role"]))
+            st.text(message["content"])
+    st.write("**Responses** (rank 1 = best; the same number twice is a tie; empty = unranked)")
+    ranks = []
+    for k, (response, rank) in enumerate(zip(group.responses, group.ranks, strict=False)):
+        text_col, rank_col = st.columns([9, 2], vertical_alignment="center")
+        with text_col.container(border=True):
+            st.caption(f"response #{k + 1}")
+            st.text(response)
+        ranks.append(
+            rank_col.number_input(
+                f"Rank of #{k + 1}",
+                min_value=1,
+                value=rank,
+                step=1,
+                key=f"rank_{data.uid}_{index}_{revision}_{k}",
+                placeholder="unranked",
+            )
+        )
+    _apply_ranks(data, index, ranks)
+    too_hard = st.checkbox(
+        "Too hard to rank: leave this instruction out",
+        value=index in data.excluded,
+        key=f"too_hard_{data.uid}_{index}",
+    )
+    if too_hard != (index in data.excluded):
+        (data.excluded.add if too_hard else data.excluded.discard)(index)
+        data.touch(index)
+    if not group.pairs() and index not in data.excluded:
+        st.warning(
+            "These ranks give no comparison (fewer than two different ranks): this instruction is left out "
+            "until it has one.",
+            icon=":material/warning:",
+        )
+
+    with st.expander("Write a better response (it becomes rank 1)", icon=":material/edit:"):
+        start = st.selectbox(
+            "Start from",
+            [None] + list(range(len(group.responses))),
+            key=f"start_{data.uid}_{index}_{revision}",
+            format_func=lambda i: (
+                "an empty box"
+                if i is None
+                else f"response #{i + 1}: {' '.join(group.responses[i].split())[:80]}"
+            ),
+        )
+        text = st.text_area(
+            "Your response",
+            value="" if start is None else group.responses[start],
+            height=150,
+            key=f"better_{data.uid}_{index}_{revision}_{start}",
+        )
+        left, right = st.columns(2)
+        add = left.button(
+            "Add as the best response", key=f"add_best_{data.uid}_{index}", icon=":material/add:"
+        )
+        replace = start is not None and right.button(
+            f"Replace response #{start + 1} with it, as the best", key=f"replace_best_{data.uid}_{index}"
+        )
+        if (add or replace) and not text.strip():
+            st.warning("Write the response first.", icon=":material/edit:")
+        elif add or replace:
+            _add_best(data, index, text.strip(), start if replace else None)
+            st.rerun()
+
+
+def download_section(data: state.LoadedData) -> None:
+    summary = data.summary()
+    unusable = len(data.unusable())
+    st.subheader("The edited set")
+    st.write(
+        f"{summary.prompts} instructions, {summary.responses} responses and "
+        f"{summary.comparisons} comparisons "
+        f"go to training ({len(data.excluded)} marked too hard to rank"
+        + (f", {unusable} without a comparison" if unusable else "")
+        + f"; {len(data.edited)} edited)."
+    )
+    st.download_button(
+        "Download the edited set (.jsonl)",
+        data=write_ranked_jsonl(data.active()),
+        file_name=f"{data.stem}-edited.jsonl",
+        mime="application/jsonl",
+        icon=":material/download:",
+        key="download_edited",
+    )
+
+
+def page() -> None:
+    st.title("Data")
+    st.write(
+        "Ranked human preferences: for each instruction, several responses ranked best first. "
+        "Everything stays in this browser session."
+    )
+    load_section()
+    data = state.get_data()
+    if data is None:
+        st.info("Upload a file or load the demo set to begin.", icon=":material/info:")
+        return
+    with user_errors():
+        report_section(data)
+        preview_section(data)
+        editor_section(data)
+        download_section(data)
+        st.page_link(
+            "views/train.py", label="Next: train a reward model on this data", icon=":material/arrow_forward:"
+        )
+
+
+page()

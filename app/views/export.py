@@ -1,0 +1,96 @@
+"""Export: download a trained model as a zip, and the lines that load it with transformers' pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app import charts, resources, settings
+from app.files import zip_folder
+from app.jobs import metrics_history
+from app.ui import fmt, md, pick_model
+from rmcore.encoding import render_text
+
+
+def usage_code(name: str) -> str:
+    return (
+        "from transformers import pipeline\n"
+        "from rmcore import RewardModel\n\n"
+        f'pipe = pipeline("text-classification", model="models/{name}", function_to_apply="none")\n'
+        f'text = RewardModel.load("models/{name}")'  # one line in the snippet
+        '.render("How do I boil an egg?", "Simmer it for 9 minutes.")\n'
+        "pipe(text)  # [{'label': 'reward', 'score': ...}]: the raw reward\n"
+    )
+
+
+def page() -> None:
+    st.title("Export")
+    choice = pick_model("Trained model", key="export_model", include_untrained=False)
+    if choice is None:
+        st.info(
+            f"No trained model yet in the models folder ({settings.models_dir()}). Train one first.",
+            icon=":material/info:",
+        )
+        st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
+        return
+    folder = settings.model_path(choice.name)
+    entry = next((e for e in settings.list_models(reward_only=True) if e.name == choice.name), None)
+    meta = entry.metadata if entry else {}
+    metrics = meta.get("metrics") or {}
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    st.caption(
+        f"Base model **{md(Path(str(meta.get('base_model', '?'))).name)}** · trained on "
+        f"**{md((meta.get('data') or {}).get('file', '?'))}** · saved {md(meta.get('saved_at', '?'))}"
+    )
+    cols = st.columns(4)
+    cols[0].metric("Mode", meta.get("mode", "?"))
+    cols[1].metric("Steps", f"{meta.get('steps', '?')} / {meta.get('total_steps', '?')}")
+    cols[2].metric("Held-out accuracy", fmt((metrics.get("eval") or {}).get("eval_accuracy")))
+    cols[3].metric("Size", f"{size / 2**20:.0f} MB")
+    if meta.get("stopped"):
+        st.caption("Training was stopped early: this is the model at that step; `checkpoint/` can resume it.")
+    steps, evals = metrics_history(folder)
+    if steps:
+        with st.expander("Training curves"):
+            st.plotly_chart(charts.training_curves(steps, evals), key="export_curves")
+
+    st.subheader("Download")
+    include_checkpoint = st.checkbox(
+        "Include the training checkpoint (to resume training elsewhere)",
+        value=False,
+        key="export_checkpoint",
+        disabled=not (folder / "checkpoint").is_dir(),
+    )
+    st.download_button(
+        f"Download {choice.name}.zip",
+        data=lambda: zip_folder(folder, include_checkpoint),
+        file_name=f"{choice.name}.zip",
+        mime="application/zip",
+        type="primary",
+        icon=":material/download:",
+        key="download_zip",
+    )
+    st.caption(
+        "A standard Hugging Face folder: model.safetensors, config.json and the tokenizer, plus rmcore.json "
+        "(how it was trained) and metrics.jsonl (the curves)."
+    )
+
+    st.subheader("Use it with transformers")
+    st.write(
+        "Unzip it into `models/` and load it with the text-classification pipeline. "
+        '`function_to_apply="none"` returns the raw reward; the text must be rendered exactly as in '
+        "training (the chat template with the answer as the assistant turn), which `RewardModel.render` does:"
+    )
+    st.code(usage_code(choice.name), language="python")
+    with st.expander("What `render` produces for that example"):
+        tokenizer = resources.tokenizer(str(folder))
+        st.code(
+            render_text(
+                tokenizer, [{"role": "user", "content": "How do I boil an egg?"}], "Simmer it for 9 minutes."
+            ),
+            language=None,
+        )
+
+
+page()

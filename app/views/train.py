@@ -1,0 +1,359 @@
+"""Train: pick a base model and mode, see how long it will take, run in the background with live curves."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, resources, settings, state
+from app.jobs import JobBusy, JobRequest, manager
+from app.ui import duration, fmt, md, user_errors
+from rmcore.data import split_groups
+from rmcore.estimate import estimate_training_time
+from rmcore.train import DEFAULT_LR, MODES, TrainConfig
+
+LEARNING_RATES = [
+    "default",
+    1e-6,
+    3e-6,
+    1e-5,
+    3e-5,
+    1e-4,
+    2e-4,
+    5e-4,
+    1e-3,
+    2e-3,
+    5e-3,
+    1e-2,
+    2e-2,
+    5e-2,
+    1e-1,
+]
+MODE_HELP = {
+    "head": "only the reward neuron learns; the trunk runs once (fast, a good first try)",
+    "lora": "small adapters in every layer plus the neuron (slower, learns more)",
+    "full": "every weight learns (slowest; needs the most memory)",
+}
+
+
+def base_model_options() -> dict[str, str]:
+    """name -> label: the default base model, then model folders in the project's models folder."""
+    options = {settings.base_model(): settings.base_model_label()}
+    for entry in settings.list_models():
+        kind = "trained reward model: training continues from it" if entry.is_reward_model else "base model"
+        options[f"models/{entry.name}"] = f"models/{entry.name} ({kind})"
+    return options
+
+
+def unused_name(base: str) -> str:
+    """`base`, or base-2, base-3, ...: the first name no model folder has yet."""
+    base = settings.clean_model_name(base) or "reward-model"
+    name, n = base, 1
+    while settings.model_path(name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def resolve_base(option: str) -> str:
+    """The value TrainConfig gets: the default base as is, a models-folder entry as its checked path."""
+    if option.startswith("models/"):
+        return str(settings.model_path(option.removeprefix("models/")))
+    return option
+
+
+def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
+    options = base_model_options()
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        base = st.selectbox(
+            "Base model",
+            list(options),
+            format_func=options.get,
+            key="train_base",
+            help="The embedded SmolLM2-135M-Instruct, or a model folder in the project's models "
+            f"folder ({settings.models_dir()})",
+        )
+        mode = st.radio(
+            "Mode", MODES, horizontal=True, key="train_mode", captions=[MODE_HELP[m] for m in MODES]
+        )
+        c1, c2, c3, c4 = st.columns(4)
+        epochs = c1.number_input(
+            "Epochs",
+            1,
+            500,
+            10,
+            key="train_epochs",
+            help="Passes over the training prompts. Head mode: cheap after the first.",
+        )
+        lr = c2.selectbox(
+            "Learning rate",
+            LEARNING_RATES,
+            key="train_lr",
+            format_func=lambda v: "default" if v == "default" else f"{v:g}",
+            help=f"The default for {mode} mode, {DEFAULT_LR[mode]:g}, suits most runs. Defaults: "
+            + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()),
+        )
+        batch = c3.number_input(
+            "Batch size",
+            1,
+            256,
+            8,
+            key="train_batch",
+            help="Instructions per step; each brings all of its responses",
+        )
+        max_length = c4.number_input(
+            "Max length",
+            32,
+            4096,
+            512,
+            step=32,
+            key="train_max_length",
+            help="Tokens of prompt + one response; longer ones lose prompt tokens from "
+            "the left first, then the end of the response",
+        )
+        held_out = st.slider(
+            "Held-out fraction",
+            0.0,
+            0.5,
+            0.15,
+            0.05,
+            key="train_held_out",
+            help="Share of instructions kept out of training to measure accuracy on unseen prompts",
+        )
+        with st.expander("More options"):
+            a1, a2, a3 = st.columns(3)
+            seed = a1.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+            lora_r = a2.number_input("LoRA rank", 1, 256, 16, key="train_lora_r", disabled=mode != "lora")
+            center = a3.number_input(
+                "Reward centering",
+                0.0,
+                1.0,
+                0.0,
+                0.01,
+                key="train_center",
+                help="c x mean(r^2) in the loss keeps rewards near 0",
+            )
+        name = st.text_input(
+            "Name of the new model",
+            key="train_name",
+            max_chars=80,
+            placeholder=f"{unused_name(f'{data.stem}-{mode}')} (a new folder in the models folder)",
+        )
+    config = TrainConfig(
+        model=resolve_base(base),
+        mode=mode,
+        epochs=int(epochs),
+        lr=None if lr == "default" else float(lr),
+        batch_size=int(batch),
+        max_length=int(max_length),
+        eval_fraction=float(held_out),
+        seed=int(seed),
+        lora_r=int(lora_r),
+        center_coefficient=float(center),
+    )
+    with right:
+        estimate_box(data, config, busy)
+    st.session_state["train_model_name"] = settings.clean_model_name(name) or unused_name(
+        f"{data.stem}-{mode}"
+    )
+    return config
+
+
+def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> None:
+    train_groups, eval_groups = split_groups(data.active(), config.eval_fraction, config.seed)
+    with st.container(border=True):
+        st.markdown("**Before you start**")
+        st.write(
+            f"{len(train_groups)} instructions to train on ({sum(len(g.pairs()) for g in train_groups)} "
+            f"comparisons), {len(eval_groups)} held out; {config.epochs} epochs of "
+            f"{-(-len(train_groups) // config.batch_size)} steps."
+        )
+        if busy:
+            st.caption("The time estimate waits until the running job ends (timing now would slow it down).")
+            return
+        key = (
+            data.fingerprint(),
+            config.model,
+            config.mode,
+            config.epochs,
+            config.batch_size,
+            config.max_length,
+            config.eval_fraction,
+            config.seed,
+            config.lora_r,
+        )
+        cached = st.session_state.get("train_estimate")
+        if cached is None or cached[0] != key:
+            try:
+                with st.spinner("Timing one batch on this machine…"):
+                    rates = resources.step_rates(
+                        config.model,
+                        config.mode,
+                        config.max_length,
+                        config.batch_size,
+                        config.lora_r,
+                        train_groups,
+                    )
+                    estimate = estimate_training_time(
+                        config,
+                        train_groups,
+                        eval_groups,
+                        rates=rates,
+                        tokenizer=resources.tokenizer(config.model),
+                    )
+            except Exception as exc:  # the estimate is advice; never block training on it
+                st.caption(f"No time estimate ({type(exc).__name__}: {md(exc)})")
+                return
+            st.session_state["train_estimate"] = cached = (key, estimate)
+        estimate = cached[1]
+        st.metric(
+            "Estimated time",
+            duration(estimate.seconds),
+            help="Timed on one batch of your data here, scaled to every token the run will see",
+        )
+        st.caption(estimate.describe())
+
+
+def start(data: state.LoadedData, config: TrainConfig) -> None:
+    name = st.session_state["train_model_name"]
+    out_dir = settings.model_path(name)
+    train_groups, eval_groups = split_groups(data.active(), config.eval_fraction, config.seed)
+    summary = data.summary().to_dict()
+    request = JobRequest(
+        config,
+        train_groups,
+        eval_groups,
+        out_dir,
+        name,
+        data.name,
+        {
+            "file": data.name,
+            "format": summary["format"],
+            "prompts": summary["prompts"],
+            "comparisons": summary["comparisons"],
+            "edited_groups": len(data.edited),
+            "excluded_groups": len(data.excluded),
+        },
+    )
+    try:
+        manager().start(request, state.session_id())
+    except JobBusy as exc:
+        st.warning(f"Not started: {md(exc)}. Its progress is shown below.", icon=":material/hourglass:")
+        return
+    st.session_state.pop("train_name", None)  # the next run gets a fresh default name
+    st.session_state["train_polling"] = True
+    st.rerun()
+
+
+def live_panel() -> None:
+    """Polled every second while a job runs (a fragment); shows any session the server's job."""
+    job = manager().current()
+    if job is None:
+        return
+    snap = job.snapshot()
+    mine = snap.owner == state.session_id()
+    if not snap.active and not mine:
+        return  # another session's finished run is theirs to look at
+    if not snap.active and st.session_state.get("train_polling"):
+        st.session_state["train_polling"] = False
+        st.rerun()  # ended while we watched: a full rerun re-enables Start and stops the polling
+    st.divider()
+    header = {
+        "starting": "Preparing",
+        "running": "Training",
+        "stopping": "Stopping",
+        "done": "Finished",
+        "stopped": "Stopped",
+        "failed": "Failed",
+    }[snap.status]
+    st.subheader(f"{header}: {snap.model_name}")
+    if not mine and snap.active:
+        st.info(
+            "This job was started in another browser session. One training job runs on this server at a "
+            "time: you can watch it here, and start your own when it ends.",
+            icon=":material/group:",
+        )
+    if snap.status == "starting":
+        st.progress(snap.phase_progress or 0.0, text=f"{snap.phase}…")
+    elif snap.steps or snap.active:
+        last = snap.last
+        text = f"step {snap.step} of {snap.total_steps} · epoch {last.get('epoch', 0):.1f}"
+        if snap.active:
+            text += f" · {duration(snap.elapsed_s)} elapsed · ETA {duration(snap.eta_s)}"
+        else:
+            text += f" · took {duration(snap.elapsed_s)}"
+        st.progress(min(1.0, snap.progress), text=text)
+        if snap.status == "stopping":
+            st.caption(snap.phase)
+    if snap.status == "failed":
+        st.error(f"Training failed: {md(snap.error)}", icon=":material/error:")
+    elif snap.status in ("done", "stopped"):
+        st.success(f"{snap.phase.capitalize()}: `models/{snap.model_name}`.", icon=":material/check_circle:")
+    if snap.steps:
+        last, last_eval = snap.last, snap.last_eval
+        cols = st.columns(5)
+        cols[0].metric("Train loss", fmt(last.get("loss")))
+        cols[1].metric("Train accuracy", fmt(last.get("accuracy")))
+        cols[2].metric(
+            "Held-out accuracy",
+            fmt(last_eval.get("eval_accuracy")),
+            help=f"On {last_eval.get('eval_comparisons', 0)} comparisons of prompts never trained on",
+        )
+        cols[3].metric(
+            "Reward margin", fmt(last.get("margin")), help="Mean r_winner - r_loser over the batch's pairs"
+        )
+        cols[4].metric("Comparisons / s", fmt(last.get("comparisons_per_s"), 0))
+    if snap.steps or snap.evals:
+        st.plotly_chart(charts.training_curves(snap.steps, snap.evals), key="curves")
+    if snap.active and mine:
+        if st.button(
+            "Stop (keeps a checkpoint)",
+            icon=":material/stop_circle:",
+            key="stop_job",
+            disabled=snap.status == "stopping",
+        ):
+            manager().stop(state.session_id())
+            st.rerun(scope="fragment")
+    if not snap.active and mine:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.page_link("views/probe.py", label="Probe it", icon=":material/science:")
+        c2.page_link("views/evaluate.py", label="Evaluate it", icon=":material/analytics:")
+        c3.page_link("views/export.py", label="Export it", icon=":material/download:")
+        if c4.button("Clear", key="forget_job", help="Hide this finished run here (the model stays saved)"):
+            manager().forget(state.session_id())
+            st.rerun()
+
+
+def page() -> None:
+    st.title("Train")
+    data = state.get_data()
+    job = manager().current()
+    busy = job is not None and job.snapshot().active
+    if data is None:
+        st.info("Load data on the Data page first, or use the demo set.", icon=":material/info:")
+        if st.button("Use the demo set", key="train_demo"):
+            state.set_data(state.load_demo())
+            st.rerun()
+    elif not data.active():
+        st.warning("The data has no comparison left to learn from (see the Data page).")
+    else:
+        with user_errors():
+            config = settings_form(data, busy)
+            mine = busy and job.owner == state.session_id()
+            label = "Training…" if mine else "Start training"
+            if st.button(
+                label,
+                type="primary",
+                icon=":material/play_arrow:",
+                key="start_training",
+                disabled=busy,
+                help="Another session's job is running: one job per server" if busy and not mine else None,
+            ):
+                with user_errors("Not started"):
+                    config.check()
+                    start(data, config)
+    st.session_state["train_polling"] = busy
+    st.fragment(run_every=1.0 if busy else None)(live_panel)()
+
+
+page()

@@ -1,0 +1,478 @@
+"""The Streamlit app through streamlit.testing's AppTest, on a tiny random model (no download, seconds each).
+
+Every page renders without an exception and shows its key widgets; the main flow (demo data, a
+short head-mode training, probe, evaluate, export) works; upload errors are messages, not
+tracebacks; sessions are isolated; one training job runs per server; the model picker stays in the
+models folder. The app's pure pieces (charts, settings) and the two rmcore modules it added
+(estimate, generate) are tested directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the app is a folder of the project, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from app import charts, jobs, settings  # noqa: E402
+from rmcore.data import demo_data_path, read_preferences  # noqa: E402
+
+APP = str(ROOT / "app" / "main.py")
+PAGES = [
+    "views/data.py",
+    "views/train.py",
+    "views/probe.py",
+    "views/evaluate.py",
+    "views/learn.py",
+    "views/export.py",
+]
+TIMEOUT = 60  # seconds per script run: generous for a loaded 2-core CI machine; runs take well under 1 s
+
+
+@pytest.fixture()
+def app_env(tiny_model_dir, tmp_path, monkeypatch):
+    """Point the app at the tiny model and private folders; give each test a fresh job manager."""
+    models = tmp_path / "models"
+    monkeypatch.setenv("RMCORE_APP_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("RMCORE_APP_GENERATOR", str(tiny_model_dir))
+    monkeypatch.setenv("RMCORE_MODELS_DIR", str(models))
+    monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RMCORE_DEVICE", "cpu")
+    manager = jobs.JobManager()
+    monkeypatch.setattr(jobs, "_MANAGER", manager)
+    yield models
+    job = manager.current()
+    if job is not None:  # never leave a training thread running into the next test
+        job.stop()
+        job.wait(60)
+
+
+def new_session() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    return at.switch_page(page).run()
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def plotly_specs(at: AppTest) -> dict[str, dict]:
+    """Plotly figures on the page, by their element key suffix, as parsed JSON."""
+    out = {}
+    for element in at.get("plotly_chart"):
+        out[element.proto.id] = json.loads(element.proto.spec)
+    return out
+
+
+def by_key(specs: dict[str, dict], key: str) -> dict:
+    matches = [spec for element_id, spec in specs.items() if element_id.endswith(f"-{key}")]
+    assert matches, f"no chart {key!r} in {list(specs)}"
+    return matches[0]
+
+
+def load_demo(at: AppTest) -> AppTest:
+    open_page(at, "views/data.py")
+    at.button(key="load_demo").click().run()
+    no_exception(at)
+    return at
+
+
+def train_head(at: AppTest, name: str = "demo-head", epochs: int = 3) -> None:
+    open_page(at, "views/train.py")
+    at.number_input(key="train_epochs").set_value(epochs)
+    at.text_input(key="train_name").input(name)
+    at.run()
+    at.button(key="start_training").click().run()
+    no_exception(at)
+    job = jobs.manager().current()
+    assert job is not None and job.wait(120), "training did not finish"
+    snap = job.snapshot()
+    assert snap.status == "done", snap.error
+    at.run()
+
+
+# ----------------------------------------------------------------------------- every page
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_data(app_env, page):
+    at = open_page(new_session(), page)
+    no_exception(at)
+    assert at.title, "every page has a title"
+
+
+def test_pages_show_their_key_widgets_without_data(app_env):
+    at = new_session()
+    assert at.get("file_uploader") and at.button(key="load_demo")
+    assert any("Upload a file" in i.value for i in at.info)
+    open_page(at, "views/train.py")
+    assert at.button(key="train_demo"), "Train offers the demo set when no data is loaded"
+    open_page(at, "views/probe.py")
+    no_exception(at)
+    assert at.text_area(key="probe_prompt").value
+    assert len([t for t in at.text_area if t.key and t.key.startswith("cand_")]) == 3
+    assert at.selectbox(key="probe_model").value.startswith("untrained:")
+    assert any("untrained" in w.value for w in at.warning)
+    assert len(at.get("plotly_chart")) == 3  # rewards, heatmap, token trace
+    open_page(at, "views/evaluate.py")
+    assert at.radio(key="eval_source").options == ["a file I upload"]
+    open_page(at, "views/learn.py")
+    assert at.slider(key="learn_r1") and at.slider(key="learn_r2")
+    assert at.metric[1].value == "0.731"  # sigma(1.5 - 0.5)
+    open_page(at, "views/export.py")
+    assert any("No trained model yet" in i.value for i in at.info)
+
+
+# ----------------------------------------------------------------------------- Data
+
+
+def test_demo_data_report_preview_and_download(app_env):
+    at = load_demo(new_session())
+    metrics = {m.label: m.value for m in at.metric}
+    report = read_preferences(demo_data_path()).report
+    assert metrics["Instructions"] == str(report.prompts) and metrics["Comparisons"] == str(
+        report.comparisons
+    )
+    assert metrics["Skipped rows"] == "0"
+    assert at.dataframe[0].value.shape[0] == report.prompts  # the preview (no skipped-rows table here)
+    assert at.get("download_button"), "the edited set can be downloaded"
+    assert "58 instructions" in at.sidebar.caption[-1].value
+
+
+def test_rerank_exclude_and_add_a_better_response(app_env):
+    at = load_demo(new_session())
+    from app import state
+
+    def data():
+        return at.session_state[state.DATA_KEY]
+
+    group = data().groups[0]
+    uid = data().uid  # widget keys carry the data set's id, so a new file never inherits old edits
+    k = len(group.responses)
+    # re-rank: swap the best and the worst of instruction 1
+    best, worst = group.ranks.index(1), group.ranks.index(max(r for r in group.ranks if r is not None))
+    at.number_input(key=f"rank_{uid}_0_0_{best}").set_value(group.ranks[worst])
+    at.number_input(key=f"rank_{uid}_0_0_{worst}").set_value(1)
+    at.run()
+    no_exception(at)
+    new = data().groups[0]
+    assert new.ranks[worst] == 1 and 0 in data().edited
+    # a better response becomes rank 1; every ranked one moves down
+    before = list(new.ranks)
+    at.text_area(key=f"better_{uid}_0_0_None").input(
+        "Blot it, rinse it cold from the back, then wash with detergent."
+    )
+    at.run()
+    at.button(key=f"add_best_{uid}_0").click().run()
+    no_exception(at)
+    edited = data().groups[0]
+    assert len(edited.responses) == k + 1 and edited.ranks[0] == 1
+    assert edited.ranks[1:] == [None if r is None else r + 1 for r in before]
+    # too hard to rank: excluded from training and from the download
+    at.checkbox(key=f"too_hard_{uid}_0").check().run()
+    no_exception(at)
+    assert 0 in data().excluded and len(data().active()) == 57
+    assert any("1 marked too hard to rank" in m.value for m in at.markdown)
+
+
+def test_a_new_file_does_not_inherit_the_edits_made_to_the_last_one(app_env):
+    at = load_demo(new_session())
+    old = at.session_state["rm_data"]
+    at.number_input(key=f"rank_{old.uid}_0_0_0").set_value(9).run()
+    assert at.session_state["rm_data"].groups[0].ranks[0] == 9
+    at.button(key="load_demo").click().run()  # the same file again is a new data set with its own widgets
+    no_exception(at)
+    fresh = at.session_state["rm_data"]
+    assert (
+        fresh.uid != old.uid and fresh.groups[0].ranks == read_preferences(demo_data_path()).groups[0].ranks
+    )
+    assert not fresh.edited
+
+
+def test_upload_errors_are_messages_not_tracebacks(app_env):
+    at = new_session()
+    at.get("file_uploader")[0].upload("broken.jsonl", b'{"prompt": "hi", "chosen": "a"\n', "application/json")
+    at.run()
+    no_exception(at)
+    assert len(at.error) == 1
+    message = at.error[0].value.replace("\\", "")  # the page escapes markdown in messages
+    assert message.startswith("broken.jsonl:1") and "Traceback" not in message
+    at.get("file_uploader")[0].set_value(("empty.csv", b"", "text/csv"))
+    at.run()
+    no_exception(at)
+    assert at.error[0].value.replace("\\", "") == "empty.csv: the file is empty"
+
+
+def test_an_upload_over_the_limit_is_refused(app_env, monkeypatch):
+    monkeypatch.setenv("RMCORE_APP_MAX_UPLOAD_MB", "1")
+    at = new_session()
+    big = (json.dumps({"prompt": "p", "chosen": "a" * 1000, "rejected": "b"}) + "\n").encode() * 1200
+    at.get("file_uploader")[0].set_value(("big.jsonl", big, "application/json"))
+    at.run()
+    no_exception(at)
+    assert "over the 1 MB upload limit" in at.error[0].value
+
+
+def test_a_tidy_csv_upload_is_read_and_user_text_stays_text(app_env):
+    hostile = (
+        "<script>alert('x')</script><b>bold?</b> [link](http://example.com) ![img](http://example.com/i.png)"
+    )
+    csv_text = (
+        f'prompt,response,rank\n"{hostile}",good answer,1\n"{hostile}",bad answer,2\n'
+        f'"{hostile}",<img src=x onerror=alert(1)>,\n'
+    )
+    at = new_session()
+    name = "![img](http://example.com/i.png) :red[x] $y$.csv"  # a file name is user text too
+    at.get("file_uploader")[0].set_value((name, csv_text.encode(), "text/csv"))
+    at.run()
+    no_exception(at)
+    assert not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Instructions"] == "1" and metrics["Unranked"] == "1"
+    # the instruction is shown verbatim in a text element, never as markdown or HTML
+    assert any(t.value == hostile for t in at.text)
+    assert not any(hostile in m.value for m in at.markdown)
+    assert not [m for m in at.markdown if m.proto.allow_html]
+    assert not at.get("html")
+    shown = (
+        [m.value for m in at.markdown] + [c.value for c in at.caption] + [c.value for c in at.sidebar.caption]
+    )
+    assert any(r"\!\[img\]\(http\:" in v for v in shown), "the file name is shown, escaped"
+    assert not any("![img](" in v or ":red[" in v for v in shown)
+    for source in (ROOT / "app").rglob("*.py"):
+        assert "unsafe_allow_html" not in source.read_text(), source
+
+
+# ----------------------------------------------------------------------------- the main flow
+
+
+def test_main_flow_demo_train_probe_evaluate_export(app_env):
+    at = load_demo(new_session())
+    train_head(at, "demo-head", epochs=3)
+    no_exception(at)
+    assert any(s.value.startswith("Finished: demo-head") for s in at.subheader)
+    curves = by_key(plotly_specs(at), "curves")
+    names = {trace.get("name") for trace in curves["data"]}
+    assert {"train (each step)", "train (smoothed)", "held-out"} <= names
+    held = [t for t in curves["data"] if t.get("name") == "held-out"]
+    assert len(held[0]["x"]) == 4  # before training and after each of the 3 epochs
+    folder = app_env / "demo-head"
+    assert (folder / "model.safetensors").is_file() and (folder / jobs.HELD_OUT_FILE).is_file()
+
+    # Probe: the new model is picked by default; rewards, the heatmap of sigma(r_i - r_j), a token trace
+    open_page(at, "views/probe.py")
+    no_exception(at)
+    assert at.selectbox(key="probe_model").value == "trained:demo-head"
+    assert not at.warning, "a trained model gives no untrained-head warning"
+    assert at.success[0].value.startswith("Highest reward: candidate #")
+    specs = plotly_specs(at)
+    heatmap = by_key(specs, "pref_heatmap")["data"][0]
+    assert heatmap["type"] == "heatmap" and len(heatmap["z"]) == 3
+    assert heatmap["customdata"][0][1].startswith("P(#1 preferred over #2) = ")
+    assert abs(heatmap["z"][0][1] + heatmap["z"][1][0] - 1) < 1e-6
+    assert any("sigma" in latex.value for latex in at.latex)
+    bars = by_key(specs, "reward_bars")["data"][0]
+    assert bars["x"] == sorted(bars["x"])  # sorted: the highest reward drawn on top
+    # add and remove candidates within 2..9
+    at.button(key="add_candidate").click().run()
+    assert len([t for t in at.text_area if t.key.startswith("cand_")]) == 4
+    for _ in range(2):
+        remove = [b for b in at.button if b.key and b.key.startswith("remove_")]
+        remove[0].click().run()
+    cands = [t for t in at.text_area if t.key.startswith("cand_")]
+    assert len(cands) == 2 and all(b.disabled for b in at.button if b.key and b.key.startswith("remove_"))
+
+    # Evaluate on the held-out prompts saved with the model
+    open_page(at, "views/evaluate.py")
+    assert at.radio(key="eval_source").value == "held-out prompts saved with this model"
+    at.button(key="run_eval").click().run()
+    no_exception(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert 0 <= float(metrics["Pairwise accuracy"]) <= 1
+    assert {"rank_gap", "calibration", "histograms", "length"} <= {
+        k
+        for k in ("rank_gap", "calibration", "histograms", "length")
+        if any(k in i for i in plotly_specs(at))
+    }
+    assert at.dataframe[-1].value.shape[0] > 0  # the worst pairs
+
+    # Export: a zip of the folder and the pipeline lines
+    open_page(at, "views/export.py")
+    no_exception(at)
+    assert at.get("download_button")
+    assert any('function_to_apply="none"' in c.value and ".render(" in c.value for c in at.code)
+    from app.files import zip_folder
+
+    with zipfile.ZipFile(io.BytesIO(zip_folder(folder, include_checkpoint=False))) as archive:
+        names = set(archive.namelist())
+    assert {"demo-head/config.json", "demo-head/model.safetensors", "demo-head/rmcore.json"} <= names
+
+
+def test_generate_candidates_replaces_them_and_picks_the_best_of_n(app_env):
+    at = open_page(new_session(), "views/probe.py")
+    at.slider(key="gen_n").set_value(3)
+    at.slider(key="gen_tokens").set_value(16)
+    at.run()
+    at.button(key="generate").click().run()
+    no_exception(at)
+    cands = [t for t in at.text_area if t.key.startswith("cand_")]
+    assert len(cands) == 3
+    assert at.success[0].value.startswith("Best of 3: candidate #")
+
+
+# ----------------------------------------------------------------------------- one job per server, sessions
+
+
+def test_second_session_sees_the_running_job_and_stop_keeps_a_checkpoint(app_env):
+    owner = load_demo(new_session())
+    open_page(owner, "views/train.py")
+    owner.radio(key="train_mode").set_value("full")
+    owner.number_input(key="train_epochs").set_value(200)
+    owner.number_input(key="train_batch").set_value(1)
+    owner.text_input(key="train_name").input("long-run")
+    owner.run()
+    owner.button(key="start_training").click().run()
+    no_exception(owner)
+    job = jobs.manager().current()
+    assert job is not None and job.snapshot().active
+
+    other = new_session()
+    assert "rm_data" not in other.session_state, "a new session starts without the other's data"
+    other = load_demo(other)
+    open_page(other, "views/train.py")
+    no_exception(other)
+    assert any("another browser session" in i.value for i in other.info)
+    assert other.button(key="start_training").disabled
+    assert not [b for b in other.button if b.key == "stop_job"], "only the owner can stop it"
+    # asking anyway (e.g. two tabs racing) gets a clear refusal, not a second job
+    with pytest.raises(jobs.JobBusy, match="already running"):
+        jobs.manager().start(job.request, "someone-else")
+
+    # the owner stops it: a checkpoint and the model so far are kept
+    for _ in range(200):  # wait until it has taken a step
+        if job.snapshot().steps:
+            break
+        job.wait(0.1)
+    owner.run()
+    owner.button(key="stop_job").click().run()
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap.status == "stopped", snap.error
+    folder = app_env / "long-run"
+    assert (folder / "checkpoint" / "state.json").is_file() and (folder / "model.safetensors").is_file()
+    owner.run()
+    assert any(s.value.startswith("Stopped: long-run") for s in owner.subheader)
+    open_page(other, "views/train.py")
+    assert not other.button(key="start_training").disabled
+    assert not any(s.value.startswith("Stopped") for s in other.subheader), (
+        "another session's run stays private"
+    )
+
+
+def test_two_sessions_keep_their_own_data(app_env):
+    first = load_demo(new_session())
+    first.checkbox(key=f"too_hard_{first.session_state['rm_data'].uid}_0").check().run()
+    second = new_session()
+    assert "rm_data" not in second.session_state
+    second = load_demo(second)
+    assert second.session_state["rm_data"].excluded == set()
+    assert first.session_state["rm_data"].excluded == {0}
+    assert first.session_state["rm_data"].groups[0] is not second.session_state["rm_data"].groups[0]
+
+
+# ----------------------------------------------------------------------------- settings, charts, config
+
+
+def test_model_picker_stays_inside_the_models_folder(app_env, tiny_model_dir, tmp_path):
+    models = settings.models_dir()
+    assert models == app_env.resolve()
+    for bad in ("../x", "..", "/etc", "a/b", ".hidden", "", "x" * 200):
+        with pytest.raises(ValueError):
+            settings.model_path(bad)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (models / "link").symlink_to(outside)
+    with pytest.raises(ValueError):
+        settings.model_path("link")
+    pickled = models / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    (models / "half-written").mkdir()
+    assert settings.list_models() == []
+    assert settings.clean_model_name("  my model/../v1 ") == "my-model-..-v1"
+
+
+def test_charts_escape_user_text_and_say_what_cells_mean():
+    assert charts.plain("<b>x</b> & y\n z") == "&lt;b&gt;x&lt;/b&gt; &amp; y z"
+    assert charts.token_label(" a\n") == "·a⏎"
+    fig = charts.preference_heatmap([[0.5, 0.8], [0.2, 0.5]], ["a", "b"])
+    assert fig.data[0].customdata[1][0] == "P(#2 preferred over #1) = 0.200"
+    bars = charts.reward_bars(["<i>low</i>", "high"], [-1.0, 2.0], best=1)
+    assert list(bars.data[0].x) == [-1.0, 2.0] and "&lt;i&gt;" in bars.data[0].y[0]
+    assert "%{" not in "".join(bars.data[0].customdata)
+    curves = charts.training_curves(
+        [{"step": i, "loss": 1 / i, "accuracy": 0.5, "margin": 0.1} for i in range(1, 5)],
+        [{"step": 0, "eval_loss": 0.7, "eval_accuracy": 0.5, "eval_margin": 0.0}],
+    )
+    assert len(curves.data) == 9
+    trace = charts.token_trace(["Hi", " there", "<|im_end|>"], [0.1, 0.5, 0.2])
+    assert [round(v, 6) for v in trace.data[2].y] == [0.1, 0.4, -0.3]
+    assert charts.smooth([1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_server_config_keeps_xsrf_on_binds_localhost_and_limits_uploads():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    server = config["server"]
+    assert server["enableXsrfProtection"] is True and server["address"] == "localhost"
+    assert server["maxUploadSize"] == settings.upload_limit_mb() == 50
+    assert server["headless"] is True
+
+
+# ------------------------------------------------------------------- rmcore modules added for the app
+
+
+def test_estimate_times_one_batch_and_scales_with_epochs(tiny_model_dir, private_cache):
+    from rmcore.data import split_groups
+    from rmcore.estimate import estimate_training_time, format_duration, measure_rates
+    from rmcore.train import TrainConfig
+
+    train_groups, eval_groups = split_groups(read_preferences(demo_data_path()).groups, 0.2)
+    for mode in ("head", "full"):
+        config = TrainConfig(model=str(tiny_model_dir), mode=mode, epochs=2, max_length=128)
+        rates = measure_rates(config, train_groups)
+        assert rates.forward_s_per_token > 0 and (rates.train_s_per_token > 0) == (mode != "head")
+        two = estimate_training_time(config, train_groups, eval_groups, rates=rates)
+        config.epochs = 4
+        four = estimate_training_time(config, train_groups, eval_groups, rates=rates)
+        assert two.seconds > 0 and two.steps * 2 == four.steps and four.seconds > two.seconds
+        assert two.describe().startswith("about ")
+    assert format_duration(75) == "1 min 15 s" and format_duration(3) == "3 s"
+
+
+def test_generate_samples_n_answers_and_best_of_n_takes_the_highest_reward(tiny_model_dir):
+    from rmcore.generate import Generator, best_of_n
+    from rmcore.model import RewardModel
+
+    generator = Generator(tiny_model_dir, device="cpu")
+    first = generator.sample("Name a prime number", 3, max_new_tokens=8, seed=1)
+    assert len(first) == 3 and all(isinstance(t, str) for t in first)
+    assert generator.sample("Name a prime number", 3, max_new_tokens=8, seed=1) == first  # reproducible
+    result = best_of_n(
+        generator, RewardModel.load(tiny_model_dir, device="cpu"), "Name a prime", n=4, max_new_tokens=8
+    )
+    assert len(result.candidates) == 4
+    assert result.score.best == max(range(4), key=result.score.rewards.__getitem__)
