@@ -42,6 +42,7 @@ def embedded_model_dir() -> Path:
     if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     source = gguf_path()
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
@@ -51,8 +52,10 @@ def embedded_model_dir() -> Path:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.name_or_path = EMBEDDED_NAME
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(gguf_model.state_dict())
+    config.dtype = "float32"
+    # float32 whatever torch's default dtype is in the caller (a notebook may have set float64)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict({k: v.float() for k, v in gguf_model.state_dict().items()})
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
     try:
