@@ -5,7 +5,8 @@ lets each response see the prompt and itself (causally) but not its siblings, an
 restart after the prompt for every response, so each response's hidden states equal those of
 "prompt + response" run alone. Gradients from every response flow back into the shared prompt.
 Rows of one batch come from groups of similar length (see `length_bucketed_batches`), so little
-compute goes to padding.
+compute goes to padding. The batch also carries a `PackedLayout` (rmcore.attention) with which
+attention skips the blocks the mask forbids, instead of computing and discarding them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rmcore.attention import PackedLayout
 from rmcore.encoding import EncodedGroup
 
 
@@ -27,6 +29,7 @@ class PackedBatch:
     response_lengths: torch.Tensor  # (N,) tokens of each response (without the prompt)
     group_sizes: list[int]  # K of each group, in order; sum(group_sizes) == N
     real_tokens: int  # tokens that are not padding
+    layout: PackedLayout | None = None  # prompt and response lengths per row, for rmcore.attention
 
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(
@@ -37,6 +40,7 @@ class PackedBatch:
             self.response_lengths.to(device),
             self.group_sizes,
             self.real_tokens,
+            self.layout.to(device) if self.layout is not None else None,
         )
 
 
@@ -48,11 +52,14 @@ def pack_groups(groups: list[EncodedGroup], pad_id: int) -> PackedBatch:
     position_ids = torch.zeros((batch, length), dtype=torch.long)
     segment = torch.full((batch, length), -1, dtype=torch.long)  # 0 = prompt, k = response k, -1 = pad
     last_index, response_lengths, sizes = [], [], []
+    prompt_lengths, spans = [], []
     for row, group in enumerate(groups):
         p = len(group.prompt_ids)
         input_ids[row, :p] = torch.tensor(group.prompt_ids, dtype=torch.long)
         position_ids[row, :p] = torch.arange(p)
         segment[row, :p] = 0
+        prompt_lengths.append(p)
+        spans.append([])
         start = p
         for k, ids in enumerate(group.response_ids, start=1):
             n = len(ids)
@@ -60,6 +67,7 @@ def pack_groups(groups: list[EncodedGroup], pad_id: int) -> PackedBatch:
             position_ids[row, start : start + n] = torch.arange(p, p + n)
             segment[row, start : start + n] = k
             last_index.append(row * length + start + n - 1)
+            spans[-1].append(n)
             response_lengths.append(n)
             start += n
         sizes.append(len(group.response_ids))
@@ -76,6 +84,7 @@ def pack_groups(groups: list[EncodedGroup], pad_id: int) -> PackedBatch:
         response_lengths=torch.tensor(response_lengths, dtype=torch.long),
         group_sizes=sizes,
         real_tokens=sum(g.num_tokens for g in groups),
+        layout=PackedLayout(prompt_lengths, spans),
     )
 
 
@@ -100,3 +109,19 @@ def length_bucketed_batches(
     if shuffle:
         rng.shuffle(batches)
     return batches
+
+
+def split_by_tokens(indices: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Cut one batch into micro-batches whose padded size (rows x longest row) stays within `max_tokens`.
+
+    Groups are taken shortest first, so rows of a micro-batch have similar lengths; a group longer
+    than the budget gets a micro-batch of its own (a group is never split: its responses share the
+    prompt and their pairs share one loss term). Gradients of the parts add up to the whole batch's.
+    """
+    parts: list[list[int]] = []
+    for i in sorted(indices, key=lambda j: lengths[j]):
+        if parts and (len(parts[-1]) + 1) * lengths[i] <= max_tokens:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    return parts

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rmcore.attention import PackedLayout, packed_attention
 from rmcore.batching import pack_groups
 from rmcore.data import Message, RankedGroup
 from rmcore.device import autodetect_device
@@ -161,18 +163,26 @@ class PackedRewardModel(nn.Module):
 
     One module so that DistributedDataParallel (accelerate) sees a single forward call.
     `features_only=True` returns the last-token hidden states instead (for head-only training).
+    With `layout` (PackedBatch.layout), attention computes only the blocks the mask allows (see
+    rmcore.attention); without it, SDPA applies the block mask densely. Both give the same values.
     """
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, input_ids, position_ids, attention_mask, last_index, features_only: bool = False):
+    def forward(self, input_ids, position_ids, attention_mask, last_index, features_only: bool = False,
+                layout: PackedLayout | None = None):
         inner = unwrap_classifier(self.classifier)
         trunk = getattr(inner, inner.base_model_prefix)
-        hidden = trunk(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state  # (B, L, H)
+        extra = {}
+        with packed_attention(trunk.config) if layout is not None else nullcontext(False) as structured:
+            if structured:
+                extra["rmcore_layout"] = layout
+            hidden = trunk(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                **extra,
+            ).last_hidden_state  # (B, L, H)
         last_hidden = hidden.reshape(-1, hidden.shape[-1])[last_index]  # (N, H)
         if features_only:
             return last_hidden
@@ -265,7 +275,8 @@ class RewardModel:
             idx = order[start : start + batch_size]
             batch = pack_groups([encoded[i] for i in idx], self.tokenizer.pad_token_id).to(self.device)
             with self._autocast():
-                rewards = self.packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index)
+                rewards = self.packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
+                                      layout=batch.layout)
             flat = rewards.float().cpu().tolist()
             for i, size in zip(idx, batch.group_sizes):
                 out[i], flat = flat[:size], flat[size:]

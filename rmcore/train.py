@@ -9,6 +9,7 @@ code on several processes: each takes every world_size-th batch and DDP averages
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rmcore.batching import length_bucketed_batches, pack_groups
+from rmcore.batching import length_bucketed_batches, pack_groups, split_by_tokens
 from rmcore.data import RankedGroup
 from rmcore.device import autodetect_device, mixed_precision_for
 from rmcore.encoding import EncodedGroup, count_truncated, encode_groups
@@ -65,6 +66,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch only
     eval_every: int = 0  # steps between held-out evaluations; 0 = at the end of each epoch only
     cache_features: bool = True  # head mode: reuse trunk features across runs (keyed by model + data)
+    max_tokens: int = 0  # padded tokens per forward pass; bigger batches accumulate gradients (0 = fit memory)
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
@@ -133,7 +135,7 @@ def compute_features(
         batch = pack_groups([encoded[i] for i in idx], pad_id).to(device)
         with autocast():
             feats = packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
-                           features_only=True)
+                           features_only=True, layout=batch.layout)
         feats = feats.float().cpu()
         for i, part in zip(idx, feats.split(batch.group_sizes)):
             per_group[i] = part
@@ -237,7 +239,9 @@ def train(
             classifier.requires_grad_(True)
         trainable_module = packed
     params = [p for p in trainable_module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    # The fused kernel is the same AdamW in one pass over the weights (5x faster than foreach on a CPU).
+    fused = accelerator.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, fused=fused or None)
 
     lengths = [g.num_tokens for g in encoded]
     batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
@@ -272,8 +276,47 @@ def train(
             )
             return module(features[idx]).squeeze(-1).float(), groups, sum(g.num_tokens for g in groups)
         batch = pack_groups(groups, pad_id).to(accelerator.device)
-        return module(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index), groups, \
-            batch.real_tokens
+        return module(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
+                      layout=batch.layout), groups, batch.real_tokens
+
+    max_tokens = config.max_tokens or _tokens_per_forward(unwrap_classifier(classifier).config, accelerator.device)
+
+    def train_step(batch_groups: list[int], step: int) -> tuple[dict[str, Any], int]:
+        """Forward and backward over one batch, in micro-batches of at most `max_tokens` padded tokens.
+
+        Each part's loss is scaled so the parts add up to the whole batch's loss (a mean over its
+        prompts of the mean over each prompt's pairs), hence the same gradients, within float error.
+        """
+        parts = [batch_groups] if features is not None else split_by_tokens(batch_groups, lengths, max_tokens)
+        whole = [encoded[i] for i in batch_groups]
+        usable = max(1, sum(1 for g in whole if g.pairs()))
+        responses = sum(len(g.response_ids) for g in whole)
+        loss_total, tokens, all_rewards, part_stats = 0.0, 0, [], []
+        for n, part in enumerate(parts):
+            last = n == len(parts) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(module), accelerator.autocast():
+                rewards, groups, part_tokens = forward(part)
+                pairs = pair_index(groups).to(accelerator.device)
+                if len(parts) == 1:
+                    loss, stats = bradley_terry_loss(rewards, pairs, config.center_coefficient)
+                else:
+                    loss, stats = bradley_terry_loss(rewards, pairs)
+                    loss = loss * (sum(1 for g in groups if g.pairs()) / usable)
+                    if config.center_coefficient:
+                        loss = loss + config.center_coefficient * rewards.pow(2).sum() / responses
+                if not torch.isfinite(loss.detach()):
+                    raise TrainingError(
+                        f"the loss became {loss.item()} at step {step + 1}; training stopped and the last good "
+                        f"checkpoint ({checkpoint}) is kept. Try a lower learning rate (--lr {lr / 10:g})."
+                    )
+                accelerator.backward(loss)
+            loss_total += float(loss.detach())
+            tokens += part_tokens
+            all_rewards.append(rewards.detach().float())
+            part_stats.append(stats)
+        if len(parts) == 1:
+            return part_stats[0], tokens
+        return _merge_stats(part_stats, torch.cat(all_rewards), loss_total), tokens
 
     def evaluate_held_out(step: int) -> dict[str, Any] | None:
         if not encoded_eval or not is_main:
@@ -300,16 +343,7 @@ def train(
             in_epoch = step % steps_per_epoch
             batch_groups = batches[(in_epoch * world + rank) % len(batches)]
             t0 = time.perf_counter()
-            with accelerator.autocast():
-                rewards, groups, tokens = forward(batch_groups)
-                pairs = pair_index(groups).to(accelerator.device)
-                loss, stats = bradley_terry_loss(rewards, pairs, config.center_coefficient)
-            if not torch.isfinite(loss.detach()):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at step {step + 1}; training stopped and the last good "
-                    f"checkpoint ({checkpoint}) is kept. Try a lower learning rate (--lr {lr / 10:g})."
-                )
-            accelerator.backward(loss)
+            stats, tokens = train_step(batch_groups, step)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -385,6 +419,46 @@ def train(
     return TrainResult(out_dir, step, total_steps, stopped, history, final, is_main)
 
 
+def _tokens_per_forward(model_config, device) -> int:
+    """Padded tokens per forward pass whose saved activations fit a share of the device's memory.
+
+    Backward keeps ~16 hidden-size and ~4 intermediate-size float32 vectors per token and layer
+    (about 1.8 MB a token for SmolLM2-135M): a quarter of RAM on the CPU, 40% of a GPU.
+    """
+    layers = getattr(model_config, "num_hidden_layers", 12)
+    hidden = getattr(model_config, "hidden_size", 768)
+    intermediate = getattr(model_config, "intermediate_size", None) or 4 * hidden
+    per_token = layers * (16 * hidden + 4 * intermediate) * 4
+    device = torch.device(device)
+    if device.type == "cuda":
+        budget = 0.4 * torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            budget = 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            budget = 4 * 2**30
+    return max(256, int(budget // per_token))
+
+
+def _merge_stats(parts: list[dict[str, float]], rewards: torch.Tensor, loss: float) -> dict[str, float]:
+    """One batch's metrics from its micro-batches' (accuracy and margin weighted by comparisons)."""
+    comparisons = sum(p["comparisons"] for p in parts)
+
+    def weighted(key: str) -> float:
+        if not comparisons:
+            return float("nan")
+        return sum(p[key] * p["comparisons"] for p in parts if p["comparisons"]) / comparisons
+
+    return {
+        "loss": loss,
+        "accuracy": weighted("accuracy"),
+        "margin": weighted("margin"),
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        "comparisons": comparisons,
+    }
+
+
 def _version() -> str:
     from rmcore import __version__
 
@@ -443,7 +517,8 @@ def _held_out_metrics(accelerator, module, encoded_eval, eval_features, pad_id, 
         else:
             batch = pack_groups(groups, pad_id).to(accelerator.device)
             with accelerator.autocast():
-                rewards = model(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index)
+                rewards = model(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
+                                layout=batch.layout)
         pairs = pair_index(groups).to(accelerator.device)
         if len(pairs.winner) == 0:
             continue
@@ -469,7 +544,8 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _run_key(config: TrainConfig, model_path: str, encoded: list[EncodedGroup]) -> str:
     """What a checkpoint must match to be resumed: model, data, and every option but the epochs."""
-    options = {k: v for k, v in asdict(config).items() if k not in ("epochs", "checkpoint_every", "eval_every")}
+    ignored = ("epochs", "checkpoint_every", "eval_every", "max_tokens")  # these do not change the result
+    options = {k: v for k, v in asdict(config).items() if k not in ignored}
     return _fingerprint(model_path, encoded, config.max_length) + ":" + json.dumps(options, sort_keys=True)
 
 

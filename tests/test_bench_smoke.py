@@ -1,0 +1,46 @@
+"""The benchmark still runs end to end: a tiny model, one step per workload, every part (seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import run as bench  # noqa: E402  (bench/run.py is a script, not a package)
+
+
+def test_smoke_benchmark_runs_every_part_and_writes_comparable_results(shared_data, tmp_path, capsys):
+    has_trl = importlib.util.find_spec("trl") is not None
+    code = bench.main(["--model", "tiny", "--preset", "smoke", "--in-process", "--score-repeats", "1",
+                       "--head-epochs", "2", "--out", str(tmp_path)])
+    assert code == 0
+    [result_file] = tmp_path.glob("*.json")
+    summary = json.loads(result_file.read_text())
+    assert (tmp_path / result_file.name.replace(".json", ".md")).is_file()
+    assert [block["workload"] for block in summary["training"]] == ["oasst", "hh"]
+    for block in summary["training"]:
+        impls = block["implementations"]
+        assert set(impls) == ({"rmcore", "trl"} if has_trl else {"rmcore"})
+        for row in impls.values():
+            assert row["comparisons_per_s"] > 0 and row["tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
+            assert 0 <= row["eval_accuracy"] <= 1 and row["flop_utilisation"] > 0
+        if has_trl:
+            # the same comparisons, in the same number of optimizer steps
+            assert impls["rmcore"]["comparisons"] == impls["trl"]["comparisons"]
+            assert impls["rmcore"]["steps"] == impls["trl"]["steps"]
+            assert block["ratios"]["rmcore/trl comparisons_per_s"] > 0
+    scoring = summary["scoring"]
+    assert scoring["max_abs_reward_difference"] < 1e-4  # rmcore and the pipeline read the same reward
+    assert set(scoring["latency_s"]) == {"rmcore", "pipeline", "pipeline_batched"}
+    assert len(summary["head"]["epoch_s"]) == 2
+    assert "| target | value | wanted | met |" in capsys.readouterr().out
+
+
+def test_oasst_groups_become_all_their_pairs_for_trl(shared_data):
+    train, held_out = bench.load_workload("oasst", 6, 3)
+    assert len(train) == 6 and len(held_out) == 3
+    assert not {id(g) for g in train} & {id(g) for g in held_out}
+    assert all(len(g.pairs()) == len(g.responses) * (len(g.responses) - 1) // 2 for g in train
+               if len(set(g.ranks)) == len(g.ranks))
