@@ -126,30 +126,30 @@ def wait_for_plots(page, count: int) -> None:
 def test_upload_train_probe_evaluate_in_a_browser(page, server, tmp_path):
     # 1. Data: the app opens on the Data page; upload a file (the demo set under another name)
     page.goto(server)
-    page.get_by_text("Upload ranked preferences").wait_for()
+    page.get_by_text("Upload ranked preferences").first.wait_for()
     screenshot(page, "01-data-empty")
     upload = tmp_path / "my_rankings.jsonl"
     from rmcore.data import demo_data_path
 
     upload.write_bytes(demo_data_path().read_bytes())
     page.locator("input[type=file]").set_input_files(str(upload))
-    page.get_by_text("Validation report").wait_for()
-    page.get_by_text("The edited set").wait_for()
+    page.get_by_text("Validation report").first.wait_for()
+    page.get_by_text("The edited set").first.wait_for()
     assert page.get_by_test_id("stMetricValue").first.inner_text() == "58"
-    page.get_by_test_id("stSidebar").get_by_text("my_rankings.jsonl").wait_for()
+    page.get_by_test_id("stSidebar").get_by_text("my_rankings.jsonl").first.wait_for()
     wait_for_plots(page, 1)
     screenshot(page, "02-data-uploaded")
 
     # 2. Train: full mode on the tiny model, far longer than the test waits: it watches the curve, then stops
     go(page, "Train")
-    page.get_by_text("Estimated time").wait_for()
+    page.get_by_text("Estimated time").first.wait_for()
     page.get_by_text("full", exact=True).click()
     for label, value in (("Epochs", "50"), ("Batch size", "2")):
         box = page.get_by_label(label, exact=True)
         box.fill(value)
         box.press("Enter")
         page.wait_for_timeout(600)
-    page.get_by_text("Estimated time").wait_for()
+    page.get_by_text("Estimated time").first.wait_for()
     screenshot(page, "03-train-settings")
     page.get_by_role("button", name="Start training").click()
     # record the curve's length in the page every 200 ms (the page redraws it about every second)
@@ -169,15 +169,15 @@ def test_upload_train_probe_evaluate_in_a_browser(page, server, tmp_path):
     screenshot(page, "04-train-running")
     # Stop: the run ends at the next step, keeping a checkpoint and the model so far
     page.get_by_role("button", name="Stop (keeps a checkpoint)").click()
-    page.get_by_text("Stopped: my_rankings-full").wait_for(timeout=120_000)
-    page.get_by_text("model and checkpoint saved").wait_for()
+    page.get_by_text("Stopped: my_rankings-full").first.wait_for(timeout=120_000)
+    page.get_by_text("model and checkpoint saved").first.wait_for()
     page.evaluate("clearInterval(window.curveTimer)")
     wait_for_plots(page, 1)
     screenshot(page, "05-train-stopped")
 
     # 3. Probe: the new model scores the example candidates; the heatmap of P[i][j] appears
     go(page, "Probe")
-    page.get_by_text("Reward token by token").wait_for()
+    page.get_by_text("Reward token by token").first.wait_for()
     wait_for_plots(page, 3)
     types = page.evaluate(
         "() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => gd.data[0].type)"
@@ -198,7 +198,7 @@ def test_upload_train_probe_evaluate_in_a_browser(page, server, tmp_path):
     # 4. Evaluate on the held-out prompts saved with the model
     go(page, "Evaluate")
     page.get_by_role("button", name="Evaluate on").click()
-    page.get_by_text("Worst-ranked pairs").wait_for(timeout=120_000)
+    page.get_by_text("Worst-ranked pairs").first.wait_for(timeout=120_000)
     wait_for_plots(page, 4)
     screenshot(page, "07-evaluate")
 
@@ -207,7 +207,7 @@ def test_upload_train_probe_evaluate_in_a_browser(page, server, tmp_path):
     wait_for_plots(page, 1)
     screenshot(page, "08-learn")
     go(page, "Export")
-    page.get_by_text("Use it with transformers").wait_for()
+    page.get_by_text("Use it with transformers").first.wait_for()
     assert page.get_by_role("button", name="Download my_rankings-full.zip").is_visible()
     screenshot(page, "09-export")
 
