@@ -27,6 +27,7 @@ app: setup
 	$(BIN)/streamlit run app/main.py
 
 test: setup browser
+	$(BIN)/ruff check rmcore app tests bench notebooks
 	$(BIN)/python -m pytest
 
 test-fast: setup
