@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup app test test-fast lint bench bench-smoke browser notebooks clean
+.PHONY: setup app test test-fast lint bench browser notebooks clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check rmcore app tests bench
+
+# rmcore against TRL's RewardTrainer (minutes on a CPU); results go to bench/results/
+bench: setup
+	$(BIN)/python bench/run.py
 
 notebooks: setup
 	$(BIN)/jupyter lab notebooks/

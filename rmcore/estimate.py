@@ -144,6 +144,7 @@ def measure_rates(
                 batch.attention_mask,
                 batch.last_index,
                 features_only=config.mode == "head",
+                layout=batch.layout,
             )
         _sync(device)
         return time.perf_counter() - t0
@@ -164,7 +165,8 @@ def measure_rates(
             _sync(device)
             t0 = time.perf_counter()
             with autocast():
-                rewards = packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index)
+                rewards = packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
+                                 layout=batch.layout)
             rewards.float().sum().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

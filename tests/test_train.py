@@ -146,7 +146,13 @@ def test_data_without_comparisons_is_refused(tiny_model_dir, tmp_path):
 def test_two_process_accelerate_launch(tiny_model_dir, demo_path, tmp_path):
     """The same CLI under `accelerate launch` with 2 CPU processes: half the steps each, one saved model."""
     env = {**os.environ, "RMCORE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    import socket
+
+    with socket.socket() as s:  # a free port, so a leftover process on torchrun's default cannot collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", str(port),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmcore", "train",
            str(demo_path), "--out", str(tmp_path / "ddp"), "--model", str(tiny_model_dir), "--mode", "full",
            "--batch-size", "4", "--eval-fraction", "0.1", "--quiet"]
