@@ -336,10 +336,12 @@ def train(
     if start_step == 0 and encoded_eval:
         last_eval = evaluate_held_out(0)  # the untrained baseline, so curves start where training starts
     module.train()
+    batches_epoch, batches = -1, []
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
-            batches = length_bucketed_batches(lengths, config.batch_size, config.seed, epoch)
+            if epoch != batches_epoch:  # the order is fixed by (seed, epoch): build it once per epoch
+                batches_epoch, batches = epoch, length_bucketed_batches(lengths, config.batch_size, config.seed, epoch)
             in_epoch = step % steps_per_epoch
             batch_groups = batches[(in_epoch * world + rank) % len(batches)]
             t0 = time.perf_counter()
