@@ -38,14 +38,19 @@ WORKLOADS = {
     "hh": DATA / "hh-rlhf" / "helpful-base-test.jsonl.gz",  # 2,348 pairs sharing a dialogue
 }
 # Per preset and workload: prompts per optimizer step, optimizer steps, held-out prompts.
+# "cpu" measures speed in minutes; "cpu-accuracy" trains long enough (at a higher learning rate) for
+# held-out accuracy to move away from the untrained model's, in ~30-40 minutes on 2 cores.
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
     "cpu": {"oasst": {"batch_size": 4, "steps": 3, "eval_groups": 12},
             "hh": {"batch_size": 8, "steps": 3, "eval_groups": 32}},
+    "cpu-accuracy": {"oasst": {"batch_size": 4, "steps": 12, "eval_groups": 48},
+                     "hh": {"batch_size": 8, "steps": 16, "eval_groups": 160}},
     "gpu": {"oasst": {"batch_size": 8, "steps": 20, "eval_groups": 40},
             "hh": {"batch_size": 32, "steps": 60, "eval_groups": 300}},
     "smoke": {"oasst": {"batch_size": 2, "steps": 1, "eval_groups": 2},
               "hh": {"batch_size": 2, "steps": 1, "eval_groups": 2}},
 }
+PRESET_LR = {"cpu-accuracy": 5e-5}  # the others use rmcore's full-mode default, 1e-5
 # The issue's targets, checked at the end of a run (ratios are rmcore / TRL from the same run).
 TARGETS = {"oasst_speedup": 3.0, "hh_speedup": 1.6, "flop_utilisation": 0.5, "scoring_speedup": 2.5,
            "scoring_latency_s": 0.7, "head_later_epoch_speedup": 50.0}
@@ -144,6 +149,10 @@ def held_out_accuracy(classifier, tokenizer, eval_groups, max_length: int, devic
     return evaluate(model, eval_groups, batch_size=4).summary["accuracy"]
 
 
+def eval_comparisons(eval_groups) -> int:
+    return sum(len(g.pairs()) for g in eval_groups)
+
+
 # ----------------------------------------------------------------------------- the trials (one per subprocess)
 
 
@@ -204,6 +213,17 @@ def _rmcore_padded_tokens(encoded, options: dict[str, Any], model_config, device
         for part in split_by_tokens(batch, lengths, budget):
             total += len(part) * max(lengths[i] for i in part)
     return total
+
+
+def trial_untrained(spec: dict[str, Any]) -> dict[str, Any]:
+    """Held-out accuracy of the common starting model: what training has to move away from."""
+    from rmcore.model import load_sequence_classifier
+
+    device = device_name()
+    _, eval_groups = load_workload(spec["workload"], spec["n_train"], spec["n_eval"])
+    classifier, tokenizer, _ = load_sequence_classifier(spec["model_path"], seed=0)
+    return {"eval_accuracy": held_out_accuracy(classifier, tokenizer, eval_groups, spec["max_length"], device),
+            "eval_comparisons": eval_comparisons(eval_groups)}
 
 
 def trial_trl(spec: dict[str, Any]) -> dict[str, Any]:
@@ -374,7 +394,8 @@ def _head_runs(spec, train_groups, eval_groups, tmp: Path) -> list[list[float]]:
     return runs
 
 
-TRIALS = {"rmcore": trial_rmcore, "trl": trial_trl, "scoring": trial_scoring, "head": trial_head}
+TRIALS = {"rmcore": trial_rmcore, "trl": trial_trl, "untrained": trial_untrained, "scoring": trial_scoring,
+          "head": trial_head}
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -470,7 +491,8 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]],
+                       untrained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per implementation medians over repeats; ratios are medians of the paired (same-repeat) ratios."""
     rows = {}
     for impl, results in trials.items():
@@ -493,7 +515,7 @@ def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]]) -
         for key in ("comparisons_per_s", "tokens_per_s", "peak_memory_bytes"):
             ratios[f"rmcore/{impl} {key}"] = median(
                 [a[key] / b[key] for a, b in zip(trials["rmcore"], trials[impl]) if b[key]])
-    return {"workload": workload, "implementations": rows, "ratios": ratios}
+    return {"workload": workload, "implementations": rows, "ratios": ratios, "untrained": untrained}
 
 
 def check_targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -532,6 +554,15 @@ def check_targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return checks
 
 
+def accuracy_standard_error(untrained: dict[str, Any]) -> float | None:
+    """Binomial standard error of a held-out accuracy near the untrained one (comparisons share prompts,
+    so the true error is somewhat larger): differences below ~2 of these are noise."""
+    n, acc = untrained.get("eval_comparisons"), untrained.get("eval_accuracy")
+    if not n or acc is None:
+        return None
+    return math.sqrt(max(acc * (1 - acc), 0.05) / n)
+
+
 def _fmt(value: Any, kind: str = "") -> str:
     if value is None:
         return "-"
@@ -549,7 +580,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [f"### {meta['date']} · commit {meta['git']['commit']}{' (dirty)' if meta['git']['dirty'] else ''} · "
              f"{meta['machine']['device']} ({meta['machine'].get('gpu') or meta['machine']['cpu']}, "
              f"{meta['machine']['cpu_count']} cores, {meta['threads']} threads) · model {meta['args']['model']} · "
-             f"max length {meta['args']['max_length']} · load average {meta['load_before']} -> {meta['load_after']}",
+             f"max length {meta['args']['max_length']} · preset {meta['preset']} · lr {meta['args']['lr']:g} · "
+             f"load average {meta['load_before']} -> {meta['load_after']}",
              ""]
     if summary.get("training"):
         lines += ["| workload | trainer | steps | comparisons | comparisons/s | tokens/s | peak memory | FLOP util. "
@@ -560,6 +592,11 @@ def markdown(summary: dict[str, Any]) -> str:
                              f"{_fmt(row['comparisons_per_s'])} | {_fmt(row['tokens_per_s'])} | "
                              f"{_fmt(row['peak_memory_bytes'], 'bytes')} | {_fmt(row['flop_utilisation'], 'pct')} | "
                              f"{_fmt(row['eval_accuracy'])} |")
+            if block.get("untrained"):
+                u = block["untrained"]
+                lines.append(f"| {block['workload']} | untrained start (held-out: {u['eval_comparisons']} comparisons, "
+                             f"standard error {_fmt(accuracy_standard_error(u))}) | 0 | | | | | | "
+                             f"{_fmt(u['eval_accuracy'])} |")
             for name, value in block["ratios"].items():
                 bold = "**" if name.endswith("comparisons_per_s") else ""
                 lines.append(f"| {block['workload']} | {bold}{name}{bold} | | | {bold}{_fmt(value)}x{bold} | | | | |")
@@ -614,7 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per optimizer step (preset's value)")
     parser.add_argument("--eval-groups", type=int, default=None, help="held-out prompts per workload (preset's value)")
     parser.add_argument("--max-length", type=int, default=512, help="tokens of prompt + one response, for both")
-    parser.add_argument("--lr", type=float, default=1e-5, help="learning rate for both (rmcore's full-mode default)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate for both (default: rmcore's full-mode 1e-5; 5e-5 with --preset "
+                             "cpu-accuracy)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rmcore/TRL alternations per workload; ratios are medians of paired ratios. Use 3 on a "
                              "noisy (shared) machine")
@@ -624,7 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in every trial (default: torch's choice). On a machine shared with "
                              "other jobs, 1 thread can be much faster than 2")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: trl, scoring, head")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to skip: trl, untrained (the starting model's accuracy), "
+                             "scoring, head")
     parser.add_argument("--ref", default=None,
                         help="a git ref: also run rmcore as of that commit (training and scoring), alternating, "
                              "for before/after ratios")
@@ -647,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = device_name()
     preset = args.preset or ("gpu" if device == "cuda" else "cpu")
+    if args.lr is None:
+        args.lr = PRESET_LR.get(preset, 1e-5)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     try:
         import trl  # noqa: F401
@@ -690,7 +733,11 @@ def main(argv: list[str] | None = None) -> int:
                     kind = "trl" if impl == "trl" else "rmcore"
                     trials[impl].append(run_trial({**spec, "kind": kind, "label": impl}, in_process=args.in_process,
                                                   pythonpath=ref_path if impl.startswith("rmcore@") else None))
-            summary["training"].append(summarize_training(workload, trials))
+            untrained = None
+            if "untrained" not in skip:
+                untrained = run_trial({**spec, "kind": "untrained", "label": "untrained start"},
+                                      in_process=args.in_process)
+            summary["training"].append(summarize_training(workload, trials, untrained))
         if "scoring" not in skip:
             spec = {**common, "kind": "scoring", "score_repeats": args.score_repeats}
             summary["scoring"] = run_trial(spec, in_process=args.in_process)
@@ -700,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         if "head" not in skip:
             sizes = PRESETS[preset]["oasst"]
             spec = {**common, "kind": "head", "head_epochs": args.head_epochs,
-                    "n_train": 16 if preset == "cpu" else 4 * sizes["batch_size"] * sizes["steps"],
+                    "n_train": 16 if preset.startswith("cpu") else 4 * sizes["batch_size"] * sizes["steps"],
                     "n_eval": sizes["eval_groups"]}
             summary["head"] = run_trial(spec, in_process=args.in_process)
         meta["load_after"] = load_average()
