@@ -15,6 +15,11 @@ so every response's gradient still flows into the shared prompt. Everything else
 It is registered with transformers as the attention implementation "rmcore_packed", which behaves
 exactly as "sdpa" unless the call carries a `rmcore_layout` (PackedRewardModel's forward passes it,
 and switches the model to "rmcore_packed" only for that call).
+
+When scoring, a single row may start after a cached prefix of its prompt (rmcore.prompt_cache): the
+layout then carries that prefix's keys and values per layer, the row holds only the rest, and every
+query also attends to the prefix. The layout can also record each layer's whole-prompt keys and
+values, for the cache.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ _registered = False
 class PackedLayout:
     """Each packed row's prompt length and response lengths, in row order (the rest is padding)."""
 
-    prompt_lengths: list[int]  # (B,)
+    prompt_lengths: list[int]  # (B,) prompt tokens in the row (after the cached prefix, if any)
     response_lengths: list[list[int]]  # (B, K_b)
     masks: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)  # made once, used by every layer
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)  # per layer, B == 1
+    record: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)  # layer -> kv
 
     def mask(self, prompt: int, response: int, device: torch.device) -> torch.Tensor:
         """(r, p + r) bool: every prompt key, then causal over the response's own keys."""
@@ -66,6 +73,8 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
     """transformers attention interface: (B, H, L, D) in, (B, L, H, D) out (as sdpa_attention_forward)."""
     layout: PackedLayout | None = kwargs.pop("rmcore_layout", None)
     if layout is None or kwargs.get("sliding_window") or getattr(module, "sliding_window", None):
+        if layout is not None and (layout.prefix is not None or layout.record is not None):
+            raise RuntimeError("a cached prompt prefix needs full attention in every layer (see supports_prefix)")
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -81,19 +90,37 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
         k_parts = k.split(sizes + [pad] if pad else sizes, dim=1)  # (Hkv, n, D) each
         v_parts = v.split(sizes + [pad] if pad else sizes, dim=1)
         k_prompt, v_prompt = k_parts[0][None], v_parts[0][None]  # (1, Hkv, p, D)
+        cached = 0
+        if layout.prefix is not None:  # keys/values of the prompt's first tokens, from an earlier call
+            k_cached, v_cached = layout.prefix[module.layer_idx]
+            cached = k_cached.shape[2]
+            k_prompt = torch.cat([k_cached.to(k_prompt.dtype), k_prompt], dim=2)  # (1, Hkv, cached + p, D)
+            v_prompt = torch.cat([v_cached.to(v_prompt.dtype), v_prompt], dim=2)
+        if layout.record is not None:
+            layout.record[module.layer_idx] = (k_prompt, v_prompt)
         parts = []
         if p:
-            parts.append(_sdpa(q_parts[0][None], k_prompt, v_prompt, mask=None, causal=True, dropout=dropout,
-                               scaling=scaling)[0])  # (H, p, D)
+            parts.append(_sdpa(q_parts[0][None], k_prompt, v_prompt,
+                               mask=layout.mask(cached, p, query.device) if cached else None, causal=not cached,
+                               dropout=dropout, scaling=scaling)[0])  # (H, p, D)
         for n, r in enumerate(responses, start=1):
-            keys = torch.cat([k_prompt, k_parts[n][None]], dim=2)  # (1, Hkv, p + r, D)
+            keys = torch.cat([k_prompt, k_parts[n][None]], dim=2)  # (1, Hkv, cached + p + r, D)
             values = torch.cat([v_prompt, v_parts[n][None]], dim=2)
-            parts.append(_sdpa(q_parts[n][None], keys, values, mask=layout.mask(p, r, query.device), causal=False,
-                               dropout=dropout, scaling=scaling)[0])  # (H, r, D)
+            parts.append(_sdpa(q_parts[n][None], keys, values, mask=layout.mask(cached + p, r, query.device),
+                               causal=False, dropout=dropout, scaling=scaling)[0])  # (H, r, D)
         if pad:  # padding: its output is never read
             parts.append(query.new_zeros(query.shape[1], pad, query.shape[3]))
         rows.append(torch.cat(parts, dim=1))  # (H, L, D)
     return torch.stack(rows).transpose(1, 2), None  # (B, L, H, D)
+
+
+def supports_prefix(config) -> bool:
+    """Whether a cached prompt prefix can be used: packed attention in every layer (no sliding windows)."""
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION_NAME):
+        return False
+    if any("sliding" in str(kind) for kind in getattr(config, "layer_types", None) or []):
+        return False
+    return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
 
 
 def register() -> None:

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmcore.attention import PackedLayout, packed_attention
+from rmcore.attention import PackedLayout, packed_attention, supports_prefix
 from rmcore.batching import pack_groups
 from rmcore.data import Message, RankedGroup
 from rmcore.device import autodetect_device
 from rmcore.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
 from rmcore.encoding import EncodedGroup, encode_group, render_text
 from rmcore.errors import ModelError
+from rmcore.prompt_cache import PromptCache, weights_fingerprint
 
 METADATA_FILE = "rmcore.json"
 DEFAULT_MAX_LENGTH = 512
@@ -244,6 +246,8 @@ class RewardModel:
         self.name = name
         self.metadata = metadata or {}
         self.packed = PackedRewardModel(self.model)
+        self.prompt_cache = PromptCache()  # see rmcore.prompt_cache; used by single-prompt calls
+        self._lock = threading.RLock()  # one forward at a time: the app shares a model between sessions
 
     @classmethod
     def load(cls, name: str | os.PathLike | None = None, *, device: str | None = None,
@@ -269,18 +273,41 @@ class RewardModel:
     @torch.inference_mode()
     def rewards_for(self, encoded: list[EncodedGroup], batch_size: int = 8) -> list[list[float]]:
         """Rewards of every response of every group, batched by similar length."""
+        if len(encoded) == 1 and self.prompt_cache.max_bytes > 0 and supports_prefix(self._config):
+            return [self._rewards_reusing_prompt(encoded[0])]
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
         out: list[list[float]] = [[] for _ in encoded]
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = pack_groups([encoded[i] for i in idx], self.tokenizer.pad_token_id).to(self.device)
-            with self._autocast():
+            with self._lock, self._autocast():
                 rewards = self.packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
                                       layout=batch.layout)
             flat = rewards.float().cpu().tolist()
             for i, size in zip(idx, batch.group_sizes):
                 out[i], flat = flat[:size], flat[size:]
         return out
+
+    def _rewards_reusing_prompt(self, group: EncodedGroup) -> list[float]:
+        """One group's rewards, taking the longest cached prefix of its prompt from the prompt cache."""
+        with self._lock:
+            fingerprint = weights_fingerprint(self.model)
+            cached, prefix = self.prompt_cache.lookup(group.prompt_ids, fingerprint)
+            rest = EncodedGroup(group.prompt_ids[cached:], group.response_ids, group.ranks)
+            batch = pack_groups([rest], self.tokenizer.pad_token_id).to(self.device)
+            layout = batch.layout
+            layout.prefix, layout.record = prefix, {}
+            with self._autocast():
+                rewards = self.packed(batch.input_ids, batch.position_ids + cached, batch.attention_mask,
+                                      batch.last_index, layout=layout)
+            layers = [layout.record[i] for i in sorted(layout.record)]
+            if len(layers) == self._config.num_hidden_layers:
+                self.prompt_cache.store(group.prompt_ids, layers, fingerprint)
+        return rewards.float().cpu().tolist()
+
+    @property
+    def _config(self):
+        return unwrap_classifier(self.model).config
 
     def rewards(self, prompt: str | list[Message], responses: list[str]) -> list[float]:
         return self.rewards_for([self.encode(prompt, responses)])[0]
@@ -301,7 +328,7 @@ class RewardModel:
         input_ids = torch.tensor([ids], device=self.device)
         inner = unwrap_classifier(self.model)
         trunk = getattr(inner, inner.base_model_prefix)
-        with self._autocast():
+        with self._lock, self._autocast():
             hidden = trunk(input_ids=input_ids, use_cache=False).last_hidden_state[0]  # (L, H)
             per_token = inner.score(hidden).squeeze(-1).float().cpu()
         p = len(encoded.prompt_ids)

@@ -155,3 +155,92 @@ def test_conversation_prompts_render_with_the_chat_template(tiny):
     group = RankedGroup(messages, ["Bye!"], [1])
     enc = tiny.encode(group.prompt, group.responses)
     assert tiny.tokenizer.decode(enc.prompt_ids + enc.response_ids[0]) == text
+
+
+# ----------------------------------------------------------------------------- the prompt cache (rmcore.prompt_cache)
+
+
+@pytest.fixture()
+def fresh(tiny_model_dir):
+    """A model of its own: these tests look at its prompt cache, or change its weights."""
+    return RewardModel.load(tiny_model_dir, device="cpu")
+
+
+def test_a_prompt_scored_again_is_served_from_the_cache_with_the_same_rewards(fresh):
+    first = fresh.rewards(PROMPT, CANDIDATES)
+    assert fresh.prompt_cache.hits_tokens == 0 and len(fresh.prompt_cache) == 1
+    again = fresh.rewards(PROMPT, CANDIDATES[::-1])
+    assert fresh.prompt_cache.hits_tokens == len(fresh.encode(PROMPT, CANDIDATES).prompt_ids)
+    assert again[::-1] == pytest.approx(first, abs=1e-6)
+    assert again == pytest.approx(plain_rewards(fresh, PROMPT, CANDIDATES[::-1]), abs=1e-5)
+
+
+def test_a_new_prompt_reuses_the_shared_start_and_computes_the_rest(fresh):
+    fresh.rewards("Something else entirely", ["ok"])
+    prompt_ids = fresh.encode(PROMPT, CANDIDATES).prompt_ids
+    got = fresh.rewards(PROMPT, CANDIDATES)
+    reused = fresh.prompt_cache.hits_tokens
+    assert 0 < reused < len(prompt_ids)  # the chat template's opening, not the instruction
+    assert got == pytest.approx(plain_rewards(fresh, PROMPT, CANDIDATES), abs=1e-5)
+
+
+def test_a_conversation_that_grows_by_a_turn_reuses_the_earlier_turns(fresh):
+    turns = [{"role": "user", "content": "Hi there, I need help with my bread."},
+             {"role": "assistant", "content": "Happy to help. What is wrong with it?"}]
+    fresh.rewards(turns[:1], ["a", "b"])
+    longer = turns + [{"role": "user", "content": PROMPT}]
+    got = fresh.rewards(longer, CANDIDATES)
+    assert fresh.prompt_cache.hits_tokens > len(fresh.encode(turns[:1], ["a"]).prompt_ids) // 2
+    assert got == pytest.approx(plain_rewards(fresh, longer, CANDIDATES), abs=1e-5)
+
+
+def test_changed_weights_never_reuse_stale_keys(fresh):
+    before = fresh.rewards(PROMPT, CANDIDATES)
+    optimizer = torch.optim.SGD(fresh.model.parameters(), lr=0.5)
+    fresh.model.train()
+    fresh.model(**fresh.tokenizer(["x y z"], return_tensors="pt")).logits.sum().backward()
+    optimizer.step()
+    fresh.model.eval()
+    after = fresh.rewards(PROMPT, CANDIDATES)
+    assert after != pytest.approx(before, abs=1e-3)
+    assert after == pytest.approx(plain_rewards(fresh, PROMPT, CANDIDATES), abs=1e-5)
+
+
+def test_the_cache_stays_within_its_byte_budget(fresh):
+    fresh.rewards(PROMPT, CANDIDATES)
+    one_prompt = fresh.prompt_cache.nbytes
+    fresh.prompt_cache.max_bytes = int(2.5 * one_prompt)
+    for i in range(6):
+        fresh.rewards(f"{PROMPT} ({i})", CANDIDATES[:2])
+        assert fresh.prompt_cache.nbytes <= fresh.prompt_cache.max_bytes
+    assert 1 <= len(fresh.prompt_cache) <= 2
+    fresh.prompt_cache.max_bytes = 0  # off: every call computes its whole prompt
+    hits = fresh.prompt_cache.hits_tokens
+    assert fresh.rewards(PROMPT, CANDIDATES) == pytest.approx(plain_rewards(fresh, PROMPT, CANDIDATES), abs=1e-5)
+    assert fresh.prompt_cache.hits_tokens == hits
+
+
+def test_sessions_scoring_at_once_get_what_they_would_alone(fresh):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [f"{PROMPT} Question {i}." for i in range(6)]
+    alone = [plain_rewards(fresh, p, CANDIDATES) for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: fresh.rewards(p, CANDIDATES), prompts * 2))
+    for got, want in zip(together, alone * 2):
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_models_with_sliding_window_layers_do_not_use_a_cached_prefix():
+    from transformers import LlamaConfig
+
+    from rmcore.attention import supports_prefix
+
+    config = LlamaConfig(num_hidden_layers=2)
+    config._attn_implementation = "sdpa"
+    assert supports_prefix(config)
+    config.layer_types = ["full_attention", "sliding_attention"]
+    assert not supports_prefix(config)
+    config.layer_types = None
+    config._attn_implementation = "eager"
+    assert not supports_prefix(config)
