@@ -33,7 +33,10 @@ def test_smoke_benchmark_runs_every_part_and_writes_comparable_results(shared_da
             assert block["ratios"]["rmcore/trl comparisons_per_s"] > 0
     scoring = summary["scoring"]
     assert scoring["max_abs_reward_difference"] < 1e-4  # rmcore and the pipeline read the same reward
-    assert set(scoring["latency_s"]) == {"rmcore", "pipeline", "pipeline_batched"}
+    assert set(scoring["latency_s"]) == {"rmcore", "rmcore_same_prompt", "pipeline", "pipeline_batched"}
+    assert scoring["prompt_cache_hit_tokens"] > 0  # the seen instruction came from rmcore's prompt cache
+    for block in summary["training"]:
+        assert 0 <= block["untrained"]["eval_accuracy"] <= 1 and block["untrained"]["eval_comparisons"] > 0
     assert len(summary["head"]["epoch_s"]) == 2
     assert "| target | value | wanted | met |" in capsys.readouterr().out
 
