@@ -175,20 +175,24 @@ class PackedRewardModel(nn.Module):
 
     def forward(self, input_ids, position_ids, attention_mask, last_index, features_only: bool = False,
                 layout: PackedLayout | None = None):
+        hidden = self.hidden_states(input_ids, position_ids, attention_mask, layout)  # (B, L, H)
+        last_hidden = hidden.reshape(-1, hidden.shape[-1])[last_index]  # (N, H)
+        if features_only:
+            return last_hidden
+        return unwrap_classifier(self.classifier).score(last_hidden).squeeze(-1).float()  # (N,)
+
+    def hidden_states(self, input_ids, position_ids, attention_mask, layout: PackedLayout | None = None):
+        """The trunk's last hidden states of packed rows, (B, L, H)."""
         inner = unwrap_classifier(self.classifier)
         trunk = getattr(inner, inner.base_model_prefix)
         extra = {}
         with packed_attention(trunk.config) if layout is not None else nullcontext(False) as structured:
             if structured:
                 extra["rmcore_layout"] = layout
-            hidden = trunk(
+            return trunk(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                 **extra,
-            ).last_hidden_state  # (B, L, H)
-        last_hidden = hidden.reshape(-1, hidden.shape[-1])[last_index]  # (N, H)
-        if features_only:
-            return last_hidden
-        return inner.score(last_hidden).squeeze(-1).float()  # (N,)
+            ).last_hidden_state
 
 
 def head_of(model: nn.Module) -> nn.Linear:
@@ -290,6 +294,14 @@ class RewardModel:
 
     def _rewards_reusing_prompt(self, group: EncodedGroup) -> list[float]:
         """One group's rewards, taking the longest cached prefix of its prompt from the prompt cache."""
+        hidden, last_index, _ = self._hidden_reusing_prompt(group)
+        with self._autocast():
+            rewards = unwrap_classifier(self.model).score(hidden[last_index]).squeeze(-1)
+        return rewards.float().cpu().tolist()
+
+    def _hidden_reusing_prompt(self, group: EncodedGroup) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Hidden states (L, H) of the group's packed row after its longest cached prompt prefix, the
+        rows' index of each response's last token, and how many prompt tokens came from the cache."""
         with self._lock:
             fingerprint = weights_fingerprint(self.model)
             cached, prefix = self.prompt_cache.lookup(group.prompt_ids, fingerprint)
@@ -298,12 +310,12 @@ class RewardModel:
             layout = batch.layout
             layout.prefix, layout.record = prefix, {}
             with self._autocast():
-                rewards = self.packed(batch.input_ids, batch.position_ids + cached, batch.attention_mask,
-                                      batch.last_index, layout=layout)
+                hidden = self.packed.hidden_states(batch.input_ids, batch.position_ids + cached,
+                                                   batch.attention_mask, layout)[0]
             layers = [layout.record[i] for i in sorted(layout.record)]
             if len(layers) == self._config.num_hidden_layers:
                 self.prompt_cache.store(group.prompt_ids, layers, fingerprint)
-        return rewards.float().cpu().tolist()
+        return hidden, batch.last_index, cached
 
     @property
     def _config(self):
@@ -324,16 +336,20 @@ class RewardModel:
     def token_rewards(self, prompt: str | list[Message], response: str) -> TokenRewards:
         """The head applied at every position of the response: which tokens move the reward."""
         encoded = self.encode(prompt, [response])
-        ids = encoded.prompt_ids + encoded.response_ids[0]
-        input_ids = torch.tensor([ids], device=self.device)
         inner = unwrap_classifier(self.model)
-        trunk = getattr(inner, inner.base_model_prefix)
-        with self._lock, self._autocast():
-            hidden = trunk(input_ids=input_ids, use_cache=False).last_hidden_state[0]  # (L, H)
-            per_token = inner.score(hidden).squeeze(-1).float().cpu()
         p = len(encoded.prompt_ids)
+        if self.prompt_cache.max_bytes > 0 and supports_prefix(self._config):
+            hidden, _, cached = self._hidden_reusing_prompt(encoded)  # (p - cached + r, H)
+            response_hidden = hidden[p - cached :]
+        else:
+            trunk = getattr(inner, inner.base_model_prefix)
+            input_ids = torch.tensor([encoded.prompt_ids + encoded.response_ids[0]], device=self.device)
+            with self._lock, self._autocast():
+                response_hidden = trunk(input_ids=input_ids, use_cache=False).last_hidden_state[0, p:]
+        with self._autocast():
+            per_token = inner.score(response_hidden).squeeze(-1).float().cpu()
         tokens = [self.tokenizer.decode([t]) for t in encoded.response_ids[0]]
-        return TokenRewards(tokens, per_token[p:].tolist(), p)
+        return TokenRewards(tokens, per_token.tolist(), p)
 
     def render(self, prompt: str | list[Message], response: str) -> str:
         """The exact text a pipeline must be given to reproduce this model's reward."""

@@ -244,3 +244,14 @@ def test_models_with_sliding_window_layers_do_not_use_a_cached_prefix():
     config.layer_types = None
     config._attn_implementation = "eager"
     assert not supports_prefix(config)
+
+
+def test_token_trace_after_scoring_reuses_the_prompt_and_matches_a_full_run(fresh):
+    fresh.score(PROMPT, CANDIDATES)
+    hits = fresh.prompt_cache.hits_tokens
+    traced = fresh.token_rewards(PROMPT, CANDIDATES[1])
+    assert fresh.prompt_cache.hits_tokens - hits == traced.prompt_tokens
+    fresh.prompt_cache.max_bytes = 0
+    full = fresh.token_rewards(PROMPT, CANDIDATES[1])
+    assert traced.tokens == full.tokens
+    assert traced.rewards == pytest.approx(full.rewards, abs=1e-5)
