@@ -215,6 +215,25 @@ def _rmcore_padded_tokens(encoded, options: dict[str, Any], model_config, device
     return total
 
 
+def trl_batching(pairs: int, steps: int, max_micro: int) -> tuple[int, int]:
+    """(pairs per forward, forwards per optimizer step) that give TRL exactly rmcore's number of steps.
+
+    The Trainer takes ceil(ceil(pairs / micro) / accumulate) steps; the largest micro (<= max_micro)
+    that hits `steps` exactly wins, since bigger forwards use the machine better; failing that, the
+    closest number of steps.
+    """
+    best: tuple[int, int, int] | None = None  # (steps off, micro, accumulate)
+    for micro in range(min(max_micro, pairs), 0, -1):
+        forwards = math.ceil(pairs / micro)
+        for accumulate in {max(1, forwards // steps), max(1, math.ceil(forwards / steps))}:
+            off = abs(math.ceil(forwards / accumulate) - steps)
+            if best is None or off < best[0]:
+                best = (off, micro, accumulate)
+        if best[0] == 0:
+            break
+    return best[1], best[2]
+
+
 def trial_untrained(spec: dict[str, Any]) -> dict[str, Any]:
     """Held-out accuracy of the common starting model: what training has to move away from."""
     from rmcore.model import load_sequence_classifier
@@ -244,9 +263,7 @@ def trial_trl(spec: dict[str, Any]) -> dict[str, Any]:
     rows = [{"chosen_ids": e.prompt_ids + e.response_ids[w], "rejected_ids": e.prompt_ids + e.response_ids[l]}
             for e in encoded for w, l in e.pairs()]
     steps = math.ceil(len(train_groups) / spec["batch_size"])  # rmcore's optimizer steps
-    pairs_per_step = math.ceil(len(rows) / steps)
-    micro = min(spec["trl_micro_pairs"], pairs_per_step)  # pairs per forward; the rest by accumulation
-    accumulate = math.ceil(pairs_per_step / micro)
+    micro, accumulate = trl_batching(len(rows), steps, spec["trl_micro_pairs"])
     counted = {"padded": 0, "real": 0}
 
     def collate(examples):

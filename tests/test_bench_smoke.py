@@ -47,3 +47,13 @@ def test_oasst_groups_become_all_their_pairs_for_trl(shared_data):
     assert not {id(g) for g in train} & {id(g) for g in held_out}
     assert all(len(g.pairs()) == len(g.responses) * (len(g.responses) - 1) // 2 for g in train
                if len(set(g.ranks)) == len(g.ranks))
+
+
+def test_trl_gets_exactly_rmcores_number_of_optimizer_steps():
+    import math
+
+    for pairs, steps in [(197, 12), (128, 16), (29, 3), (24, 3), (7, 1)]:
+        micro, accumulate = bench.trl_batching(pairs, steps, 4)
+        assert 1 <= micro <= 4
+        assert math.ceil(math.ceil(pairs / micro) / accumulate) == steps
+    assert bench.trl_batching(128, 16, 4) == (4, 2)  # the largest forward that fits is preferred
