@@ -164,7 +164,8 @@ def trial_rmcore(spec: dict[str, Any]) -> dict[str, Any]:
     device = device_name()
     train_groups, eval_groups = load_workload(spec["workload"], spec["n_train"], spec["n_eval"])
     options = {"model": spec["model_path"], "mode": "full", "epochs": 1, "lr": spec["lr"],
-               "batch_size": spec["batch_size"], "max_length": spec["max_length"], "seed": 0,
+               "batch_size": spec["batch_size"], "max_length": spec["max_length"],
+               "seed": spec.get("seed", 0),
                "warmup_ratio": 0.05, "max_grad_norm": 1.0}
     steps: list[dict[str, Any]] = []
     rate_before = matmul_rate(device)
@@ -240,7 +241,7 @@ def trial_untrained(spec: dict[str, Any]) -> dict[str, Any]:
 
     device = device_name()
     _, eval_groups = load_workload(spec["workload"], spec["n_train"], spec["n_eval"])
-    classifier, tokenizer, _ = load_sequence_classifier(spec["model_path"], seed=0)
+    classifier, tokenizer, _ = load_sequence_classifier(spec["model_path"], seed=spec.get("seed", 0))
     return {"eval_accuracy": held_out_accuracy(classifier, tokenizer, eval_groups, spec["max_length"], device),
             "eval_comparisons": eval_comparisons(eval_groups)}
 
@@ -258,7 +259,7 @@ def trial_trl(spec: dict[str, Any]) -> dict[str, Any]:
     device = device_name()
     train_groups, eval_groups = load_workload(spec["workload"], spec["n_train"], spec["n_eval"])
     # The same starting model as rmcore's (same seeded head, same pad token) and the same token ids.
-    classifier, tokenizer, _ = load_sequence_classifier(spec["model_path"], seed=0)
+    classifier, tokenizer, _ = load_sequence_classifier(spec["model_path"], seed=spec.get("seed", 0))
     encoded = _encode(tokenizer, train_groups, spec["max_length"])
     rows = [{"chosen_ids": e.prompt_ids + e.response_ids[w], "rejected_ids": e.prompt_ids + e.response_ids[l]}
             for e in encoded for w, l in e.pairs()]
@@ -291,7 +292,7 @@ def trial_trl(spec: dict[str, Any]) -> dict[str, Any]:
             gradient_checkpointing=False,  # TRL's default (True) would only cost it time
             max_length=None,  # rows are already cut to max_length by rmcore's encoding
             logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-            seed=0, data_seed=0, dataloader_num_workers=0, use_cpu=device == "cpu",
+            seed=spec.get("seed", 0), data_seed=spec.get("seed", 0), dataloader_num_workers=0, use_cpu=device == "cpu",
         )
         rate_before = matmul_rate(device)
         reset_peak_memory(device)
@@ -701,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate for both (default: rmcore's full-mode 1e-5; 5e-5 with --preset "
                              "cpu-accuracy)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the reward head's initialisation (the same for both) and of each trainer's "
+                             "data order; held-out accuracy after a short run varies with it")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rmcore/TRL alternations per workload; ratios are medians of paired ratios. Use 3 on a "
                              "noisy (shared) machine")
@@ -762,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rmcore bench: {device}, preset {preset}, model {args.model}, load average {meta['load_before']}",
               file=sys.stderr)
         common = {"model_path": model_path, "max_length": args.max_length, "lr": args.lr, "threads": args.threads,
-                  "trl_micro_pairs": args.trl_micro_pairs}
+                  "trl_micro_pairs": args.trl_micro_pairs, "seed": args.seed}
         summary: dict[str, Any] = {"meta": meta, "training": []}
         for workload in workloads:
             sizes = dict(PRESETS[preset][workload])
