@@ -114,9 +114,13 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
     return torch.stack(rows).transpose(1, 2), None  # (B, L, H, D)
 
 
+def _uses_sdpa(config) -> bool:
+    return getattr(config, "_attn_implementation", None) in ("sdpa", ATTENTION_NAME)
+
+
 def supports_prefix(config) -> bool:
     """Whether a cached prompt prefix can be used: packed attention in every layer (no sliding windows)."""
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION_NAME):
+    if not _uses_sdpa(config):
         return False
     if any("sliding" in str(kind) for kind in getattr(config, "layer_types", None) or []):
         return False
@@ -139,7 +143,7 @@ def register() -> None:
 @contextlib.contextmanager
 def packed_attention(config):
     """Route this forward call's attention through packed_attention_forward, when the model uses sdpa."""
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION_NAME):
+    if not _uses_sdpa(config):
         yield False  # eager, flash-attention, ...: leave the model alone; the block mask is exact there too
         return
     register()

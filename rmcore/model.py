@@ -277,7 +277,7 @@ class RewardModel:
     @torch.inference_mode()
     def rewards_for(self, encoded: list[EncodedGroup], batch_size: int = 8) -> list[list[float]]:
         """Rewards of every response of every group, batched by similar length."""
-        if len(encoded) == 1 and self.prompt_cache.max_bytes > 0 and supports_prefix(self._config):
+        if len(encoded) == 1 and self._reuses_prompts():
             return [self._rewards_reusing_prompt(encoded[0])]
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
         out: list[list[float]] = [[] for _ in encoded]
@@ -321,6 +321,10 @@ class RewardModel:
     def _config(self):
         return unwrap_classifier(self.model).config
 
+    def _reuses_prompts(self) -> bool:
+        """The prompt cache is on and the model's attention can start a row after a cached prefix."""
+        return self.prompt_cache.max_bytes > 0 and supports_prefix(self._config)
+
     def rewards(self, prompt: str | list[Message], responses: list[str]) -> list[float]:
         return self.rewards_for([self.encode(prompt, responses)])[0]
 
@@ -338,7 +342,7 @@ class RewardModel:
         encoded = self.encode(prompt, [response])
         inner = unwrap_classifier(self.model)
         p = len(encoded.prompt_ids)
-        if self.prompt_cache.max_bytes > 0 and supports_prefix(self._config):
+        if self._reuses_prompts():
             hidden, _, cached = self._hidden_reusing_prompt(encoded)  # (p - cached + r, H)
             response_hidden = hidden[p - cached :]
         else:
