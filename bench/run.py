@@ -16,6 +16,7 @@ C(K,2) (chosen, rejected) pairs, as its users must flatten them.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -261,6 +262,12 @@ def trial_trl(spec: dict[str, Any]) -> dict[str, Any]:
     # The same starting model as rmcore's (same seeded head, same pad token) and the same token ids.
     classifier, tokenizer, _ = load_sequence_classifier(spec["model_path"], seed=spec.get("seed", 0))
     encoded = _encode(tokenizer, train_groups, spec["max_length"])
+    same_order = spec.get("trl_order") == "rmcore"
+    if same_order:  # rmcore's batches, in rmcore's order: isolates the implementations from data-order luck
+        from rmcore.batching import length_bucketed_batches
+
+        batches = length_bucketed_batches([e.num_tokens for e in encoded], spec["batch_size"], spec.get("seed", 0), 0)
+        encoded = [encoded[i] for batch in batches for i in batch]
     rows = [{"chosen_ids": e.prompt_ids + e.response_ids[w], "rejected_ids": e.prompt_ids + e.response_ids[l]}
             for e in encoded for w, l in e.pairs()]
     steps = math.ceil(len(train_groups) / spec["batch_size"])  # rmcore's optimizer steps
@@ -293,6 +300,7 @@ def trial_trl(spec: dict[str, Any]) -> dict[str, Any]:
             max_length=None,  # rows are already cut to max_length by rmcore's encoding
             logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
             seed=spec.get("seed", 0), data_seed=spec.get("seed", 0), dataloader_num_workers=0, use_cpu=device == "cpu",
+            train_sampling_strategy="sequential" if same_order else "random",
         )
         rate_before = matmul_rate(device)
         reset_peak_memory(device)
@@ -309,7 +317,7 @@ def trial_trl(spec: dict[str, Any]) -> dict[str, Any]:
             "padded_tokens": counted["padded"], "time_s": clock["end"] - clock["start"], "step_s": step_s,
             "peak_memory_bytes": memory, "params": parameter_count(model),
             "matmul_flops": (rate_before + rate_after) / 2, "eval_accuracy": accuracy,
-            "micro_pairs": micro, "accumulation": accumulate}
+            "micro_pairs": micro, "accumulation": accumulate, "order": "rmcore" if same_order else "random"}
 
 
 def _encode(tokenizer, groups, max_length: int):
@@ -348,6 +356,8 @@ def trial_scoring(spec: dict[str, Any]) -> dict[str, Any]:
     "rmcore" scores a new instruction on every call (its prompt cache can only reuse the chat
     template's opening); "rmcore_same_prompt" scores new candidates for an instruction it has seen
     (probing one instruction, best-of-n in a loop), where the cache holds the whole prompt.
+    "rmcore_bf16" and "pipeline_bf16*" run the same calls with bfloat16 weights (rmcore's head stays
+    float32), for the speed and the reward error that precision brings on this machine.
     """
     import torch
     from transformers import pipeline
@@ -365,12 +375,20 @@ def trial_scoring(spec: dict[str, Any]) -> dict[str, Any]:
         ours = model.score(*warmup).rewards  # warm-up, and the rewards to compare
         theirs = [o["score"] for o in pipe(texts[0])]
         pipe(texts[0], batch_size=len(texts[0]))
-        times: dict[str, list[float]] = {"rmcore": [], "rmcore_same_prompt": [], "pipeline": [],
-                                         "pipeline_batched": []}
         calls = {"rmcore": lambda r: model.score(*work[r]),
                  "rmcore_same_prompt": lambda r: model.score(warmup[0], work[r][1]),
                  "pipeline": lambda r: pipe(texts[r + 1]),
                  "pipeline_batched": lambda r: pipe(texts[r + 1], batch_size=len(texts[r + 1]))}
+        bf16_supported = "dtype" in inspect.signature(RewardModel.load).parameters  # (not in older rmcore: --ref)
+        if bf16_supported:
+            half = RewardModel.load(folder, device=device, dtype="bfloat16")
+            pipe_half = pipeline("text-classification", model=str(folder), function_to_apply="none", device=device,
+                                 dtype=torch.bfloat16)
+            half.score(*warmup), pipe_half(texts[0]), pipe_half(texts[0], batch_size=len(texts[0]))
+            calls.update({"rmcore_bf16": lambda r: half.score(*work[r]),
+                          "pipeline_bf16": lambda r: pipe_half(texts[r + 1]),
+                          "pipeline_bf16_batched": lambda r: pipe_half(texts[r + 1], batch_size=len(texts[r + 1]))})
+        times: dict[str, list[float]] = {name: [] for name in calls}
         for r in range(repeats):
             for name in (list(calls) if r % 2 == 0 else list(reversed(calls))):
                 if device == "cuda":
@@ -380,13 +398,23 @@ def trial_scoring(spec: dict[str, Any]) -> dict[str, Any]:
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
+        bf16_error = None
+        if bf16_supported:
+            exact = [model.rewards(*call) for call in work]
+            approx = [half.rewards(*call) for call in work]
+            spread = statistics.pstdev([x for rewards in exact for x in rewards])
+            errors = [abs(a - b) for e, h in zip(exact, approx) for a, b in zip(e, h)]
+            flips = sum((e[i] - e[j]) * (h[i] - h[j]) < 0 for e, h in zip(exact, approx)
+                        for i in range(len(e)) for j in range(i + 1, len(e)))
+            bf16_error = {"max_abs": max(errors), "mean_abs": statistics.fmean(errors), "reward_std": spread,
+                          "order_flips": flips, "pairs": sum(len(e) * (len(e) - 1) // 2 for e in exact)}
         encoded = [model.encode(*call) for call in work]
         cache = getattr(model, "prompt_cache", None)  # (rmcore before the prompt cache has none: --ref)
         reused = cache.hits_tokens if cache is not None else 0
     return {"latency_s": {k: statistics.median(v) for k, v in times.items()},
             "all_s": times, "prompt_tokens": [len(e.prompt_ids) for e in encoded],
             "candidate_tokens": [[len(r) for r in e.response_ids] for e in encoded],
-            "prompt_cache_hit_tokens": reused,
+            "prompt_cache_hit_tokens": reused, "bf16_reward_error": bf16_error,
             "max_abs_reward_difference": max(abs(a - b) for a, b in zip(ours, theirs))}
 
 
@@ -544,6 +572,8 @@ def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]],
                       ("comparisons_per_s", "tokens_per_s", "peak_memory_bytes", "eval_accuracy",
                        "flop_utilisation", "time_s", "matmul_flops")}
         rows[impl].update({key: results[0][key] for key in ("comparisons", "real_tokens", "padded_tokens", "steps")})
+        if "order" in results[0]:
+            rows[impl]["order"] = results[0]["order"]  # TRL's data order: its own shuffle, or rmcore's batches
     ratios = {}
     if "trl" in rows:
         # what the data allows: TRL's tokens (real, and with its padding) per rmcore token
@@ -658,6 +688,16 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"instruction rmcore has scored before (its prompt cache holds the prompt): "
                   f"{lat['rmcore_same_prompt']:.3f} s, {best_pipe / lat['rmcore_same_prompt']:.2f}x. "
                   f"Rewards agree with the pipeline's to {s['max_abs_reward_difference']:.1e}.", ""]
+        if s.get("bf16_reward_error"):
+            err = s["bf16_reward_error"]
+            pipe_half = min(lat["pipeline_bf16"], lat["pipeline_bf16_batched"])
+            half = lat["rmcore_bf16"]
+            lines += [f"bfloat16 weights (`--dtype bfloat16`), same calls: rmcore {half:.3f} s, "
+                      f"{lat['rmcore'] / half:.2f}x its float32 time, {best_pipe / half:.2f}x the float32 pipeline, "
+                      f"{pipe_half / half:.2f}x the bfloat16 pipeline "
+                      f"({pipe_half:.3f} s). Rewards off float32 by {err['mean_abs']:.2g} on average "
+                      f"(max {err['max_abs']:.2g}; rewards spread {err['reward_std']:.2g}), "
+                      f"{err['order_flips']} of {err['pairs']} pair orders flipped.", ""]
         for label, extra in summary.get("scoring_ref", {}).items():
             lines += [f"rmcore@{label} scoring: {extra['latency_s']['rmcore']:.3f} s "
                       f"(this tree is {extra['latency_s']['rmcore'] / lat['rmcore']:.2f}x faster)", ""]
@@ -711,6 +751,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trl-micro-pairs", type=int, default=4,
                         help="pairs per TRL forward (the rest by gradient accumulation); 4 pairs = 8 sequences "
                              "keeps its memory near rmcore's")
+    parser.add_argument("--trl-order", choices=("random", "rmcore"), default="random",
+                        help="random: TRL's own shuffled pairs (default); rmcore: TRL reads the pairs in rmcore's "
+                             "batch order, a control that separates the implementations from data-order luck in "
+                             "held-out accuracy (step for step the same data when every prompt has one pair, as in "
+                             "HH)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in every trial (default: torch's choice). On a machine shared with "
                              "other jobs, 1 thread can be much faster than 2")
@@ -766,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rmcore bench: {device}, preset {preset}, model {args.model}, load average {meta['load_before']}",
               file=sys.stderr)
         common = {"model_path": model_path, "max_length": args.max_length, "lr": args.lr, "threads": args.threads,
-                  "trl_micro_pairs": args.trl_micro_pairs, "seed": args.seed}
+                  "trl_micro_pairs": args.trl_micro_pairs, "seed": args.seed, "trl_order": args.trl_order}
         summary: dict[str, Any] = {"meta": meta, "training": []}
         for workload in workloads:
             sizes = dict(PRESETS[preset][workload])

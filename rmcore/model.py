@@ -34,6 +34,7 @@ from rmcore.prompt_cache import PromptCache, weights_fingerprint
 
 METADATA_FILE = "rmcore.json"
 DEFAULT_MAX_LENGTH = 512
+SCORING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -179,7 +180,7 @@ class PackedRewardModel(nn.Module):
         last_hidden = hidden.reshape(-1, hidden.shape[-1])[last_index]  # (N, H)
         if features_only:
             return last_hidden
-        return unwrap_classifier(self.classifier).score(last_hidden).squeeze(-1).float()  # (N,)
+        return read_head(self.classifier, last_hidden)  # (N,)
 
     def hidden_states(self, input_ids, position_ids, attention_mask, layout: PackedLayout | None = None):
         """The trunk's last hidden states of packed rows, (B, L, H)."""
@@ -193,6 +194,13 @@ class PackedRewardModel(nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                 **extra,
             ).last_hidden_state
+
+
+def read_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The reward neuron applied to hidden states (..., H) -> (...,) float32, in the head's own dtype
+    (a bfloat16 trunk keeps a float32 head: see RewardModel's `dtype`)."""
+    head = unwrap_classifier(model).score
+    return head(hidden.to(next(head.parameters()).dtype)).squeeze(-1).float()
 
 
 def head_of(model: nn.Module) -> nn.Linear:
@@ -241,9 +249,16 @@ class RewardModel:
     """A reward model ready to score: `RewardModel.load("runs/rm").score(prompt, candidates)`."""
 
     def __init__(self, model, tokenizer, *, device: str | None = None, trained: bool = True,
-                 max_length: int = DEFAULT_MAX_LENGTH, name: str = "", metadata: dict | None = None):
+                 max_length: int = DEFAULT_MAX_LENGTH, name: str = "", metadata: dict | None = None,
+                 dtype: str = "float32"):
+        if dtype not in SCORING_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(SCORING_DTYPES)}, not {dtype!r}")
         self.device = device or autodetect_device()
         self.model = model.to(self.device).eval()
+        self.dtype = dtype
+        if dtype != "float32":  # the trunk only: the reward neuron and its reading stay float32
+            inner = unwrap_classifier(self.model)
+            getattr(inner, inner.base_model_prefix).to(SCORING_DTYPES[dtype])
         self.tokenizer = tokenizer
         self.trained = trained
         self.max_length = max_length
@@ -255,8 +270,13 @@ class RewardModel:
 
     @classmethod
     def load(cls, name: str | os.PathLike | None = None, *, device: str | None = None,
-             max_length: int | None = None, seed: int = 0) -> RewardModel:
-        """Load a saved reward model, or a base model (embedded by default) with an untrained head."""
+             max_length: int | None = None, seed: int = 0, dtype: str = "float32") -> RewardModel:
+        """Load a saved reward model, or a base model (embedded by default) with an untrained head.
+
+        `dtype="bfloat16"` runs the trunk in bfloat16 for scoring: faster on CPUs with bfloat16
+        instructions (AVX512-BF16, AMX) and on GPUs, with rewards a little off float32's (see the
+        README); slower on CPUs without them. Training always loads float32 weights.
+        """
         path, display = resolve_model_path(name)
         model, tokenizer, trained = load_sequence_classifier(path, seed=seed)
         metadata = {}
@@ -266,7 +286,7 @@ class RewardModel:
         if max_length is None:
             max_length = int(metadata.get("config", {}).get("max_length", DEFAULT_MAX_LENGTH))
         return cls(model, tokenizer, device=device, trained=trained, max_length=max_length,
-                   name=display, metadata=metadata)
+                   name=display, metadata=metadata, dtype=dtype)
 
     # -- scoring
     def encode(self, prompt: str | list[Message], responses: list[str]) -> EncodedGroup:
@@ -296,8 +316,8 @@ class RewardModel:
         """One group's rewards, taking the longest cached prefix of its prompt from the prompt cache."""
         hidden, last_index, _ = self._hidden_reusing_prompt(group)
         with self._autocast():
-            rewards = unwrap_classifier(self.model).score(hidden[last_index]).squeeze(-1)
-        return rewards.float().cpu().tolist()
+            rewards = read_head(self.model, hidden[last_index])
+        return rewards.cpu().tolist()
 
     def _hidden_reusing_prompt(self, group: EncodedGroup) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Hidden states (L, H) of the group's packed row after its longest cached prompt prefix, the
@@ -351,7 +371,7 @@ class RewardModel:
             with self._lock, self._autocast():
                 response_hidden = trunk(input_ids=input_ids, use_cache=False).last_hidden_state[0, p:]
         with self._autocast():
-            per_token = inner.score(response_hidden).squeeze(-1).float().cpu()
+            per_token = read_head(self.model, response_hidden).cpu()
         tokens = [self.tokenizer.decode([t]) for t in encoded.response_ids[0]]
         return TokenRewards(tokens, per_token.tolist(), p)
 
@@ -368,6 +388,9 @@ class RewardModel:
     # -- saving
     def save(self, out_dir: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write a standard HF folder (safetensors, tokenizer, config) plus rmcore.json, atomically."""
+        if self.dtype != "float32":
+            raise ModelError(f"this model was loaded in {self.dtype} for scoring; saving it would lose precision. "
+                             "Load it with the default float32 to save it")
         meta = dict(self.metadata)
         meta.update(metadata or {})
         return save_reward_model(self.model, self.tokenizer, out_dir, meta)

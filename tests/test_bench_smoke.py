@@ -33,7 +33,10 @@ def test_smoke_benchmark_runs_every_part_and_writes_comparable_results(shared_da
             assert block["ratios"]["rmcore/trl comparisons_per_s"] > 0
     scoring = summary["scoring"]
     assert scoring["max_abs_reward_difference"] < 1e-4  # rmcore and the pipeline read the same reward
-    assert set(scoring["latency_s"]) == {"rmcore", "rmcore_same_prompt", "pipeline", "pipeline_batched"}
+    assert set(scoring["latency_s"]) == {"rmcore", "rmcore_same_prompt", "pipeline", "pipeline_batched",
+                                         "rmcore_bf16", "pipeline_bf16", "pipeline_bf16_batched"}
+    bf16 = scoring["bf16_reward_error"]
+    assert 0 < bf16["max_abs"] < 10 * bf16["reward_std"] and bf16["pairs"] > 0  # rounded, not broken
     assert scoring["prompt_cache_hit_tokens"] > 0  # the seen instruction came from rmcore's prompt cache
     for block in summary["training"]:
         assert 0 <= block["untrained"]["eval_accuracy"] <= 1 and block["untrained"]["eval_comparisons"] > 0
@@ -57,3 +60,16 @@ def test_trl_gets_exactly_rmcores_number_of_optimizer_steps():
         assert 1 <= micro <= 4
         assert math.ceil(math.ceil(pairs / micro) / accumulate) == steps
     assert bench.trl_batching(128, 16, 4) == (4, 2)  # the largest forward that fits is preferred
+
+
+def test_trl_can_read_the_pairs_in_rmcores_batch_order(shared_data, tmp_path):
+    if importlib.util.find_spec("trl") is None:
+        import pytest
+
+        pytest.skip("trl is not installed (bench/requirements.txt)")
+    code = bench.main(["--model", "tiny", "--preset", "smoke", "--in-process", "--workloads", "hh", "--trl-order",
+                       "rmcore", "--skip", "scoring,head,untrained", "--out", str(tmp_path)])
+    assert code == 0
+    [result_file] = tmp_path.glob("*.json")
+    impls = json.loads(result_file.read_text())["training"][0]["implementations"]
+    assert impls["trl"]["order"] == "rmcore" and impls["trl"]["steps"] == impls["rmcore"]["steps"]

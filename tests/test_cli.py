@@ -77,6 +77,11 @@ def test_train_score_eval_round_trip(tiny_model_dir, demo_path, tmp_path):
     assert metrics["prompts"] == 20 and 0 <= metrics["accuracy"] <= 1
     proc = rmcore("eval", demo_path, "--model", out, "--limit", "5")
     assert proc.returncode == 0 and "accuracy:" in proc.stdout
+    proc = rmcore("score", "--model", out, "--prompt", "Name a fruit", "--response", "Apple", "--response", "Car",
+                  "--response", "Pear", "--json", "--dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    half = json.loads(proc.stdout)["rewards"]
+    assert half == pytest.approx(result["rewards"], abs=0.1 * max(map(abs, result["rewards"])))
 
 
 def test_score_with_a_base_model_says_the_head_is_untrained(tiny_model_dir):
@@ -88,3 +93,5 @@ def test_score_with_a_base_model_says_the_head_is_untrained(tiny_model_dir):
 def test_bad_option_values_exit_2(demo_path, tmp_path):
     proc = rmcore("train", demo_path, "--out", tmp_path / "x", "--epochs", "0")
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr
+    proc = rmcore("score", "--prompt", "q", "--response", "a", "--dtype", "float16")
+    assert proc.returncode == 2 and "--dtype" in proc.stderr and "bfloat16" in proc.stderr

@@ -255,3 +255,23 @@ def test_token_trace_after_scoring_reuses_the_prompt_and_matches_a_full_run(fres
     full = fresh.token_rewards(PROMPT, CANDIDATES[1])
     assert traced.tokens == full.tokens
     assert traced.rewards == pytest.approx(full.rewards, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- scoring in bfloat16
+
+
+def test_bfloat16_scoring_keeps_a_float32_head_and_stays_close_to_float32(tiny, tiny_model_dir, tmp_path):
+    half = RewardModel.load(tiny_model_dir, device="cpu", dtype="bfloat16")
+    assert half.model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert half.model.score.weight.dtype == torch.float32
+    exact = tiny.rewards(PROMPT, CANDIDATES)
+    first = half.rewards(PROMPT, CANDIDATES)
+    again = half.rewards(PROMPT, CANDIDATES)  # the prompt now comes from the cache, in bfloat16
+    tolerance = 0.1 * max(map(abs, exact))  # bfloat16 keeps ~3 significant digits; 2 layers lose a few more
+    assert first == pytest.approx(exact, abs=tolerance) and again == pytest.approx(first, abs=tolerance)
+    assert half.token_rewards(PROMPT, CANDIDATES[0]).rewards[-1] == pytest.approx(first[0], abs=tolerance)
+    with pytest.raises(ModelError, match="bfloat16"):
+        half.save(tmp_path / "lossy")
+    assert not (tmp_path / "lossy").exists()
+    with pytest.raises(ValueError, match="dtype"):
+        RewardModel.load(tiny_model_dir, device="cpu", dtype="float16")
