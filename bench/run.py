@@ -560,8 +560,12 @@ def median(values: list[float | None]) -> float | None:
 
 
 def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]],
-                       untrained: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Per implementation medians over repeats; ratios are medians of the paired (same-repeat) ratios."""
+                       untrained: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per implementation medians over repeats; ratios are medians of the paired (same-repeat) ratios.
+
+    Held-out accuracy is the mean over seeds of each seed's median; with several seeds the block also
+    has each seed's accuracies and the paired rmcore - TRL difference with its standard error.
+    """
     rows = {}
     for impl, results in trials.items():
         for r in results:
@@ -572,6 +576,10 @@ def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]],
                       ("comparisons_per_s", "tokens_per_s", "peak_memory_bytes", "eval_accuracy",
                        "flop_utilisation", "time_s", "matmul_flops")}
         rows[impl].update({key: results[0][key] for key in ("comparisons", "real_tokens", "padded_tokens", "steps")})
+        by_seed = _by_seed(results)
+        if None not in by_seed.values():
+            rows[impl]["eval_accuracy"] = statistics.fmean(by_seed.values())
+        rows[impl]["accuracy_by_seed"] = by_seed
         if "order" in results[0]:
             rows[impl]["order"] = results[0]["order"]  # TRL's data order: its own shuffle, or rmcore's batches
     ratios = {}
@@ -585,7 +593,25 @@ def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]],
         for key in ("comparisons_per_s", "tokens_per_s", "peak_memory_bytes"):
             ratios[f"rmcore/{impl} {key}"] = median(
                 [a[key] / b[key] for a, b in zip(trials["rmcore"], trials[impl]) if b[key]])
-    return {"workload": workload, "implementations": rows, "ratios": ratios, "untrained": untrained}
+    start = None
+    if untrained:
+        start = {"eval_accuracy": statistics.fmean(u["eval_accuracy"] for u in untrained),
+                 "eval_comparisons": untrained[0]["eval_comparisons"], "accuracy_by_seed": _by_seed(untrained)}
+    block = {"workload": workload, "implementations": rows, "ratios": ratios, "untrained": start}
+    if "trl" in rows and len(rows["rmcore"]["accuracy_by_seed"]) > 1:
+        ours, theirs = rows["rmcore"]["accuracy_by_seed"], rows["trl"]["accuracy_by_seed"]
+        differences = [ours[k] - theirs[k] for k in ours if ours[k] is not None and theirs.get(k) is not None]
+        if len(differences) > 1:
+            block["accuracy_difference"] = {
+                "mean": statistics.fmean(differences), "seeds": len(differences),
+                "standard_error": statistics.stdev(differences) / math.sqrt(len(differences))}
+    return block
+
+
+def _by_seed(results: list[dict[str, Any]]) -> dict[str, float | None]:
+    """{seed: median held-out accuracy of that seed's trials} (seed as a string: JSON keys)."""
+    seeds = sorted({r.get("seed", 0) for r in results})
+    return {str(seed): median([r["eval_accuracy"] for r in results if r.get("seed", 0) == seed]) for seed in seeds}
 
 
 def check_targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -600,8 +626,12 @@ def check_targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if "rmcore" in impls and "trl" in impls:
             ours, theirs = impls["rmcore"]["eval_accuracy"], impls["trl"]["eval_accuracy"]
             if ours is not None and theirs is not None:
+                seeds = len(impls["rmcore"].get("accuracy_by_seed") or [0])
+                paired = training[workload].get("accuracy_difference")
+                wanted = ">= 0 (rmcore - TRL" + (f", mean of {seeds} seeds, standard error "
+                                                 f"{_fmt(paired['standard_error'])})" if paired else ")")
                 checks[f"{workload}: held-out accuracy vs TRL"] = {
-                    "value": ours - theirs, "target": ">= 0 (rmcore - TRL)", "met": ours >= theirs}
+                    "value": ours - theirs, "target": wanted, "met": ours >= theirs}
         if "rmcore" in impls:
             util = impls["rmcore"]["flop_utilisation"]
             checks[f"{workload}: FLOP utilisation"] = {"value": util, "target": f">= {TARGETS['flop_utilisation']}",
@@ -674,6 +704,16 @@ def markdown(summary: dict[str, Any]) -> str:
                 bold = "**" if name.endswith("comparisons_per_s") else ""
                 lines.append(f"| {block['workload']} | {bold}{name}{bold} | | | {bold}{_fmt(value)}x{bold} | | | | |")
         lines.append("")
+        for block in summary["training"]:
+            if block.get("accuracy_difference"):
+                d = block["accuracy_difference"]
+                rows = {**block["implementations"], "untrained start": block.get("untrained") or {}}
+                per_seed = "; ".join(f"{impl} " + " ".join(_fmt(a) for a in row["accuracy_by_seed"].values())
+                                     for impl, row in rows.items() if row.get("accuracy_by_seed"))
+                seeds = ", ".join(rows["rmcore"]["accuracy_by_seed"])
+                lines += [f"{block['workload']} held-out accuracy by seed ({seeds}): {per_seed}. "
+                          f"rmcore - TRL, paired by seed: {d['mean']:+.3f} (standard error "
+                          f"{d['standard_error']:.3f}, {d['seeds']} seeds).", ""]
     if summary.get("scoring"):
         s = summary["scoring"]
         lat = s["latency_s"]
@@ -724,6 +764,16 @@ def load_average() -> str:
         return "?"
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more distinct integers")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -742,9 +792,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate for both (default: rmcore's full-mode 1e-5; 5e-5 with --preset "
                              "cpu-accuracy)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_seeds, default=[0], metavar="N[,N...]",
                         help="seed of the reward head's initialisation (the same for both) and of each trainer's "
-                             "data order; held-out accuracy after a short run varies with it")
+                             "data order; held-out accuracy after a short run varies with it. Several (0,1,2,3) "
+                             "train once per seed and report the mean accuracy and the paired difference")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rmcore/TRL alternations per workload; ratios are medians of paired ratios. Use 3 on a "
                              "noisy (shared) machine")
@@ -811,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rmcore bench: {device}, preset {preset}, model {args.model}, load average {meta['load_before']}",
               file=sys.stderr)
         common = {"model_path": model_path, "max_length": args.max_length, "lr": args.lr, "threads": args.threads,
-                  "trl_micro_pairs": args.trl_micro_pairs, "seed": args.seed, "trl_order": args.trl_order}
+                  "trl_micro_pairs": args.trl_micro_pairs, "seed": args.seed[0], "trl_order": args.trl_order}
         summary: dict[str, Any] = {"meta": meta, "training": []}
         for workload in workloads:
             sizes = dict(PRESETS[preset][workload])
@@ -824,15 +875,19 @@ def main(argv: list[str] | None = None) -> int:
             trials: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
             print(f"{workload}: {spec['n_train']} training prompts in {sizes['steps']} steps, "
                   f"{spec['n_eval']} held out", file=sys.stderr)
-            for repeat in range(args.repeats):
-                for impl in (impls if repeat % 2 == 0 else list(reversed(impls))):
-                    kind = "trl" if impl == "trl" else "rmcore"
-                    trials[impl].append(run_trial({**spec, "kind": kind, "label": impl}, in_process=args.in_process,
-                                                  pythonpath=ref_path if impl.startswith("rmcore@") else None))
-            untrained = None
-            if "untrained" not in skip:
-                untrained = run_trial({**spec, "kind": "untrained", "label": "untrained start"},
-                                      in_process=args.in_process)
+            untrained = []
+            for seed in args.seed:
+                seeded = {**spec, "seed": seed}
+                for repeat in range(args.repeats):
+                    for impl in (impls if repeat % 2 == 0 else list(reversed(impls))):
+                        kind = "trl" if impl == "trl" else "rmcore"
+                        result = run_trial({**seeded, "kind": kind, "label": f"{impl}, seed {seed}"},
+                                           in_process=args.in_process,
+                                           pythonpath=ref_path if impl.startswith("rmcore@") else None)
+                        trials[impl].append({**result, "seed": seed})
+                if "untrained" not in skip:
+                    untrained.append({**run_trial({**seeded, "kind": "untrained", "label": f"untrained, seed {seed}"},
+                                                  in_process=args.in_process), "seed": seed})
             summary["training"].append(summarize_training(workload, trials, untrained))
         if "scoring" not in skip:
             spec = {**common, "kind": "scoring", "score_repeats": args.score_repeats}

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import run as bench  # noqa: E402  (bench/run.py is a script, not a package)
 
@@ -62,14 +64,24 @@ def test_trl_gets_exactly_rmcores_number_of_optimizer_steps():
     assert bench.trl_batching(128, 16, 4) == (4, 2)  # the largest forward that fits is preferred
 
 
-def test_trl_can_read_the_pairs_in_rmcores_batch_order(shared_data, tmp_path):
+def test_trl_can_read_the_pairs_in_rmcores_batch_order_over_several_seeds(shared_data, tmp_path):
     if importlib.util.find_spec("trl") is None:
-        import pytest
-
         pytest.skip("trl is not installed (bench/requirements.txt)")
     code = bench.main(["--model", "tiny", "--preset", "smoke", "--in-process", "--workloads", "hh", "--trl-order",
-                       "rmcore", "--skip", "scoring,head,untrained", "--out", str(tmp_path)])
+                       "rmcore", "--seed", "0,1", "--skip", "scoring,head", "--out", str(tmp_path)])
     assert code == 0
     [result_file] = tmp_path.glob("*.json")
-    impls = json.loads(result_file.read_text())["training"][0]["implementations"]
+    block = json.loads(result_file.read_text())["training"][0]
+    impls = block["implementations"]
     assert impls["trl"]["order"] == "rmcore" and impls["trl"]["steps"] == impls["rmcore"]["steps"]
+    for row in [*impls.values(), block["untrained"]]:
+        assert list(row["accuracy_by_seed"]) == ["0", "1"]
+        assert row["eval_accuracy"] == pytest.approx(sum(row["accuracy_by_seed"].values()) / 2)
+    assert block["accuracy_difference"]["seeds"] == 2
+
+
+def test_seed_lists_are_checked():
+    assert bench._seeds("0,1,2") == [0, 1, 2]
+    for bad in ("", "0,0", "a"):
+        with pytest.raises(Exception, match="integers"):
+            bench._seeds(bad)
