@@ -139,15 +139,20 @@ def resolve_model(name: str, workdir: Path) -> str:
     return resolve_model_path(name)[0]
 
 
-def held_out_accuracy(classifier, tokenizer, eval_groups, max_length: int, device: str) -> float | None:
-    """Pairwise accuracy of a trained classifier, by the same code for rmcore and TRL models."""
+def held_out_accuracy(classifier, tokenizer, eval_groups, max_length: int, device: str,
+                      margins: list[float] | None = None) -> float | None:
+    """Pairwise accuracy of a trained classifier, by the same code for rmcore and TRL models; each held-out
+    pair's r_w - r_l is appended to `margins` when given."""
     from rmcore.evaluate import evaluate
     from rmcore.model import RewardModel
 
     if not eval_groups:
         return None
     model = RewardModel(classifier, tokenizer, device=device, max_length=max_length)
-    return evaluate(model, eval_groups, batch_size=4).summary["accuracy"]
+    result = evaluate(model, eval_groups, batch_size=4)
+    if margins is not None:
+        margins.extend(pair["margin"] for pair in result.pairs)
+    return result.summary["accuracy"]
 
 
 def eval_comparisons(eval_groups) -> int:
@@ -179,13 +184,16 @@ def trial_rmcore(spec: dict[str, Any]) -> dict[str, Any]:
         rate_after = matmul_rate(device)
         trained = RewardModel.load(Path(tmp) / "rm", device=device, max_length=spec["max_length"])
         params = parameter_count(trained.model)
-        accuracy = held_out_accuracy(trained.model, trained.tokenizer, eval_groups, spec["max_length"], device)
+        margins: list[float] = []
+        accuracy = held_out_accuracy(trained.model, trained.tokenizer, eval_groups, spec["max_length"], device,
+                                     margins)
     encoded = _encode(trained.tokenizer, train_groups, spec["max_length"])
     comparisons = sum(len(e.pairs()) for e in encoded)
     return {"steps": result.steps, "comparisons": comparisons, "real_tokens": sum(e.num_tokens for e in encoded),
             "padded_tokens": _rmcore_padded_tokens(encoded, options, trained.model.config, device),
             "time_s": seconds, "step_s": _step_times(steps), "peak_memory_bytes": memory, "params": params,
-            "matmul_flops": (rate_before + rate_after) / 2, "eval_accuracy": accuracy}
+            "matmul_flops": (rate_before + rate_after) / 2, "eval_accuracy": accuracy,
+            **({"eval_margins": margins} if spec.get("trl_order") == "rmcore" else {})}
 
 
 def _step_times(steps: list[dict[str, Any]]) -> list[float]:
@@ -312,12 +320,14 @@ def trial_trl(spec: dict[str, Any]) -> dict[str, Any]:
         step_s = _step_times([{"elapsed_s": t - clock["start"]} for t in clock["ends"]])
         rate_after = matmul_rate(device)
         model = trainer.accelerator.unwrap_model(trainer.model).float()
-        accuracy = held_out_accuracy(model, tokenizer, eval_groups, spec["max_length"], device)
+        margins: list[float] = []
+        accuracy = held_out_accuracy(model, tokenizer, eval_groups, spec["max_length"], device, margins)
     return {"steps": trainer.state.global_step, "comparisons": len(rows), "real_tokens": counted["real"],
             "padded_tokens": counted["padded"], "time_s": clock["end"] - clock["start"], "step_s": step_s,
             "peak_memory_bytes": memory, "params": parameter_count(model),
             "matmul_flops": (rate_before + rate_after) / 2, "eval_accuracy": accuracy,
-            "micro_pairs": micro, "accumulation": accumulate, "order": "rmcore" if same_order else "random"}
+            "micro_pairs": micro, "accumulation": accumulate, "order": "rmcore" if same_order else "random",
+            **({"eval_margins": margins} if same_order else {})}
 
 
 def _encode(tokenizer, groups, max_length: int):
@@ -593,11 +603,18 @@ def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]],
         for key in ("comparisons_per_s", "tokens_per_s", "peak_memory_bytes"):
             ratios[f"rmcore/{impl} {key}"] = median(
                 [a[key] / b[key] for a, b in zip(trials["rmcore"], trials[impl]) if b[key]])
+    same_order = None
+    paired = [(a, b) for a, b in zip(trials.get("rmcore", []), trials.get("trl", [])) if "eval_margins" in b]
+    if paired:  # TRL read rmcore's batches: the two trained models should be one model, within float error
+        ours, theirs = paired[0][0]["eval_margins"], paired[0][1]["eval_margins"]
+        same_order = {"max_abs_margin_difference": max(abs(a - b) for a, b in zip(ours, theirs)),
+                      "margin_std": statistics.pstdev(ours), "pairs": len(ours)}
     start = None
     if untrained:
         start = {"eval_accuracy": statistics.fmean(u["eval_accuracy"] for u in untrained),
                  "eval_comparisons": untrained[0]["eval_comparisons"], "accuracy_by_seed": _by_seed(untrained)}
-    block = {"workload": workload, "implementations": rows, "ratios": ratios, "untrained": start}
+    block = {"workload": workload, "implementations": rows, "ratios": ratios, "untrained": start,
+             "same_order": same_order}
     if "trl" in rows and len(rows["rmcore"]["accuracy_by_seed"]) > 1:
         ours, theirs = rows["rmcore"]["accuracy_by_seed"], rows["trl"]["accuracy_by_seed"]
         differences = [ours[k] - theirs[k] for k in ours if ours[k] is not None and theirs.get(k) is not None]
@@ -705,6 +722,12 @@ def markdown(summary: dict[str, Any]) -> str:
                 lines.append(f"| {block['workload']} | {bold}{name}{bold} | | | {bold}{_fmt(value)}x{bold} | | | | |")
         lines.append("")
         for block in summary["training"]:
+            if block.get("same_order"):
+                same = block["same_order"]
+                lines += [f"{block['workload']}: TRL read rmcore's batches in rmcore's order (`--trl-order rmcore`); "
+                          f"the two trained models' held-out margins r_w - r_l differ by at most "
+                          f"{same['max_abs_margin_difference']:.1e} over {same['pairs']} pairs (margins spread "
+                          f"{same['margin_std']:.2g}).", ""]
             if block.get("accuracy_difference"):
                 d = block["accuracy_difference"]
                 rows = {**block["implementations"], "untrained start": block.get("untrained") or {}}

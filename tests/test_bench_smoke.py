@@ -67,8 +67,10 @@ def test_trl_gets_exactly_rmcores_number_of_optimizer_steps():
 def test_trl_can_read_the_pairs_in_rmcores_batch_order_over_several_seeds(shared_data, tmp_path):
     if importlib.util.find_spec("trl") is None:
         pytest.skip("trl is not installed (bench/requirements.txt)")
+    # 3 steps at a high learning rate, so that a different order would give a different model (by ~2e-2)
     code = bench.main(["--model", "tiny", "--preset", "smoke", "--in-process", "--workloads", "hh", "--trl-order",
-                       "rmcore", "--seed", "0,1", "--skip", "scoring,head", "--out", str(tmp_path)])
+                       "rmcore", "--seed", "0,1", "--steps", "3", "--batch-size", "2", "--eval-groups", "8",
+                       "--lr", "1e-3", "--skip", "scoring,head", "--out", str(tmp_path)])
     assert code == 0
     [result_file] = tmp_path.glob("*.json")
     block = json.loads(result_file.read_text())["training"][0]
@@ -78,6 +80,9 @@ def test_trl_can_read_the_pairs_in_rmcores_batch_order_over_several_seeds(shared
         assert list(row["accuracy_by_seed"]) == ["0", "1"]
         assert row["eval_accuracy"] == pytest.approx(sum(row["accuracy_by_seed"].values()) / 2)
     assert block["accuracy_difference"]["seeds"] == 2
+    # the same batches in the same order: TRL's RewardTrainer and rmcore train the same model
+    same = block["same_order"]
+    assert same["pairs"] == 8 and same["max_abs_margin_difference"] < 1e-3
 
 
 def test_seed_lists_are_checked():
