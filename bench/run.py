@@ -399,19 +399,20 @@ def trial_scoring(spec: dict[str, Any]) -> dict[str, Any]:
                           "pipeline_bf16": lambda r: pipe_half(texts[r + 1]),
                           "pipeline_bf16_batched": lambda r: pipe_half(texts[r + 1], batch_size=len(texts[r + 1]))})
         times: dict[str, list[float]] = {name: [] for name in calls}
+        outputs: dict[str, list[Any]] = {name: [None] * repeats for name in calls}  # by call, for the bf16 error
         for r in range(repeats):
             for name in (list(calls) if r % 2 == 0 else list(reversed(calls))):
                 if device == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                calls[name](r)
+                outputs[name][r] = calls[name](r)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
         bf16_error = None
         if bf16_supported:
-            exact = [model.rewards(*call) for call in work]
-            approx = [half.rewards(*call) for call in work]
+            exact = [result.rewards for result in outputs["rmcore"]]
+            approx = [result.rewards for result in outputs["rmcore_bf16"]]
             spread = statistics.pstdev([x for rewards in exact for x in rewards])
             errors = [abs(a - b) for e, h in zip(exact, approx) for a, b in zip(e, h)]
             flips = sum((e[i] - e[j]) * (h[i] - h[j]) < 0 for e, h in zip(exact, approx)
@@ -583,12 +584,11 @@ def summarize_training(workload: str, trials: dict[str, list[dict[str, Any]]],
             r["tokens_per_s"] = r["real_tokens"] / r["time_s"]
             r["flop_utilisation"] = 6 * r["params"] * r["real_tokens"] / r["time_s"] / r["matmul_flops"]
         rows[impl] = {key: median([r[key] for r in results]) for key in
-                      ("comparisons_per_s", "tokens_per_s", "peak_memory_bytes", "eval_accuracy",
-                       "flop_utilisation", "time_s", "matmul_flops")}
+                      ("comparisons_per_s", "tokens_per_s", "peak_memory_bytes", "flop_utilisation", "time_s",
+                       "matmul_flops")}
         rows[impl].update({key: results[0][key] for key in ("comparisons", "real_tokens", "padded_tokens", "steps")})
         by_seed = _by_seed(results)
-        if None not in by_seed.values():
-            rows[impl]["eval_accuracy"] = statistics.fmean(by_seed.values())
+        rows[impl]["eval_accuracy"] = None if None in by_seed.values() else statistics.fmean(by_seed.values())
         rows[impl]["accuracy_by_seed"] = by_seed
         if "order" in results[0]:
             rows[impl]["order"] = results[0]["order"]  # TRL's data order: its own shuffle, or rmcore's batches
