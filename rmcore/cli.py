@@ -17,6 +17,7 @@ EPILOG = """examples:
   rmcore validate ../shared/data/oasst/en_100_tree.jsonl
   rmcore train data.jsonl --out runs/rm --mode head --epochs 3
   rmcore score --model runs/rm --prompt "Name a prime" --response 7 --response 8 --json
+  rmcore score --model runs/rm --data samples.jsonl --out scored.jsonl
   rmcore eval held_out.jsonl --model runs/rm --json
 """
 
@@ -36,7 +37,7 @@ def _fraction(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rmcore.data import FORMATS
+    from rmcore.data import RANKED_FORMATS
     from rmcore.train import DEFAULT_LR, MODES
 
     parser = argparse.ArgumentParser(
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_help = "base or trained model: 'embedded' (SmolLM2-135M-Instruct, the default) or a local HF folder"
-    formats = "; ".join(f"{k}: {v}" for k, v in FORMATS.items())
+    formats = "; ".join(f"{k}: {v}" for k, v in RANKED_FORMATS.items())
     dtype_option = {"choices": ("float32", "bfloat16"), "default": "float32",
                     "help": "precision of the trunk (default float32); bfloat16 is faster on GPUs and on CPUs with "
                             "bfloat16 instructions, with rewards a little off float32's"}
@@ -87,12 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint (same data and options)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("score", help="score candidate responses to one prompt")
+    p = sub.add_parser(
+        "score", help="score candidate responses to one prompt, or every response in a file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score the candidates of one prompt (--prompt, --response ...), or every response of\n"
+                    "every prompt in a file (--data) into JSON lines: prompt, responses, rewards, best, source,\n"
+                    "and ranks when the file has them. --data reads every training format, and unranked\n"
+                    "candidates too: prompt + responses (a list per row) or prompt + response (a row each).",
+    )
     p.add_argument("--model", default="embedded", help=model_help + " (a base model gets an untrained head)")
-    p.add_argument("--prompt", required=True, help="the instruction")
-    p.add_argument("--response", action="append", required=True, metavar="TEXT", help="a candidate; repeat for more")
+    p.add_argument("--prompt", help="the instruction")
+    p.add_argument("--response", action="append", metavar="TEXT", help="a candidate; repeat for more")
+    p.add_argument("--data", metavar="FILE", help="score every response in FILE instead (any format rmcore reads)")
+    p.add_argument("--out", metavar="FILE", help="with --data: write the JSON lines here (default: standard output)")
     p.add_argument("--json", action="store_true", help="print rewards, probabilities (K x K) and best as JSON")
     p.add_argument("--max-length", type=_positive_int, default=None, help="default: the model's training max length")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="with --data: prompts per forward pass")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="with --data: the first N prompts")
     p.add_argument("--dtype", **dtype_option)
 
     p = sub.add_parser("eval", help="evaluate a model on ranked data")
@@ -239,6 +251,14 @@ class _ProgressPrinter:
 def cmd_score(args) -> int:
     from rmcore.model import RewardModel
 
+    if args.data:
+        if args.prompt is not None or args.response:
+            raise ValueError("give either --data FILE or --prompt with --response, not both")
+        return _score_file(args)
+    if args.out:
+        raise ValueError("--out goes with --data (one prompt's scores print to the terminal)")
+    if args.prompt is None or not args.response:
+        raise ValueError("give --prompt TEXT and at least one --response TEXT, or --data FILE")
     model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
     result = model.score(args.prompt, args.response)
     if args.json:
@@ -256,6 +276,71 @@ def cmd_score(args) -> int:
     for i in range(k):
         print(f"{i:>5} " + "".join(f"{result.probabilities[i][j]:>7.3f}" for j in range(k)))
     return 0
+
+
+def _score_file(args) -> int:
+    """`score --data`: rewards of every response in a file, as JSON lines, written atomically."""
+    import time
+
+    from tqdm import tqdm
+
+    from rmcore.data import read_preferences
+    from rmcore.model import RewardModel
+
+    data = read_preferences(args.data, for_scoring=True)
+    groups = data.groups[: args.limit] if args.limit else data.groups
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.resolve() == Path(args.data).resolve():
+            raise ValueError(f"--out {out} is the input file; choose another name")
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; give a file name")
+        if not out.parent.is_dir():
+            raise ValueError(f"--out {out}: no such folder {out.parent}")
+    model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
+    if not model.trained:
+        print("note: this model's reward head is untrained (random); train one with `rmcore train`.", file=sys.stderr)
+    if data.report.skipped:
+        first = data.report.skipped[0]
+        print(f"skipped {len(data.report.skipped)} rows that cannot be read, the first {first.where}: {first.reason} "
+              "(rmcore validate lists them)", file=sys.stderr)
+    start = time.perf_counter()
+    chunk = 8 * args.batch_size  # encode and score a few batches at a time, so progress shows as it goes
+    part = out.with_name(out.name + ".partial") if out is not None else None
+    sink = part.open("w", encoding="utf-8") if part is not None else sys.stdout
+    try:
+        with tqdm(total=len(groups), unit="prompt", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+            for first in range(0, len(groups), chunk):
+                batch = groups[first : first + chunk]
+                encoded = [model.encode(g.prompt, g.responses) for g in batch]
+                for group, rewards in zip(batch, model.rewards_for(encoded, batch_size=args.batch_size)):
+                    sink.write(json.dumps(_scored_record(group, rewards), ensure_ascii=False) + "\n")
+                sink.flush()
+                bar.update(len(batch))
+    except BaseException:
+        if part is not None:
+            sink.close()
+            part.unlink(missing_ok=True)
+        raise
+    if part is not None:
+        sink.close()
+        part.replace(out)
+    responses = sum(len(g.responses) for g in groups)
+    where = f"; wrote {out}" if out is not None else ""
+    print(f"scored {responses} responses of {len(groups)} prompts in {time.perf_counter() - start:.1f} s{where}",
+          file=sys.stderr)
+    return 0
+
+
+def _scored_record(group, rewards: list[float]) -> dict:
+    """One output line of `score --data`: the group as a ranked-list record plus its rewards and best."""
+    record = group.to_record()
+    if all(rank is None for rank in group.ranks):
+        del record["ranks"]
+    record["rewards"] = rewards
+    record["best"] = max(range(len(rewards)), key=rewards.__getitem__)
+    record["source"] = group.source
+    return record
 
 
 def cmd_eval(args) -> int:

@@ -32,7 +32,9 @@ FORMATS = {
     "conversational": "conversational pairs: prompt/chosen/rejected as lists of {role, content}",
     "tidy": "tidy table: one row per response with prompt, response, rank",
     "oasst": "OpenAssistant message trees: ranked sibling replies",
+    "candidates": "unranked candidates to score: prompt, responses (or prompt, response: one row each)",
 }
+RANKED_FORMATS = {name: text for name, text in FORMATS.items() if name != "candidates"}  # what training reads
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -152,24 +154,30 @@ class _RowError(ValueError):
 # ----------------------------------------------------------------------------- reading files
 
 
-def read_preferences(path: str | Path, *, display_name: str | None = None) -> PreferenceData:
-    """Read a preference file (.jsonl/.json/.csv/.parquet, optionally .gz) and detect its format."""
+def read_preferences(path: str | Path, *, display_name: str | None = None, for_scoring: bool = False
+                     ) -> PreferenceData:
+    """Read a preference file (.jsonl/.json/.csv/.parquet, optionally .gz) and detect its format.
+
+    For training and evaluation a group needs two responses of different rank; with `for_scoring`
+    (rewards only) any group with a response is kept, ranked or not.
+    """
     path = Path(path)
     name = display_name or str(path)
     if not path.exists():
         raise DataError(name, "no such file")
     if path.is_dir():
         raise DataError(name, "is a folder, not a data file")
-    return read_preferences_bytes(path.read_bytes(), name)
+    return read_preferences_bytes(path.read_bytes(), name, for_scoring=for_scoring)
 
 
-def read_preferences_bytes(raw: bytes, name: str) -> PreferenceData:
+def read_preferences_bytes(raw: bytes, name: str, *, for_scoring: bool = False) -> PreferenceData:
     """Same as `read_preferences`, for bytes already in memory (an upload); `name` gives the suffix."""
     records = _read_records(raw, name)
-    return records_to_preferences(records, name)
+    return records_to_preferences(records, name, for_scoring=for_scoring)
 
 
-def records_to_preferences(records: list[tuple[str, Any]], name: str) -> PreferenceData:
+def records_to_preferences(records: list[tuple[str, Any]], name: str, *, for_scoring: bool = False
+                           ) -> PreferenceData:
     """Turn (where, record) pairs into ranked groups, detecting the format from the fields."""
     skipped: list[SkippedRow] = []
     objects: list[tuple[str, dict[str, Any]]] = []
@@ -188,7 +196,7 @@ def records_to_preferences(records: list[tuple[str, Any]], name: str) -> Prefere
     groups = _GROUP_READERS[fmt](objects, report)
     usable = []
     for group in groups:
-        reason = _why_unusable(group)
+        reason = _why_unscorable(group) if for_scoring else _why_unusable(group)
         if reason:
             report.skipped.append(SkippedRow(group.source, reason))
         else:
@@ -198,7 +206,7 @@ def records_to_preferences(records: list[tuple[str, Any]], name: str) -> Prefere
         reasons = Counter(row.reason for row in report.skipped).most_common(1)
         detail = f" (most common reason: {reasons[0][0]})" if reasons else ""
         first = report.skipped[0].where if report.skipped else name
-        raise DataError(first, f"no usable comparison in the file{detail}")
+        raise DataError(first, f"no {'response to score' if for_scoring else 'usable comparison'} in the file{detail}")
     _fill_stats(report, usable)
     return PreferenceData(usable, report)
 
@@ -372,6 +380,22 @@ _FORMAT_FIELDS = {
 _KNOWN_FIELDS = sorted({f for fields in _FORMAT_FIELDS.values() for f in fields} | {"margin", "message_tree_id"})
 
 
+def _misspellings(keys: set[str]) -> list[str]:
+    hints = []
+    for key in sorted(keys - set(_KNOWN_FIELDS)):
+        close = difflib.get_close_matches(key, _KNOWN_FIELDS, n=1, cutoff=0.7)
+        if close:
+            hints.append(f"'{key}' looks like a misspelling of '{close[0]}'")
+    return hints
+
+
+def _refuse_misspelled_rank(keys: set[str], where: str) -> None:
+    """Prompt and responses without ranks are candidates to score, unless a rank column is misspelled."""
+    hints = [h for h in _misspellings(keys) if h.endswith(("'rank'", "'ranks'"))]
+    if hints:
+        raise DataError(where, "found responses but no ranks; " + "; ".join(hints))
+
+
 def detect_format(record: dict[str, Any], where: str = "") -> str:
     """Name the format from a record's fields (see FORMATS)."""
     keys = set(record)
@@ -381,19 +405,18 @@ def detect_format(record: dict[str, Any], where: str = "") -> str:
         return "ranked"
     if {"response", "rank"} <= keys:
         return "tidy"
+    if {"prompt", "responses"} <= keys or {"prompt", "response"} <= keys:
+        _refuse_misspelled_rank(keys, where)
+        return "candidates"
     if {"chosen", "rejected"} <= keys:
         if isinstance(record.get("prompt"), list) or isinstance(record.get("chosen"), list):
             return "conversational"
         return "pairs" if "prompt" in keys else "implicit_pairs"
-    hints = []
-    for key in sorted(keys - set(_KNOWN_FIELDS)):
-        close = difflib.get_close_matches(key, _KNOWN_FIELDS, n=1, cutoff=0.7)
-        if close:
-            hints.append(f"'{key}' looks like a misspelling of '{close[0]}'")
+    hints = _misspellings(keys)
     found = ", ".join(sorted(keys)) or "none"
     message = (
         f"cannot tell the format from the fields ({found}); expected prompt+responses+ranks, "
-        "prompt+response+rank, [prompt+]chosen+rejected, or an OpenAssistant tree"
+        "prompt+response+rank, [prompt+]chosen+rejected, an OpenAssistant tree, or (to score) prompt+responses"
     )
     if hints:
         message += "; " + "; ".join(hints)
@@ -478,13 +501,14 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
-def _ranked_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
+def _ranked_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport, *, ranked: bool = True
+                   ) -> list[RankedGroup]:
     groups = []
     for where, record in objects:
         try:
             prompt = _prompt_messages(record.get("prompt"))
             responses = _list(record.get("responses"), "responses")
-            ranks = _list(record.get("ranks"), "ranks")
+            ranks = _list(record.get("ranks"), "ranks") if ranked or "ranks" in record else [None] * len(responses)
             if len(ranks) != len(responses):
                 raise _RowError(f"{len(ranks)} ranks for {len(responses)} responses: give one rank per response")
             texts, kept_ranks = [], []
@@ -508,7 +532,7 @@ def _tidy_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) 
         try:
             prompt = _text(record.get("prompt"), "prompt")
             response = _text(record.get("response"), "response")
-            rank = _rank(record.get("rank"), "rank")
+            rank = _rank(record.get("rank"), "rank")  # missing (candidates to score) = unranked
         except _RowError as exc:
             report.skipped.append(SkippedRow(where, str(exc)))
             continue
@@ -647,6 +671,13 @@ def _walk_oasst(node: dict[str, Any], history: list[Message], where: str, out: l
         _walk_oasst(reply, conversation, where, out)
 
 
+def _candidate_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
+    """Prompts with responses and no ranks (to score): a list per row, or one row per response."""
+    if "responses" in objects[0][1]:
+        return _ranked_groups(objects, report, ranked=False)
+    return _tidy_groups(objects, report)
+
+
 _GROUP_READERS = {
     "ranked": _ranked_groups,
     "tidy": _tidy_groups,
@@ -654,6 +685,7 @@ _GROUP_READERS = {
     "implicit_pairs": _implicit_pair_groups,
     "conversational": _conversational_groups,
     "oasst": _oasst_groups,
+    "candidates": _candidate_groups,
 }
 
 
@@ -664,11 +696,17 @@ def _why_unusable(group: RankedGroup) -> str | None:
     if len(group.responses) < 2:
         return "only one response: nothing to compare"
     ranked = [r for r in group.ranks if r is not None]
+    if not ranked:
+        return "no response is ranked, so nothing to compare; to score unranked responses use rmcore score --data"
     if len(ranked) < 2:
         return "fewer than two ranked responses: nothing to compare"
     if len(set(ranked)) < 2:
         return "every ranked response is tied: no comparison"
     return None
+
+
+def _why_unscorable(group: RankedGroup) -> str | None:
+    return None if group.responses else "no response to score"
 
 
 def _fill_stats(report: DataReport, groups: list[RankedGroup]) -> None:

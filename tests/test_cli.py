@@ -95,3 +95,39 @@ def test_bad_option_values_exit_2(demo_path, tmp_path):
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr
     proc = rmcore("score", "--prompt", "q", "--response", "a", "--dtype", "float16")
     assert proc.returncode == 2 and "--dtype" in proc.stderr and "bfloat16" in proc.stderr
+
+
+def test_score_a_file_gives_the_same_rewards_as_one_prompt_at_a_time(tiny_model_dir, tmp_path, demo_path):
+    data = tmp_path / "samples.jsonl"
+    rows = [{"prompt": "Name a fruit", "responses": ["Apple", "Car", "Pear"]},
+            {"prompt": [{"role": "user", "content": "Say hi"}], "responses": ["Hello there, friend."]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "scored.jsonl"
+    proc = rmcore("score", "--model", tiny_model_dir, "--data", data, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "scored 4 responses of 2 prompts" in proc.stderr and not (tmp_path / "scored.jsonl.partial").exists()
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["responses"] for line in lines] == [r["responses"] for r in rows]
+    assert [line["source"] for line in lines] == [f"{data}:1", f"{data}:2"] and "ranks" not in lines[0]
+    single = json.loads(rmcore("score", "--model", tiny_model_dir, "--prompt", "Name a fruit", "--response", "Apple",
+                               "--response", "Car", "--response", "Pear", "--json").stdout)
+    assert lines[0]["rewards"] == pytest.approx(single["rewards"], abs=1e-4)
+    assert lines[0]["best"] == single["best"]
+    ranked = rmcore("score", "--model", tiny_model_dir, "--data", demo_path, "--limit", "3")
+    assert ranked.returncode == 0, ranked.stderr
+    records = [json.loads(line) for line in ranked.stdout.splitlines()]
+    assert len(records) == 3 and all(len(r["ranks"]) == len(r["rewards"]) == len(r["responses"]) for r in records)
+
+
+def test_score_file_misuse_exits_2_and_keeps_the_input(tiny_model_dir, tmp_path):
+    data = tmp_path / "samples.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"]}) + "\n", encoding="utf-8")
+    before = data.read_bytes()
+    for args, message in [(["--data", data, "--prompt", "q"], "not both"), ([], "give --prompt"),
+                          (["--data", data, "--out", data], "is the input file"),
+                          (["--data", data, "--out", tmp_path / "nope" / "x.jsonl"], "no such folder"),
+                          (["--prompt", "q", "--response", "a", "--out", tmp_path / "x.jsonl"],
+                           "--out goes with --data")]:
+        proc = rmcore("score", "--model", tiny_model_dir, *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert data.read_bytes() == before

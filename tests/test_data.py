@@ -242,6 +242,32 @@ def test_file_with_no_usable_row_names_the_reason():
         read_preferences_bytes(json.dumps(record).encode(), "same.jsonl")
 
 
+def test_unranked_candidates_are_read_for_scoring_and_refused_for_training():
+    rows = [{"prompt": "q1", "responses": ["a", "b"]},
+            {"prompt": [{"role": "user", "content": "q2"}], "responses": ["c"]}]
+    raw = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    data = read_preferences_bytes(raw, "c.jsonl", for_scoring=True)
+    assert data.report.format == "candidates"
+    assert [(g.prompt_text, g.responses, g.ranks) for g in data.groups] == [("q1", ["a", "b"], [None, None]),
+                                                                             ("q2", ["c"], [None])]
+    with pytest.raises(DataError, match=r"c.jsonl:1: no usable comparison.*no response is ranked.*rmcore score"):
+        read_preferences_bytes(raw, "c.jsonl")
+    table = read_preferences_bytes(b"prompt,response\nq1,a\nq1,b\nq2,c\n", "c.csv", for_scoring=True)
+    assert [(g.prompt_text, g.responses) for g in table.groups] == [("q1", ["a", "b"]), ("q2", ["c"])]
+
+
+def test_scoring_keeps_ranks_and_single_responses_training_would_skip():
+    raw = f"{json.dumps(RANKED[0])}\n{json.dumps({'prompt': 'q', 'responses': ['a'], 'ranks': [1]})}\n".encode()
+    assert len(read_preferences_bytes(raw, "r.jsonl").groups) == 1
+    data = read_preferences_bytes(raw, "r.jsonl", for_scoring=True)
+    assert [g.ranks for g in data.groups] == [[1, 3, 2, None], [1]]
+
+
+def test_a_misspelled_rank_column_is_named_not_read_as_unranked():
+    with pytest.raises(DataError, match="'rnak' looks like a misspelling of 'rank'"):
+        read_preferences_bytes(b"prompt,response,rnak\nq,a,1\nq,b,2\n", "t.csv", for_scoring=True)
+
+
 def test_csv_nan_cells_and_quoted_newlines(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text('prompt,response,rank\n"Write\na poem","Roses\nare red",1\n"Write\na poem",meh,NaN\n'

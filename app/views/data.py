@@ -7,7 +7,7 @@ import streamlit as st
 
 from app import charts, resources, settings, state
 from app.ui import md, user_errors
-from rmcore.data import FORMATS, write_ranked_jsonl
+from rmcore.data import RANKED_FORMATS, write_ranked_jsonl
 from rmcore.encoding import count_truncated, encode_groups
 from rmcore.errors import DataError
 
@@ -25,7 +25,7 @@ def load_section() -> None:
             max_upload_size=limit,
             help="JSON lines, JSON, CSV/TSV or parquet, optionally gzipped. rmcore detects the format "
             "from the "
-            "fields: " + "; ".join(FORMATS.values()),
+            "fields: " + "; ".join(RANKED_FORMATS.values()),
         )
         if upload is not None and upload.file_id != st.session_state.get("data_upload_id"):
             st.session_state["data_upload_id"] = upload.file_id
