@@ -29,6 +29,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _steps(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (each epoch) or a number of steps, got {value}")
+    return value
+
+
+def _max_length(text: str) -> int:
+    value = int(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"must be at least 16 tokens (prompt + one response), got {value}")
+    return value
+
+
+def _coefficient(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -46,45 +67,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_help = "base or trained model: 'embedded' (SmolLM2-135M-Instruct, the default) or a local HF folder"
-    formats = "; ".join(f"{k}: {v}" for k, v in RANKED_FORMATS.items())
+    formats = "".join(f"\n  {name:15} {text}" for name, text in RANKED_FORMATS.items())
     dtype_option = {"choices": ("float32", "bfloat16"), "default": "float32",
                     "help": "precision of the trunk (default float32); bfloat16 is faster on GPUs and on CPUs with "
                             "bfloat16 instructions, with rewards a little off float32's"}
 
     p = sub.add_parser("validate", help="check a data file and summarise it",
-                       description="Read DATA, detect its format and report what training would use. "
-                                   f"Formats: {formats}")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Read DATA, detect its format and report what training would use.\n"
+                                   f"Formats (detected from the fields):{formats}")
     p.add_argument("data", metavar="DATA", help=".jsonl, .json, .csv or .parquet, optionally .gz")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--model", default="embedded", help=model_help + " (its tokenizer counts truncation)")
-    p.add_argument("--max-length", type=_positive_int, default=512, help="tokens of prompt + response (default 512)")
+    p.add_argument("--max-length", type=_max_length, default=512, help="tokens of prompt + response (default 512)")
     p.add_argument("--no-tokenize", action="store_true", help="skip counting truncated examples (no model needed)")
 
     p = sub.add_parser("train", help="train a reward model", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train on ranked groups with the Bradley-Terry loss over every ordered pair.")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the trained model (a standard HF folder)")
+                       description="Train on ranked groups with the Bradley-Terry loss over every ordered pair.\n"
+                                   f"Formats (detected from the fields):{formats}")
+    p.add_argument("data", metavar="DATA", help="ranked preferences: .jsonl, .json, .csv or .parquet, optionally .gz")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the trained model (a standard HF folder): new, empty, or an rmcore model to "
+                        "replace; a folder with a stopped run's checkpoint needs --resume")
     p.add_argument("--model", default="embedded", help=model_help)
     p.add_argument("--mode", choices=MODES, default="head",
                    help="head: train only the reward neuron on cached trunk features (fast, CPU-friendly); "
                         "lora: adapters on every linear layer + the neuron; full: every weight (default head)")
-    p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training prompts (default 1)")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default by mode: "
                         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--batch-size", type=_positive_int, default=8,
                    help="prompts per step, each with all its responses; halve it if you run out of memory")
-    p.add_argument("--max-length", type=_positive_int, default=512,
+    p.add_argument("--max-length", type=_max_length, default=512,
                    help="tokens of prompt + one response; longer prompts are cut from the left (default 512)")
     held = p.add_mutually_exclusive_group()
     held.add_argument("--eval", metavar="DATA", help="held-out data file (otherwise --eval-fraction of DATA)")
     held.add_argument("--eval-fraction", type=_fraction, default=0.1, help="share of prompts held out (default 0.1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--center-coefficient", type=float, default=0.0, help="weight of mean(r^2), keeps rewards near 0")
-    p.add_argument("--lora-r", type=_positive_int, default=16, help="LoRA rank (mode lora)")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="0 = at each epoch end")
-    p.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="0 = at each epoch end")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N prompts")
+    p.add_argument("--seed", type=int, default=0, help="head initialisation, held-out split and data order (default 0)")
+    p.add_argument("--center-coefficient", type=_coefficient, default=0.0,
+                   help="weight c of c x mean(r^2) in the loss, keeps rewards near 0 (default 0)")
+    p.add_argument("--lora-r", type=_positive_int, default=16, help="LoRA rank (mode lora; default 16)")
+    p.add_argument("--checkpoint-every", type=_steps, default=0, metavar="STEPS", help="0 = at each epoch end")
+    p.add_argument("--eval-every", type=_steps, default=0, metavar="STEPS", help="0 = at each epoch end")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N prompts (groups of ranked responses, after reading the file)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint (same data and options)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -102,17 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="FILE", help="score every response in FILE instead (any format rmcore reads)")
     p.add_argument("--out", metavar="FILE", help="with --data: write the JSON lines here (default: standard output)")
     p.add_argument("--json", action="store_true", help="print rewards, probabilities (K x K) and best as JSON")
-    p.add_argument("--max-length", type=_positive_int, default=None, help="default: the model's training max length")
+    p.add_argument("--max-length", type=_max_length, default=None, help="default: the model's training max length")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="with --data: prompts per forward pass")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="with --data: the first N prompts")
     p.add_argument("--dtype", **dtype_option)
 
-    p = sub.add_parser("eval", help="evaluate a model on ranked data")
-    p.add_argument("data", metavar="DATA")
+    p = sub.add_parser(
+        "eval", help="evaluate a model on ranked data", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score every response of DATA and compare with the human ranks: accuracy over\n"
+                    "every strictly ordered pair, by rank gap, calibration, length bias, best of n.\n"
+                    f"Formats (detected from the fields):{formats}",
+    )
+    p.add_argument("data", metavar="DATA", help="ranked preferences: .jsonl, .json, .csv or .parquet, optionally .gz")
     p.add_argument("--model", default="embedded", help=model_help)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--max-length", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--max-length", type=_max_length, default=None, help="default: the model's training max length")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--dtype", **dtype_option)
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N prompts")
     p.add_argument("--pairs-csv", metavar="FILE", help="also write every scored pair to a CSV file")
@@ -137,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rmcore validate FILE | head`: the reader left; that is fine
+        sys.stderr.close()
+        return 0
 
 
 def _quiet_libraries() -> None:
@@ -212,7 +247,7 @@ def cmd_train(args) -> int:
         if result.stopped:
             line += f" (stopped early: resume with --resume; checkpoint in {Path(args.out) / 'checkpoint'})"
         print(line, file=sys.stderr)
-    return 0
+    return 130 if result.stopped else 0  # a stopped run is not a success: `train && eval` must not go on
 
 
 class _ProgressPrinter:
@@ -259,6 +294,9 @@ def cmd_score(args) -> int:
         raise ValueError("--out goes with --data (one prompt's scores print to the terminal)")
     if args.prompt is None or not args.response:
         raise ValueError("give --prompt TEXT and at least one --response TEXT, or --data FILE")
+    empty = [str(i) for i, text in enumerate(args.response) if not text.strip()]
+    if empty:
+        raise ValueError(f"--response [{', '.join(empty)}] is empty; give each candidate some text")
     model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
     result = model.score(args.prompt, args.response)
     if args.json:
@@ -266,6 +304,10 @@ def cmd_score(args) -> int:
         return 0
     if not result.trained:
         print("note: this model's reward head is untrained (random); train one with `rmcore train`.")
+    cuts = (["the prompt lost its start"] if result.truncated_prompt else []) + [
+        f"response [{i}] lost its end" for i in result.truncated_responses]
+    if cuts:
+        print(f"note: over --max-length {model.max_length} tokens, {', '.join(cuts)}; rewards are for the cut text.")
     order = sorted(range(len(result.rewards)), key=lambda i: -result.rewards[i])
     for place, i in enumerate(order, start=1):
         text = args.response[i].replace("\n", " ")
@@ -289,14 +331,8 @@ def _score_file(args) -> int:
 
     data = read_preferences(args.data, for_scoring=True)
     groups = data.groups[: args.limit] if args.limit else data.groups
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        if out.resolve() == Path(args.data).resolve():
-            raise ValueError(f"--out {out} is the input file; choose another name")
-        if out.is_dir():
-            raise ValueError(f"--out {out} is a folder; give a file name")
-        if not out.parent.is_dir():
-            raise ValueError(f"--out {out}: no such folder {out.parent}")
+    out = _output_file(args.out, "--out", args.data)
+    replaced = out is not None and out.exists()
     model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
     if not model.trained:
         print("note: this model's reward head is untrained (random); train one with `rmcore train`.", file=sys.stderr)
@@ -313,8 +349,8 @@ def _score_file(args) -> int:
             for first in range(0, len(groups), chunk):
                 batch = groups[first : first + chunk]
                 encoded = [model.encode(g.prompt, g.responses) for g in batch]
-                for group, rewards in zip(batch, model.rewards_for(encoded, batch_size=args.batch_size)):
-                    sink.write(json.dumps(_scored_record(group, rewards), ensure_ascii=False) + "\n")
+                for group, enc, rewards in zip(batch, encoded, model.rewards_for(encoded, batch_size=args.batch_size)):
+                    sink.write(json.dumps(_scored_record(group, enc, rewards), ensure_ascii=False) + "\n")
                 sink.flush()
                 bar.update(len(batch))
     except BaseException:
@@ -326,20 +362,37 @@ def _score_file(args) -> int:
         sink.close()
         part.replace(out)
     responses = sum(len(g.responses) for g in groups)
-    where = f"; wrote {out}" if out is not None else ""
+    where = f"; {'replaced' if replaced else 'wrote'} {out}" if out is not None else ""
     print(f"scored {responses} responses of {len(groups)} prompts in {time.perf_counter() - start:.1f} s{where}",
           file=sys.stderr)
     return 0
 
 
-def _scored_record(group, rewards: list[float]) -> dict:
-    """One output line of `score --data`: the group as a ranked-list record plus its rewards and best."""
+def _output_file(name: str | None, flag: str, data: str) -> Path | None:
+    """Check an output file before any work: not the input, not a folder, in a folder that exists."""
+    if not name:
+        return None
+    out = Path(name)
+    if out.resolve() == Path(data).resolve():
+        raise ValueError(f"{flag} {out} is the input file; choose another name")
+    if out.is_dir():
+        raise ValueError(f"{flag} {out} is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise ValueError(f"{flag} {out}: no such folder {out.parent}")
+    return out
+
+
+def _scored_record(group, encoded, rewards: list[float]) -> dict:
+    """One output line of `score --data`: the group as a ranked-list record plus its rewards and best
+    (and what was cut to fit --max-length, when anything was)."""
     record = group.to_record()
     if all(rank is None for rank in group.ranks):
         del record["ranks"]
     record["rewards"] = rewards
     record["best"] = max(range(len(rewards)), key=rewards.__getitem__)
     record["source"] = group.source
+    if encoded.prompt_truncated or encoded.truncated:
+        record["truncated_prompt"], record["truncated_responses"] = encoded.prompt_truncated, list(encoded.truncated)
     return record
 
 
@@ -347,15 +400,18 @@ def cmd_eval(args) -> int:
     from rmcore.evaluate import evaluate, worst_pairs
     from rmcore.model import RewardModel
 
+    pairs_csv = _output_file(args.pairs_csv, "--pairs-csv", args.data)
     data = _read(args.data, args.limit)
     model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
     result = evaluate(model, data.groups, batch_size=args.batch_size)
     summary = {**result.summary, "data": args.data, "format": data.report.format,
                "skipped_rows": len(data.report.skipped)}
-    if args.pairs_csv:
+    if pairs_csv is not None:
         import pandas as pd
 
-        pd.DataFrame(result.pairs).to_csv(args.pairs_csv, index=False)
+        part = pairs_csv.with_name(pairs_csv.name + ".partial")
+        pd.DataFrame(result.pairs).to_csv(part, index=False)
+        part.replace(pairs_csv)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -302,9 +302,9 @@ def _read_json(text: str, name: str) -> list[tuple[str, Any]]:
             records.append((where, json.loads(line)))
         except json.JSONDecodeError as exc:
             if i == last and i > 0:
-                reason = f"truncated JSON on the last line ({exc.msg}); the file may have been cut off"
+                reason = f"truncated JSON on the last line ({_json_problem(exc)}); the file may have been cut off"
             else:
-                reason = f"not valid JSON: {exc.msg} (column {exc.colno})"
+                reason = f"not valid JSON: {_json_problem(exc)}"
             records.append((where, _Unparsable(reason)))
     if records and all(isinstance(r, _Unparsable) for _, r in records):
         where, bad = records[0]
@@ -436,6 +436,11 @@ def _text(value: Any, what: str, *, allow_empty: bool = False) -> str:
     return value
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """"Unterminated string starting at column 25": the parser's words with where, read naturally."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
 def _rank(value: Any, what: str) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -446,7 +451,7 @@ def _rank(value: Any, what: str) -> int | None:
             value = float(value.strip())
         except ValueError:
             raise _RowError(f"{what} must be a whole number (1 = best) or null, found {value!r}") from None
-    if not isinstance(value, (int, float)) or value != int(value):
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
         raise _RowError(f"{what} must be a whole number (1 = best) or null, found {value!r}")
     if value < 1:
         raise _RowError(f"{what} is {int(value)}: ranks start at 1 (best)")
@@ -513,7 +518,7 @@ def _ranked_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport
                 raise _RowError(f"{len(ranks)} ranks for {len(responses)} responses: give one rank per response")
             texts, kept_ranks = [], []
             for i, (response, rank) in enumerate(zip(responses, ranks)):
-                rank = _rank(rank, f"rank {i + 1}")
+                rank = _rank(rank, f"the rank of response {i + 1}")
                 text = _text(response, f"response {i + 1}", allow_empty=True)
                 if not text.strip():
                     report.warnings.append(f"{where}: response {i + 1} is empty; dropped")

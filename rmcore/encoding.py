@@ -22,7 +22,11 @@ class EncodedGroup:
     ranks: list[int | None]
     margin: float = 0.0
     prompt_truncated: bool = False
-    responses_truncated: int = 0
+    truncated: tuple[int, ...] = ()  # indexes of the responses whose end was cut
+
+    @property
+    def responses_truncated(self) -> int:
+        return len(self.truncated)
 
     @property
     def num_tokens(self) -> int:
@@ -82,7 +86,7 @@ def encode_group(tokenizer, group: RankedGroup, max_length: int) -> EncodedGroup
     response_ids = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
     longest = max(len(r) for r in response_ids)
     prompt_truncated = False
-    responses_truncated = 0
+    truncated: list[int] = []
     if len(prompt_ids) + longest > max_length:
         keep = max(max_length - longest, min(len(prompt_ids), max_length // 4))
         if keep < len(prompt_ids):
@@ -92,9 +96,9 @@ def encode_group(tokenizer, group: RankedGroup, max_length: int) -> EncodedGroup
         for i, ids in enumerate(response_ids):
             if len(ids) > room:
                 response_ids[i] = ids[:room]
-                responses_truncated += 1
+                truncated.append(i)
     return EncodedGroup(
-        prompt_ids, response_ids, list(group.ranks), group.margin, prompt_truncated, responses_truncated
+        prompt_ids, response_ids, list(group.ranks), group.margin, prompt_truncated, tuple(truncated)
     )
 
 

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,8 @@ def resolve_model_path(name: str | os.PathLike | None) -> tuple[str, str]:
             raise ModelError(f"{path}: a model must be a folder (config.json, *.safetensors, tokenizer)")
         check_model_folder(path)
         return str(path), str(path)
-    if str(name).startswith((".", "/", "~")) or os.sep in str(name) and str(name).count("/") > 1:
-        raise ModelError(f"{name}: no such model folder")
-    return str(name), str(name)  # a hub id; works only where the network allows
+    raise ModelError(f"{name}: no such model folder (rmcore loads local folders, never from a hub; "
+                     "'embedded' is the built-in SmolLM2-135M-Instruct)")
 
 
 def check_model_folder(path: Path) -> None:
@@ -229,10 +228,13 @@ class ScoreResult:
     probabilities: list[list[float]]  # P[i][j] = sigma(r_i - r_j)
     best: int  # index of the highest reward
     trained: bool  # False when the head is untrained (rewards are then meaningless)
+    truncated_prompt: bool = False  # the prompt lost tokens from the left to fit max_length
+    truncated_responses: list[int] = field(default_factory=list)  # candidates whose end was cut
 
     def to_dict(self) -> dict[str, Any]:
         return {"rewards": self.rewards, "probabilities": self.probabilities, "best": self.best,
-                "trained": self.trained}
+                "trained": self.trained, "truncated_prompt": self.truncated_prompt,
+                "truncated_responses": self.truncated_responses}
 
 
 @dataclass
@@ -290,6 +292,12 @@ class RewardModel:
 
     # -- scoring
     def encode(self, prompt: str | list[Message], responses: list[str]) -> EncodedGroup:
+        if isinstance(responses, str) or not all(isinstance(r, str) for r in responses):
+            raise TypeError("responses must be a list of strings (one per candidate)")
+        if not isinstance(prompt, str) and not (
+            isinstance(prompt, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)
+        ):
+            raise TypeError("prompt must be a string or a list of {'role', 'content'} messages")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         group = RankedGroup(messages, list(responses), [None] * len(responses))
         return encode_group(self.tokenizer, group, self.max_length)
@@ -352,9 +360,11 @@ class RewardModel:
         """Rewards of the candidates, the matrix sigma(r_i - r_j) and the best candidate."""
         if not candidates:
             raise ValueError("give at least one candidate")
-        rewards = self.rewards(prompt, candidates)
+        encoded = self.encode(prompt, candidates)
+        rewards = self.rewards_for([encoded])[0]
         best = max(range(len(rewards)), key=rewards.__getitem__)
-        return ScoreResult(rewards, preference_matrix(rewards), best, self.trained)
+        return ScoreResult(rewards, preference_matrix(rewards), best, self.trained, encoded.prompt_truncated,
+                           list(encoded.truncated))
 
     @torch.inference_mode()
     def token_rewards(self, prompt: str | list[Message], response: str) -> TokenRewards:
@@ -418,12 +428,24 @@ def save_reward_model(model, tokenizer, out_dir: str | os.PathLike, metadata: di
         for name in keep:
             if (out / name).exists():
                 os.rename(out / name, tmp / name)
-        old = out.with_name(out.name + ".old")
+        _apply_umask(tmp)
+        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")  # unique: never a user's folder
         if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
             os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give a saved folder the permissions a plain mkdir would (mkdtemp makes it private to its owner)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        umask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        umask = 0o022
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -49,7 +49,7 @@ StepCallback = Callable[[dict[str, Any]], None]
 
 @dataclass
 class TrainConfig:
-    model: str = "embedded"  # base model: "embedded" (SmolLM2-135M-Instruct), a local HF folder, or a hub id
+    model: str = "embedded"  # base model: "embedded" (SmolLM2-135M-Instruct) or a local HF folder
     mode: str = "head"  # head: only the reward neuron trains; lora: adapters + neuron; full: everything
     epochs: int = 1
     lr: float | None = None  # None = the mode's default (DEFAULT_LR)
@@ -81,6 +81,12 @@ class TrainConfig:
             raise ValueError(f"max_length must be at least 16 tokens, got {self.max_length}")
         if self.lr is not None and not (0 < self.lr < 1):
             raise ValueError(f"learning rate must be in (0, 1), got {self.lr}")
+        if not (0 <= self.center_coefficient < math.inf):
+            raise ValueError(f"center coefficient must be a number >= 0, got {self.center_coefficient}")
+        for name in ("checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be 0 (each epoch) or a number of steps, "
+                                 f"got {getattr(self, name)}")
 
 
 @dataclass
@@ -100,6 +106,31 @@ class TrainResult:
 def feature_cache_path(model_path: str, encoded: list[EncodedGroup], max_length: int) -> Path:
     """Where head mode keeps the trunk features of these groups under this model and max length."""
     return cache_dir() / "features" / f"{_fingerprint(model_path, encoded, max_length)}.safetensors"
+
+
+def check_output_folder(out_dir: Path, resume: bool) -> bool:
+    """Refuse an output folder where saving would lose something; True when it holds a finished model.
+
+    Saving replaces the whole folder, so it must be new, empty, or an rmcore model. A checkpoint
+    there is continued only with `resume`, never silently overwritten by a fresh run.
+    """
+    from rmcore.model import METADATA_FILE
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"{out_dir}: is a file; the output must be a folder (it is created if missing)")
+    entries = [p.name for p in out_dir.iterdir()] if out_dir.is_dir() else []
+    has_checkpoint = (out_dir / CHECKPOINT_DIR / "state.json").is_file()
+    if resume and not has_checkpoint:
+        raise ModelError(f"{out_dir}: no checkpoint to resume (a stopped run leaves one in {CHECKPOINT_DIR}/; "
+                         "a finished run does not). Leave out --resume to train from the start")
+    if has_checkpoint and not resume:
+        raise ModelError(f"{out_dir}: holds the checkpoint of a stopped run; add --resume to continue it, or "
+                         "choose another output folder (delete this one to start over)")
+    if entries and METADATA_FILE not in entries:
+        raise ModelError(f"{out_dir}: the folder is not empty and holds no rmcore model; saving would replace "
+                         f"what is in it ({', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}). "
+                         "Choose a new or empty folder")
+    return bool(entries) and not has_checkpoint
 
 
 class _StopRequested(Exception):
@@ -125,11 +156,17 @@ def _fingerprint(model_path: str, encoded: list[EncodedGroup], max_length: int) 
 @torch.no_grad()
 def compute_features(
     packed: PackedRewardModel, encoded: list[EncodedGroup], pad_id: int, device, batch_size: int,
-    autocast, on_progress: Callable[[int, int], None] | None = None,
+    autocast, on_progress: Callable[[int, int, float], None] | None = None,
 ) -> torch.Tensor:
-    """Last-token hidden states of every response (N, H), in group order, float32 on the CPU."""
+    """Last-token hidden states of every response (N, H), in group order, float32 on the CPU.
+
+    Groups run shortest first, so `on_progress(done, total, token_share)` also gives the share of
+    tokens done: that, not the share of prompts, is the share of the time.
+    """
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
     per_group: list[torch.Tensor | None] = [None] * len(encoded)
+    total_tokens = max(1, sum(g.num_tokens for g in encoded))
+    done_tokens = 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = pack_groups([encoded[i] for i in idx], pad_id).to(device)
@@ -139,8 +176,9 @@ def compute_features(
         feats = feats.float().cpu()
         for i, part in zip(idx, feats.split(batch.group_sizes)):
             per_group[i] = part
+        done_tokens += batch.real_tokens
         if on_progress:
-            on_progress(min(start + batch_size, len(order)), len(order))
+            on_progress(min(start + batch_size, len(order)), len(order), done_tokens / total_tokens)
     return torch.cat([f for f in per_group if f is not None]) if encoded else torch.zeros(0)
 
 
@@ -186,6 +224,7 @@ def train(
 
     config.check()
     out_dir = Path(out_dir)
+    replacing = check_output_folder(out_dir, resume)
     emit = on_step or (lambda metrics: None)
     device = autodetect_device()
     accelerator = Accelerator(mixed_precision=mixed_precision_for(device), cpu=device == "cpu")
@@ -195,6 +234,11 @@ def train(
     def phase(text: str, progress: float | None = None) -> None:
         if is_main:
             emit({"event": "phase", "phase": text, "progress": progress})
+
+    if replacing:
+        phase(f"{out_dir} holds a finished model; it is replaced when this run saves")
+    if world > 1:
+        phase(f"training on {world} processes ({device}), sharing out the batches; gradients are averaged")
 
     # 1. the base model with one reward neuron
     set_seed(config.seed)
@@ -264,8 +308,6 @@ def train(
         start_step, history = _load_checkpoint(checkpoint, accelerator.unwrap_model(module), optimizer, scheduler,
                                                run_key)
         phase(f"resumed from step {start_step}")
-    elif resume:
-        phase(f"no checkpoint in {checkpoint}; starting from step 0")
 
     def forward(batch_groups: list[int]) -> tuple[torch.Tensor, list[EncodedGroup], int]:
         groups = [encoded[i] for i in batch_groups]
@@ -305,9 +347,11 @@ def train(
                     if config.center_coefficient:
                         loss = loss + config.center_coefficient * rewards.pow(2).sum() / responses
                 if not torch.isfinite(loss.detach()):
+                    kept = (f"the last good checkpoint ({checkpoint}) is kept" if (checkpoint / "state.json").is_file()
+                            else "nothing was saved")
                     raise TrainingError(
-                        f"the loss became {loss.item()} at step {step + 1}; training stopped and the last good "
-                        f"checkpoint ({checkpoint}) is kept. Try a lower learning rate (--lr {lr / 10:g})."
+                        f"the loss became {loss.item()} at step {step + 1}; training stopped and {kept}. "
+                        f"Try a lower learning rate (--lr {lr / 10:g})."
                     )
                 accelerator.backward(loss)
             loss_total += float(loss.detach())
@@ -485,8 +529,14 @@ def _head_features(config, model_path, packed, encoded, encoded_eval, pad_id, ac
     everything = encoded + encoded_eval
     path = feature_cache_path(model_path, everything, config.max_length)
     if accelerator.is_main_process and not (config.cache_features and path.is_file()):
-        def progress(done: int, total: int) -> None:
-            phase(f"computing trunk features ({done}/{total} prompts)", done / total)
+        started = time.perf_counter()
+
+        def progress(done: int, total: int, share: float) -> None:
+            from rmcore.estimate import format_duration
+
+            left = (time.perf_counter() - started) * (1 - share) / share if share > 0 else None
+            eta = f", about {format_duration(left)} left" if left is not None and done < total else ""
+            phase(f"computing trunk features ({done}/{total} prompts{eta})", share)
             if stop_event is not None and stop_event.is_set() and done < total:
                 raise _StopRequested
 

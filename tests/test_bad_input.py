@@ -15,7 +15,7 @@ import torch
 
 from rmcore.cli import main
 from rmcore.data import read_preferences
-from rmcore.errors import TrainingError
+from rmcore.errors import ModelError, TrainingError
 from rmcore.train import TrainConfig, train
 
 MALFORMED = Path(__file__).parent / "data" / "malformed"
@@ -136,3 +136,75 @@ def test_cli_train_on_unusable_data_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "every ranked response is tied" in proc.stderr
     assert not (tmp_path / "x").exists()  # nothing written for a run that could not start
+
+
+def test_output_folders_where_saving_would_lose_something_are_refused(tiny_model_dir, demo_path, tmp_path,
+                                                                      private_cache):
+    import threading
+
+    groups = read_preferences(demo_path).groups[:12]
+    config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=2)
+    mine = tmp_path / "my-notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(ModelError, match="not empty and holds no rmcore model"):
+        train(config, groups, mine)
+    assert (mine / "notes.txt").read_text() == "precious"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(ModelError, match="is a file"):
+        train(config, groups, a_file)
+    assert a_file.read_text() == "x"
+    with pytest.raises(ModelError, match="no checkpoint to resume"):
+        train(config, groups, tmp_path / "new", resume=True)
+    # a stopped run keeps its checkpoint until --resume continues it
+    stop = threading.Event()
+    stop.set()
+    full = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=2, lr=1e-3)
+    train(full, groups, tmp_path / "stopped", stop_event=stop)
+    with pytest.raises(ModelError, match="add --resume"):
+        train(full, groups, tmp_path / "stopped")
+    assert (tmp_path / "stopped" / "checkpoint" / "state.json").is_file()
+    # a finished model is replaced, and says so; nothing is left beside it
+    phases = []
+    train(config, groups, tmp_path / "done")
+    train(config, groups, tmp_path / "done", on_step=lambda e: phases.append(e.get("phase")))
+    assert any(p and "it is replaced" in p for p in phases)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rmcore", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_refuses_outputs_and_options_that_would_lose_work_or_mean_nothing(tiny_model_dir, demo_path, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(demo_path.read_bytes())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    cases = [
+        (["train", data, "--out", mine, "--model", tiny_model_dir], "holds no rmcore model"),
+        (["eval", data, "--model", tiny_model_dir, "--pairs-csv", data], "is the input file"),
+        (["eval", data, "--model", tiny_model_dir, "--pairs-csv", tmp_path / "no" / "p.csv"], "no such folder"),
+        (["score", "--model", "models/not-there", "--prompt", "q", "--response", "a"], "no such model folder"),
+        (["score", "--model", "not-a-model", "--prompt", "q", "--response", "a"], "never from a hub"),
+        (["score", "--model", tiny_model_dir, "--prompt", "q", "--response", "", "--response", "b"], "[0] is empty"),
+        (["score", "--model", tiny_model_dir, "--prompt", "q", "--response", "a", "--max-length", "3"], "at least 16"),
+        (["train", data, "--out", tmp_path / "x", "--center-coefficient", "-1"], "must be a number >= 0"),
+        (["train", data, "--out", tmp_path / "x", "--eval-every", "-1"], "must be 0 (each epoch)"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert "huggingface.co" not in proc.stderr and "internet" not in proc.stderr, proc.stderr
+    assert data.read_bytes() == demo_path.read_bytes()
+    assert (mine / "notes.txt").read_text() == "precious" and not (tmp_path / "x").exists()
+
+
+def test_cli_output_cut_short_by_a_closed_pipe_is_not_an_error(tmp_path):
+    proc = subprocess.run(f"{sys.executable} -m rmcore validate {MALFORMED / 'bom.jsonl'} --no-tokenize | head -1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -120,6 +121,29 @@ def test_long_prompt_is_cut_from_the_left_and_reported(tiny):
     assert tiny.tokenizer.decode(enc.prompt_ids).endswith("assistant\n")
     enc = tiny_len.encode("q", ["word " * 200])
     assert enc.responses_truncated == 1 and len(enc.prompt_ids) + len(enc.response_ids[0]) <= 32
+    result = tiny_len.score("q", ["fine", "word " * 200, "also fine"])
+    assert result.truncated_prompt and result.truncated_responses == [1]  # the prompt keeps max_length // 4
+    assert result.to_dict()["truncated_responses"] == [1]
+    assert tiny.score("q", ["fine", "word " * 20]).truncated_responses == []  # within the default length
+
+
+def test_score_refuses_arguments_of_the_wrong_shape(tiny):
+    with pytest.raises(TypeError, match="list of strings"):
+        tiny.score("Name a prime", "seven")  # a string would be scored letter by letter
+    with pytest.raises(TypeError, match="prompt must be"):
+        tiny.score(None, ["7"])
+    with pytest.raises(TypeError, match="prompt must be"):
+        tiny.score([{"role": "user"}], ["7"])
+
+
+def test_a_saved_folder_is_readable_as_the_umask_allows(tiny, tmp_path):
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = tiny.save(tmp_path / "rm")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o666 & ~umask
 
 
 def test_pickle_only_folder_is_refused(tiny_model_dir, tmp_path):

@@ -71,13 +71,21 @@ def test_head_mode_reuses_cached_trunk_features(tiny_model_dir, demo_split, tmp_
     train_groups, eval_groups = demo_split
     config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=1)
     phases: list[str] = []
+    shares: list[float] = []
 
     def record(e):
         if e["event"] == "phase":
             phases.append(e["phase"])
+            if e["phase"].startswith("computing trunk features"):
+                shares.append(e["progress"])
 
     train(config, train_groups, tmp_path / "a", eval_groups=eval_groups, on_step=record)
     assert any(p.startswith("computing trunk features") for p in phases)
+    # progress is the share of tokens done (shortest prompts first), so it lags the share of prompts
+    assert shares == sorted(shares) and shares[-1] == pytest.approx(1.0) and len(shares) > 2
+    prompts_share = 8 / (len(train_groups) + len(eval_groups))
+    assert shares[0] < prompts_share
+    assert "left)" in next(p for p in phases if p.startswith("computing trunk features"))
     assert len(list((private_cache / "features").glob("*.safetensors"))) == 1
     phases.clear()
     train(config, train_groups, tmp_path / "b", eval_groups=eval_groups, on_step=record)
