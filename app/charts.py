@@ -36,8 +36,10 @@ def token_label(token: str) -> str:
     return html.escape(shown or "∅", quote=False)
 
 
-def candidate_labels(candidates: list[str], limit: int = 40) -> list[str]:
-    return [f"#{i + 1} {plain(c, limit)}" for i, c in enumerate(candidates)]
+def candidate_labels(candidates: list[str], limit: int = 40, numbers: list[int] | None = None) -> list[str]:
+    """"#n text" for each candidate; `numbers` are the form's own numbers when some were left out."""
+    numbers = numbers or list(range(1, len(candidates) + 1))
+    return [f"#{n} {plain(c, limit)}" for n, c in zip(numbers, candidates, strict=True)]
 
 
 def _layout(fig: go.Figure, height: int = 320, **kwargs) -> go.Figure:
@@ -161,10 +163,11 @@ def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) ->
 # ----------------------------------------------------------------------------- Probe
 
 
-def reward_bars(candidates: list[str], rewards: list[float], best: int | None = None) -> go.Figure:
+def reward_bars(candidates: list[str], rewards: list[float], best: int | None = None,
+                numbers: list[int] | None = None) -> go.Figure:
     """Rewards as horizontal bars, highest on top; the best candidate in green."""
     order = sorted(range(len(rewards)), key=lambda i: rewards[i])  # plotly draws the first bar at the bottom
-    labels = candidate_labels(candidates)
+    labels = candidate_labels(candidates, numbers=numbers)
     colors = [GOOD if i == best else TRAIN for i in order]
     fig = go.Figure(
         go.Bar(
@@ -183,12 +186,14 @@ def reward_bars(candidates: list[str], rewards: list[float], best: int | None = 
     return _layout(fig, 90 + 42 * len(rewards), title="Rewards, sorted")
 
 
-def preference_heatmap(probabilities: list[list[float]], candidates: list[str]) -> go.Figure:
+def preference_heatmap(probabilities: list[list[float]], candidates: list[str],
+                       numbers: list[int] | None = None) -> go.Figure:
     """P[i][j] = sigma(r_i - r_j) with the value in each cell and the meaning in words on hover."""
     n = len(probabilities)
-    names = [f"#{i + 1}" for i in range(n)]
+    numbers = numbers or list(range(1, n + 1))
+    names = [f"#{k}" for k in numbers]
     hover = [
-        [f"P(#{i + 1} preferred over #{j + 1}) = {probabilities[i][j]:.3f}" for j in range(n)]
+        [f"P({names[i]} preferred over {names[j]}) = {probabilities[i][j]:.3f}" for j in range(n)]
         for i in range(n)
     ]
     fig = go.Figure(
@@ -406,7 +411,7 @@ def reward_vs_length(responses: list[dict[str, Any]], correlation: float | None)
 def sigmoid_explainer(r1: float, r2: float) -> go.Figure:
     """σ(d) and the loss −log σ(d) against d = r1 − r2, with the sliders' point marked."""
     d_now = r1 - r2
-    ds = [x / 10 for x in range(-80, 81)]
+    ds = [x / 10 for x in range(-120, 121)]  # the sliders reach r1 - r2 = +-12
     sig = [1 / (1 + math.exp(-d)) for d in ds]
     loss = [math.log1p(math.exp(-d)) if d > -30 else -d for d in ds]
     p_now = 1 / (1 + math.exp(-d_now))

@@ -74,6 +74,7 @@ class JobSnapshot:
     error: str | None
     train_prompts: int
     eval_prompts: int
+    saved: bool = False  # a model folder was written (a run stopped before its first step writes none)
 
     @property
     def active(self) -> bool:
@@ -104,6 +105,7 @@ class TrainingJob:
         self._error: str | None = None
         self._started = time.time()
         self._finished: float | None = None
+        self._saved = False
         self.thread = threading.Thread(target=self._run, name=f"rmcore-train-{self.id}", daemon=True)
 
     # -- the worker thread (no st.* calls here)
@@ -155,6 +157,7 @@ class TrainingJob:
             request.out_dir.rmdir()  # nothing was saved: free the reserved name
         with self._lock:
             self._status, self._phase, self._error = status, phase, error
+            self._saved = (request.out_dir / "config.json").is_file()
             self._finished = time.time()
             if status == "done":
                 self._progress = 1.0
@@ -194,6 +197,7 @@ class TrainingJob:
                 error=self._error,
                 train_prompts=len(self.request.train_groups),
                 eval_prompts=len(self.request.eval_groups),
+                saved=self._saved,
             )
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st  # noqa: E402
 
-from app import ui  # noqa: E402
+from app import state, ui  # noqa: E402
 
 PAGES = [
     ("views/data.py", "Data", ":material/table_view:"),
@@ -37,6 +37,7 @@ def run() -> None:
         st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)
     ]
     page = st.navigation(pages)
+    state.keep_widget_values(page.title)
     with st.sidebar:
         st.markdown("### :material/balance: rmcore workbench")
         st.caption("Train, probe and evaluate reward models from ranked preferences.")

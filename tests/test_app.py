@@ -187,6 +187,23 @@ def test_rerank_exclude_and_add_a_better_response(app_env):
     assert any("1 marked too hard to rank" in m.value for m in at.markdown)
 
 
+def test_a_rank_can_be_cleared_to_unranked_and_a_new_best_renumbers_densely(app_env):
+    at = load_demo(new_session())
+    data = at.session_state["rm_data"]
+    ranks = list(data.groups[0].ranks)
+    worst = ranks.index(max(r for r in ranks if r is not None))
+    at.number_input(key=f"rank_{data.uid}_0_0_{worst}").set_value(None).run()
+    no_exception(at)
+    assert at.session_state["rm_data"].groups[0].ranks[worst] is None
+    at.text_area(key=f"better_{data.uid}_0_0_None").input("A better answer than all of these.")
+    at.run()
+    at.button(key=f"add_best_{data.uid}_0").click().run()
+    edited = at.session_state["rm_data"].groups[0].ranks
+    assert edited[0] == 1 and edited[worst + 1] is None
+    ranked = sorted({r for r in edited if r is not None})
+    assert ranked == list(range(1, len(ranked) + 1)), f"ranks with gaps: {edited}"
+
+
 def test_a_new_file_does_not_inherit_the_edits_made_to_the_last_one(app_env):
     at = load_demo(new_session())
     old = at.session_state["rm_data"]
@@ -330,6 +347,69 @@ def test_generate_candidates_replaces_them_and_picks_the_best_of_n(app_env):
     cands = [t for t in at.text_area if t.key.startswith("cand_")]
     assert len(cands) == 3
     assert at.success[0].value.startswith("Best of 3: candidate #")
+
+
+def test_widget_values_survive_a_visit_to_another_page(app_env):
+    at = load_demo(new_session())
+    open_page(at, "views/probe.py")
+    at.text_area(key="probe_prompt").input("My own question")
+    at.text_area(key="cand_1").input("My own answer")
+    at.run()
+    open_page(at, "views/train.py")
+    at.number_input(key="train_epochs").set_value(7)
+    at.radio(key="train_mode").set_value("lora")
+    at.text_input(key="train_name").input("special")
+    at.run()
+    open_page(at, "views/learn.py")
+    at.slider(key="learn_r1").set_value(-2.0).run()
+    open_page(at, "views/probe.py")
+    no_exception(at)
+    assert at.text_area(key="probe_prompt").value == "My own question"
+    assert at.text_area(key="cand_1").value == "My own answer"
+    open_page(at, "views/train.py")
+    assert (at.number_input(key="train_epochs").value, at.radio(key="train_mode").value,
+            at.text_input(key="train_name").value) == (7, "lora", "special")
+    open_page(at, "views/learn.py")
+    assert at.slider(key="learn_r1").value == -2.0
+    assert not at.warning, [w.value for w in at.warning]  # no "value set twice" warnings
+
+
+def test_probe_keeps_the_form_numbers_when_a_candidate_is_empty(app_env):
+    at = open_page(new_session(), "views/probe.py")
+    at.text_area(key="cand_1").input("")
+    at.run()
+    no_exception(at)
+    assert any("#2 is empty and left out" in c.value for c in at.caption)
+    specs = plotly_specs(at)
+    assert sorted(by_key(specs, "pref_heatmap")["data"][0]["x"]) == ["#1", "#3"]
+    labels = by_key(specs, "reward_bars")["data"][0]["y"]
+    assert sorted(label.split()[0] for label in labels) == ["#1", "#3"]
+    assert any(label.startswith("#3 idk") for label in labels)
+    assert at.success[0].value.split("candidate ")[1][:2] in ("#1", "#3")
+    assert not any("lost" in w.value for w in at.warning)
+    at.text_area(key="cand_2").input("very long " * 400)
+    at.run()
+    assert any("candidate #3 lost its end" in w.value for w in at.warning)
+
+
+def test_a_run_stopped_before_its_first_step_says_nothing_was_saved(app_env, monkeypatch):
+    start = jobs.TrainingJob.start
+    monkeypatch.setattr(jobs.TrainingJob, "start", lambda job: (job.stop(), start(job)))  # Stop at once
+    at = load_demo(new_session())
+    open_page(at, "views/train.py")
+    at.text_input(key="train_name").input("never-trained")
+    at.run()
+    at.button(key="start_training").click().run()
+    job = jobs.manager().current()
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap.status == "stopped" and not snap.saved and not snap.steps, snap.phase
+    assert not (app_env / "never-trained").exists()
+    at.run()
+    no_exception(at)
+    assert any(s.value.startswith("Stopped: never-trained") for s in at.subheader)
+    assert not at.success and any("nothing was" in i.value for i in at.info)
+    assert not at.get("page_link"), "no links to a model that does not exist"
 
 
 # ----------------------------------------------------------------------------- one job per server, sessions

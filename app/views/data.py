@@ -169,8 +169,14 @@ def _add_best(data: state.LoadedData, index: int, text: str, replace: int | None
     if replace is not None:
         del responses[replace], ranks[replace]
     group.responses = [text] + responses
-    group.ranks = [1] + ranks
+    group.ranks = dense_ranks([1] + ranks)
     data.touch(index, rebuild=True)
+
+
+def dense_ranks(ranks: list[int | None]) -> list[int | None]:
+    """The same order and ties, numbered 1, 2, 3, ... without gaps (unranked stays None)."""
+    place = {rank: n for n, rank in enumerate(sorted({r for r in ranks if r is not None}), start=1)}
+    return [None if r is None else place[r] for r in ranks]
 
 
 def editor_section(data: state.LoadedData) -> None:
@@ -198,14 +204,12 @@ def editor_section(data: state.LoadedData) -> None:
         with text_col.container(border=True):
             st.caption(f"response #{k + 1}")
             st.text(response)
+        key = f"rank_{data.uid}_{index}_{revision}_{k}"
+        if key not in st.session_state:  # seeded here, not via value=: only a widget made with
+            st.session_state[key] = rank  # value=None lets the user clear it back to unranked
         ranks.append(
             rank_col.number_input(
-                f"Rank of #{k + 1}",
-                min_value=1,
-                value=rank,
-                step=1,
-                key=f"rank_{data.uid}_{index}_{revision}_{k}",
-                placeholder="unranked",
+                f"Rank of #{k + 1}", min_value=1, value=None, step=1, key=key, placeholder="unranked"
             )
         )
     _apply_ranks(data, index, ranks)

@@ -47,7 +47,7 @@ def page() -> None:
     cols[0].metric("Mode", meta.get("mode", "?"))
     cols[1].metric("Steps", f"{meta.get('steps', '?')} / {meta.get('total_steps', '?')}")
     cols[2].metric("Held-out accuracy", fmt((metrics.get("eval") or {}).get("eval_accuracy")))
-    cols[3].metric("Size", f"{size / 2**20:.0f} MB")
+    cols[3].metric("Size", f"{size / 1e6:.0f} MB")
     if meta.get("stopped"):
         st.caption("Training was stopped early: this is the model at that step; `checkpoint/` can resume it.")
     steps, evals = metrics_history(folder)
@@ -73,7 +73,9 @@ def page() -> None:
     )
     st.caption(
         "A standard Hugging Face folder: model.safetensors, config.json and the tokenizer, plus rmcore.json "
-        "(how it was trained) and metrics.jsonl (the curves)."
+        "(how it was trained) and metrics.jsonl (the curves)"
+        + (", and held_out.jsonl (the held-out prompts, for evaluating it elsewhere)."
+           if (folder / "held_out.jsonl").is_file() else ".")
     )
 
     st.subheader("Use it with transformers")

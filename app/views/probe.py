@@ -124,7 +124,8 @@ def score(choice, prompt: str, candidates: list[str]):
     return memo[key]
 
 
-def results_section(choice, prompt: str, candidates: list[str]) -> None:
+def results_section(choice, prompt: str, candidates: list[str], numbers: list[int]) -> None:
+    """`numbers` are the candidates' numbers in the form (empty ones are left out, not renumbered)."""
     model = resources.reward_model(choice)
     if not model.trained:
         st.warning(
@@ -132,17 +133,25 @@ def results_section(choice, prompt: str, candidates: list[str]) -> None:
             icon=":material/warning:",
         )
     result = score(choice, prompt, candidates)
+    if result.truncated_prompt or result.truncated_responses:
+        cuts = (["the instruction lost its start"] if result.truncated_prompt else []) + [
+            f"candidate #{numbers[i]} lost its end" for i in result.truncated_responses]
+        st.warning(
+            f"Longer than the model's {model.max_length} tokens: {', '.join(cuts)}. The rewards are for the "
+            "cut text, and with a cut instruction a reward can depend on the other candidates.",
+            icon=":material/content_cut:",
+        )
     best = result.best
     generated = st.session_state.get("probe_generated") == tuple(candidates)
     st.success(
         f"{'Best of ' + str(len(candidates)) + ': ' if generated else 'Highest reward: '}"
-        f"candidate #{best + 1} (r = {result.rewards[best]:+.3f})",
+        f"candidate #{numbers[best]} (r = {result.rewards[best]:+.3f})",
         icon=":material/emoji_events:",
     )
-    st.plotly_chart(charts.reward_bars(candidates, result.rewards, best), key="reward_bars")
+    st.plotly_chart(charts.reward_bars(candidates, result.rewards, best, numbers), key="reward_bars")
     left, right = st.columns([3, 2], gap="large")
     with left:
-        st.plotly_chart(charts.preference_heatmap(result.probabilities, candidates), key="pref_heatmap")
+        st.plotly_chart(charts.preference_heatmap(result.probabilities, candidates, numbers), key="pref_heatmap")
     with right:
         st.markdown("**Bradley-Terry model**")
         st.latex(r"P(i \succ j) = \sigma(r_i - r_j) = \frac{1}{1 + e^{-(r_i - r_j)}}")
@@ -152,10 +161,10 @@ def results_section(choice, prompt: str, candidates: list[str]) -> None:
         )
         st.latex(r"\mathcal{L} = -\log \sigma(r_{w} - r_{l})")
         st.caption("Training lowers this loss for every pair (w preferred over l) that people ranked.")
-    token_section(model, prompt, candidates, best)
+    token_section(model, prompt, candidates, numbers, best)
 
 
-def token_section(model, prompt: str, candidates: list[str], best: int) -> None:
+def token_section(model, prompt: str, candidates: list[str], numbers: list[int], best: int) -> None:
     st.subheader("Reward token by token")
     st.caption(
         "The reward head applied after every token of one answer: the reward the model would give if the "
@@ -167,7 +176,7 @@ def token_section(model, prompt: str, candidates: list[str], best: int) -> None:
         index=best,
         # a new key when the candidates change: the trace then starts on the best one again
         key=f"trace_{hashlib.sha1(repr((prompt, candidates)).encode()).hexdigest()[:12]}",
-        format_func=lambda i: f"#{i + 1}: {' '.join(candidates[i].split())[:80]}",
+        format_func=lambda i: f"#{numbers[i]}: {' '.join(candidates[i].split())[:80]}",
     )
     trace = model.token_rewards(prompt, candidates[index])
     st.plotly_chart(charts.token_trace(trace.tokens, trace.rewards), key="token_trace")
@@ -184,14 +193,17 @@ def page() -> None:
     )
     prompt, candidates = inputs_section()
     generate_section(prompt)
-    filled = [c for c in candidates if c.strip()]
+    numbers = [n for n, c in enumerate(candidates, start=1) if c.strip()]
+    filled = [candidates[n - 1] for n in numbers]
     if not prompt.strip() or len(filled) < MIN_CANDIDATES:
         st.info("Write an instruction and at least two non-empty candidates.", icon=":material/info:")
         return
-    if len(filled) < len(candidates):
-        st.caption(f"{len(candidates) - len(filled)} empty candidate(s) left out.")
+    empty = [f"#{n}" for n in range(1, len(candidates) + 1) if n not in numbers]
+    if empty:
+        st.caption(f"Candidate{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+                   f"{'are' if len(empty) > 1 else 'is'} empty and left out.")
     with user_errors("Cannot score"):
-        results_section(choice, prompt, filled)
+        results_section(choice, prompt, filled, numbers)
 
 
 page()

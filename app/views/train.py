@@ -159,14 +159,20 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
     return config
 
 
+def count(n: int, noun: str) -> str:
+    """"1 step", "2 steps"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> None:
     train_groups, eval_groups = split_groups(data.active(), config.eval_fraction, config.seed)
     with st.container(border=True):
         st.markdown("**Before you start**")
+        comparisons = sum(len(g.pairs()) for g in train_groups)
+        steps = -(-len(train_groups) // config.batch_size)
         st.write(
-            f"{len(train_groups)} instructions to train on ({sum(len(g.pairs()) for g in train_groups)} "
-            f"comparisons), {len(eval_groups)} held out; {config.epochs} epochs of "
-            f"{-(-len(train_groups) // config.batch_size)} steps."
+            f"{count(len(train_groups), 'instruction')} to train on ({count(comparisons, 'comparison')}), "
+            f"{len(eval_groups)} held out; {count(config.epochs, 'epoch')} of {count(steps, 'step')}."
         )
         if busy:
             st.caption("The time estimate waits until the running job ends (timing now would slow it down).")
@@ -287,8 +293,10 @@ def live_panel() -> None:
             st.caption(snap.phase)
     if snap.status == "failed":
         st.error(f"Training failed: {md(snap.error)}", icon=":material/error:")
-    elif snap.status in ("done", "stopped"):
+    elif snap.saved:
         st.success(f"{snap.phase.capitalize()}: `models/{snap.model_name}`.", icon=":material/check_circle:")
+    elif snap.status == "stopped":
+        st.info(f"{snap.phase.capitalize()}.", icon=":material/info:")
     if snap.steps:
         last, last_eval = snap.last, snap.last_eval
         cols = st.columns(5)
@@ -316,10 +324,12 @@ def live_panel() -> None:
             st.rerun(scope="fragment")
     if not snap.active and mine:
         c1, c2, c3, c4 = st.columns(4)
-        c1.page_link("views/probe.py", label="Probe it", icon=":material/science:")
-        c2.page_link("views/evaluate.py", label="Evaluate it", icon=":material/analytics:")
-        c3.page_link("views/export.py", label="Export it", icon=":material/download:")
-        if c4.button("Clear", key="forget_job", help="Hide this finished run here (the model stays saved)"):
+        if snap.saved:
+            c1.page_link("views/probe.py", label="Probe it", icon=":material/science:")
+            c2.page_link("views/evaluate.py", label="Evaluate it", icon=":material/analytics:")
+            c3.page_link("views/export.py", label="Export it", icon=":material/download:")
+        hint = "Hide this finished run here" + (" (the model stays saved)" if snap.saved else "")
+        if c4.button("Clear", key="forget_job", help=hint):
             manager().forget(state.session_id())
             st.rerun()
 
