@@ -78,7 +78,8 @@ def k_distribution(k_distribution: dict[Any, int]) -> go.Figure:
         )
     )
     fig.update_xaxes(title="responses per instruction (K)", dtick=1)
-    fig.update_yaxes(title="instructions")
+    few = max(k_distribution.values(), default=0) <= 8  # whole instructions: no "0.5" ticks on a small file
+    fig.update_yaxes(title="instructions", tickformat="d", dtick=1 if few else None)
     return _layout(fig, 260, title="Responses per instruction")
 
 
@@ -148,10 +149,17 @@ def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) ->
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text="step", row=1, col=col, rangemode="tozero")
+        few = max(x + [e["step"] for e in evals], default=0) <= 8  # no "step 0.5" ticks on a short run
+        fig.update_xaxes(title_text="step", row=1, col=col, rangemode="tozero", dtick=1 if few else None)
     fig.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
     fig.add_hline(y=0.5, line=dict(color=GREY, dash="dot"), row=1, col=2)
     fig.add_hline(y=math.log(2), line=dict(color=GREY, dash="dot"), row=1, col=1)
+    fig.add_trace(  # a legend entry for the dotted lines: what a model that knows nothing scores
+        go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=GREY, dash="dot"),
+                   name="chance (loss log 2, accuracy 0.5)", hoverinfo="skip"),
+        row=1,
+        col=1,
+    )
     return _layout(
         fig,
         340,
@@ -302,8 +310,9 @@ def rank_gap_accuracy(by_rank_gap: dict[str, dict[str, float]]) -> go.Figure:
             y=acc,
             marker_color=TRAIN,
             customdata=counts,
-            text=[f"{a:.2f}" for a in acc],
-            textposition="auto",
+            text=[f"{a:.2f}<br>n={n}" for a, n in zip(acc, counts, strict=True)],
+            textposition="inside",
+            textangle=0,
             hovertemplate="rank gap %{x}: accuracy %{y:.3f} on %{customdata} pairs<extra></extra>",
         )
     )
@@ -339,9 +348,10 @@ def calibration(bins: list[dict[str, Any]]) -> go.Figure:
             hovertemplate="predicted %{x:.2f}, observed %{y:.2f}<br>%{customdata} comparisons<extra></extra>",
         )
     )
-    fig.update_xaxes(title="predicted P = σ(r_a − r_b)", range=[0, 1])
-    fig.update_yaxes(title="observed frequency a preferred", range=[0, 1])
-    return _layout(fig, 320, title="Calibration", legend=dict(orientation="h", y=-0.3))
+    fig.update_xaxes(title="predicted P(a preferred over b) = σ(r_a − r_b)", range=[-0.03, 1.03])
+    fig.update_yaxes(title="how often people preferred a", range=[-0.05, 1.05])
+    return _layout(fig, 320, title="Calibration (every pair both ways; marker size: comparisons)",
+                   legend=dict(orientation="h", y=-0.3))
 
 
 def reward_histograms(responses: list[dict[str, Any]]) -> go.Figure:
@@ -368,22 +378,26 @@ def reward_histograms(responses: list[dict[str, Any]]) -> go.Figure:
 def reward_vs_length(responses: list[dict[str, Any]], correlation: float | None) -> go.Figure:
     xs = [r["tokens"] for r in responses]
     ys = [r["reward"] for r in responses]
-    colors = [GOOD if r["rank"] == 1 else (GREY if r["rank"] is None else BAD) for r in responses]
-    fig = go.Figure(
-        go.Scatter(
-            x=xs,
-            y=ys,
-            mode="markers",
-            marker=dict(color=colors, size=7, opacity=0.7),
-            customdata=[
-                [plain(r["response"], 80), r["rank"] if r["rank"] is not None else "unranked"]
-                for r in responses
-            ],
-            hovertemplate="%{x} tokens, reward %{y:.3f}, rank %{customdata[1]}<br>%{customdata[0]}"
-            "<extra></extra>",
-            showlegend=False,
+    fig = go.Figure()
+    kinds = [("ranked best", GOOD, lambda rank: rank == 1), ("ranked lower", BAD, lambda rank: rank not in (1, None)),
+             ("unranked", GREY, lambda rank: rank is None)]
+    for name, color, belongs in kinds:  # one trace per kind, so the legend says what the colours mean
+        chosen = [r for r in responses if belongs(r["rank"])]
+        if not chosen:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[r["tokens"] for r in chosen],
+                y=[r["reward"] for r in chosen],
+                mode="markers",
+                marker=dict(color=color, size=7, opacity=0.7),
+                name=name,
+                customdata=[[plain(r["response"], 80), r["rank"] if r["rank"] is not None else "unranked"]
+                            for r in chosen],
+                hovertemplate="%{x} tokens, reward %{y:.3f}, rank %{customdata[1]}<br>%{customdata[0]}"
+                "<extra></extra>",
+            )
         )
-    )
     if len(xs) >= 2 and len(set(xs)) >= 2:
         mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
         var = sum((x - mean_x) ** 2 for x in xs)
@@ -396,13 +410,13 @@ def reward_vs_length(responses: list[dict[str, Any]], correlation: float | None)
                 mode="lines",
                 line=dict(color=GREY, dash="dash"),
                 hoverinfo="skip",
-                showlegend=False,
+                name="least-squares line",
             )
         )
     corr = "n/a" if correlation is None else f"{correlation:+.2f}"
     fig.update_xaxes(title="response length (tokens)")
     fig.update_yaxes(title="reward")
-    return _layout(fig, 320, title=f"Reward vs length (Pearson r = {corr})")
+    return _layout(fig, 340, title=f"Reward vs length (Pearson r = {corr})", legend=dict(orientation="h", y=-0.3))
 
 
 # ----------------------------------------------------------------------------- Learn

@@ -507,7 +507,9 @@ def test_charts_escape_user_text_and_say_what_cells_mean():
         [{"step": i, "loss": 1 / i, "accuracy": 0.5, "margin": 0.1} for i in range(1, 5)],
         [{"step": 0, "eval_loss": 0.7, "eval_accuracy": 0.5, "eval_margin": 0.0}],
     )
-    assert len(curves.data) == 9
+    assert len(curves.data) == 10  # 3 panels x (each step, smoothed, held-out) + the chance line's legend entry
+    assert any(t.name.startswith("chance") for t in curves.data)
+    assert curves.layout.xaxis.dtick == 1, "a 4-step run gets whole-step ticks"
     trace = charts.token_trace(["Hi", " there", "<|im_end|>"], [0.1, 0.5, 0.2])
     assert [round(v, 6) for v in trace.data[2].y] == [0.1, 0.4, -0.3]
     assert charts.smooth([1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0])

@@ -300,15 +300,18 @@ def live_panel() -> None:
     if snap.steps:
         last, last_eval = snap.last, snap.last_eval
         cols = st.columns(5)
-        cols[0].metric("Train loss", fmt(last.get("loss")))
-        cols[1].metric("Train accuracy", fmt(last.get("accuracy")))
+        trend = {key: charts.smooth([s[key] for s in snap.steps if s.get(key) is not None]) or [None]
+                 for key in ("loss", "accuracy", "margin")}  # the tiles match the smoothed curves, not one noisy step
+        cols[0].metric("Train loss", fmt(trend["loss"][-1]), help="Smoothed over recent steps, as the curve")
+        cols[1].metric("Train accuracy", fmt(trend["accuracy"][-1]), help="Smoothed over recent steps, as the curve")
         cols[2].metric(
             "Held-out accuracy",
             fmt(last_eval.get("eval_accuracy")),
             help=f"On {last_eval.get('eval_comparisons', 0)} comparisons of prompts never trained on",
         )
         cols[3].metric(
-            "Reward margin", fmt(last.get("margin")), help="Mean r_winner - r_loser over the batch's pairs"
+            "Reward margin", fmt(trend["margin"][-1]),
+            help="Mean r_winner - r_loser over a batch's pairs, smoothed over recent steps"
         )
         cols[4].metric("Comparisons / s", fmt(last.get("comparisons_per_s"), 0))
     if snap.steps or snap.evals:
