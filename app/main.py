@@ -31,7 +31,9 @@ PAGES = [
 
 def run() -> None:
     st.set_page_config(
-        page_title="rmcore: reward-model workbench", page_icon=":material/balance:", layout="wide"
+        page_title="rmcore: reward-model workbench",
+        page_icon=str(ROOT / "app" / "favicon.png"),  # a local file: the app needs no network, icons included
+        layout="wide",
     )
     pages = [
         st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)

@@ -128,6 +128,7 @@ def preview_section(data: state.LoadedData) -> None:
             {
                 "#": i + 1,
                 "instruction": group.prompt_text,
+                "turns": sum(m["role"] == "user" for m in group.prompt),  # > 1: a conversation so far
                 "K": len(group.responses),
                 "ranks": rank_text(group.ranks),
                 "best response": _best(group),
@@ -137,10 +138,12 @@ def preview_section(data: state.LoadedData) -> None:
     st.dataframe(
         pd.DataFrame(rows),
         hide_index=True,
-        height=260,
+        height=min(260, 38 + 35 * len(rows)),  # no block of empty rows under a small file
         key="preview_table",
         column_config={
-            "instruction": st.column_config.TextColumn(width="large"),
+            "instruction": st.column_config.TextColumn(width="large", help="The last user turn"),
+            "turns": st.column_config.NumberColumn(
+                help="User turns in the conversation so far (the earlier ones show in the editor below)"),
             "best response": st.column_config.TextColumn(width="large"),
         },
     )

@@ -84,8 +84,8 @@ def generate_section(prompt: str) -> None:
         icon=":material/auto_awesome:",
     ):
         st.caption(
-            "The instruct model samples n answers to the instruction; the reward model then picks the best "
-            "of n (what a reward model is used for at inference time)."
+            "The instruct model samples n answers to the instruction; they replace the candidates above, and "
+            "the reward model then picks the best of n (what a reward model is used for at inference time)."
         )
         c1, c2, c3, c4 = st.columns(4)
         n = c1.slider("n", 2, MAX_CANDIDATES, 4, key="gen_n")
