@@ -403,7 +403,11 @@ def cmd_eval(args) -> int:
     pairs_csv = _output_file(args.pairs_csv, "--pairs-csv", args.data)
     data = _read(args.data, args.limit)
     model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
-    result = evaluate(model, data.groups, batch_size=args.batch_size)
+    from tqdm import tqdm
+
+    with tqdm(total=100, unit="% of tokens", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+        result = evaluate(model, data.groups, batch_size=args.batch_size,
+                          on_progress=lambda share: bar.update(round(100 * share) - bar.n))
     summary = {**result.summary, "data": args.data, "format": data.report.format,
                "skipped_rows": len(data.report.skipped)}
     if pairs_csv is not None:

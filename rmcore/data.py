@@ -201,6 +201,10 @@ def records_to_preferences(records: list[tuple[str, Any]], name: str, *, for_sco
             report.skipped.append(SkippedRow(group.source, reason))
         else:
             usable.append(group)
+    if fmt != "oasst":  # a row of another shape among the rows: say which format the file was read as
+        for row in report.skipped:
+            if row.reason.endswith("is missing"):
+                row.reason += f" (the file was read as '{fmt}', from the fields of {objects[0][0]})"
     report.skipped.sort(key=lambda row: _line_of(row.where))
     if not usable:
         reasons = Counter(row.reason for row in report.skipped).most_common(1)
@@ -496,6 +500,8 @@ def _margin(record: dict[str, Any]) -> float:
 
 
 def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        raise _RowError(f"'{what}' is missing")
     if isinstance(value, str):
         try:
             value = json.loads(value)

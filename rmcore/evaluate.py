@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,13 +45,17 @@ def calibration_bins(pairs: list[dict[str, Any]], bins: int = 10) -> list[dict[s
     ]
 
 
-def evaluate(model: RewardModel, groups: list[RankedGroup], batch_size: int = 8) -> EvalResult:
-    """Pairwise accuracy over every strictly ordered pair, by rank gap, calibration and length bias."""
+def evaluate(model: RewardModel, groups: list[RankedGroup], batch_size: int = 8,
+             on_progress: Callable[[float], None] | None = None) -> EvalResult:
+    """Pairwise accuracy over every strictly ordered pair, by rank gap, calibration and length bias.
+
+    `on_progress(share)` reports the share of tokens scored so far (see RewardModel.rewards_for).
+    """
     encoded = [model.encode(g.prompt, g.responses) for g in groups]
     for enc, group in zip(encoded, groups):
         enc.ranks = list(group.ranks)
         enc.margin = group.margin
-    rewards = model.rewards_for(encoded, batch_size=batch_size)
+    rewards = model.rewards_for(encoded, batch_size=batch_size, on_progress=on_progress)
     responses, pairs = [], []
     for gi, (group, enc, rs) in enumerate(zip(groups, encoded, rewards)):
         for k, (text, rank, r) in enumerate(zip(group.responses, group.ranks, rs)):

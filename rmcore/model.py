@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,12 +304,18 @@ class RewardModel:
         return encode_group(self.tokenizer, group, self.max_length)
 
     @torch.inference_mode()
-    def rewards_for(self, encoded: list[EncodedGroup], batch_size: int = 8) -> list[list[float]]:
-        """Rewards of every response of every group, batched by similar length."""
+    def rewards_for(self, encoded: list[EncodedGroup], batch_size: int = 8,
+                    on_progress: Callable[[float], None] | None = None) -> list[list[float]]:
+        """Rewards of every response of every group, batched by similar length.
+
+        `on_progress(share)` after each batch gets the share of tokens done (shortest groups run
+        first, so it tracks time where the share of groups would run ahead).
+        """
         if len(encoded) == 1 and self._reuses_prompts():
             return [self._rewards_reusing_prompt(encoded[0])]
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
         out: list[list[float]] = [[] for _ in encoded]
+        total, done = max(1, sum(e.num_tokens for e in encoded)), 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = pack_groups([encoded[i] for i in idx], self.tokenizer.pad_token_id).to(self.device)
@@ -318,6 +325,9 @@ class RewardModel:
             flat = rewards.float().cpu().tolist()
             for i, size in zip(idx, batch.group_sizes):
                 out[i], flat = flat[:size], flat[size:]
+            done += batch.real_tokens
+            if on_progress is not None:
+                on_progress(done / total)
         return out
 
     def _rewards_reusing_prompt(self, group: EncodedGroup) -> list[float]:

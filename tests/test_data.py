@@ -214,6 +214,7 @@ def test_truncated_last_line_is_skipped_and_reported(tmp_path):
         ({"prompt": "q", "responses": ["a", "b"], "ranks": [1, 1.5]}, "whole number"),
         ({"prompt": "q", "responses": ["a", "b"], "ranks": [1, "two"]}, "whole number"),
         ({"prompt": "q", "responses": ["a", "b"], "ranks": [1, float("inf")]}, "whole number"),
+        ({"prompt": "q", "chosen": "a", "rejected": "b"}, "'responses' is missing (the file was read as 'ranked'"),
         ({"prompt": "q", "responses": "a, b", "ranks": [1, 2]}, "must be a list"),
         ({"prompt": 42, "responses": ["a", "b"], "ranks": [1, 2]}, "'prompt' must be text, found a number"),
         ({"prompt": "q", "responses": ["a", "b"], "ranks": [2, 2]}, "every ranked response is tied"),

@@ -127,6 +127,14 @@ def test_long_prompt_is_cut_from_the_left_and_reported(tiny):
     assert tiny.score("q", ["fine", "word " * 20]).truncated_responses == []  # within the default length
 
 
+def test_batched_rewards_report_progress_by_tokens(tiny):
+    groups = [tiny.encode("q" * n, ["a" * n, "b"]) for n in (1, 40, 5, 80, 20)]
+    shares: list[float] = []
+    tiny.rewards_for(groups, batch_size=2, on_progress=shares.append)
+    assert len(shares) == 3 and shares == sorted(shares) and shares[-1] == pytest.approx(1.0)
+    assert shares[0] < 2 / 5  # the two shortest groups hold less than their share of the tokens
+
+
 def test_score_refuses_arguments_of_the_wrong_shape(tiny):
     with pytest.raises(TypeError, match="list of strings"):
         tiny.score("Name a prime", "seven")  # a string would be scored letter by letter

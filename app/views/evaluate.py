@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import pandas as pd
 import streamlit as st
@@ -13,6 +14,7 @@ from app.jobs import read_held_out
 from app.ui import fmt, md, pick_model, user_errors
 from rmcore.data import read_preferences_bytes
 from rmcore.errors import DataError
+from rmcore.estimate import format_duration
 from rmcore.evaluate import evaluate, worst_pairs
 
 HELD_OUT = "held-out prompts saved with this model"
@@ -171,7 +173,15 @@ def page() -> None:
             user_errors("Evaluation failed"),
             st.status(f"Scoring {sum(len(g.responses) for g in groups)} responses…") as status,
         ):
-            result = evaluate(resources.reward_model(choice), groups)
+            bar = st.progress(0.0, text="loading the model")
+            model = resources.reward_model(choice)
+            started = time.perf_counter()
+
+            def progress(share: float) -> None:
+                left = (time.perf_counter() - started) * (1 - share) / share if share > 0 else 0.0
+                bar.progress(share, text=f"{share:.0%} of the tokens scored, about {format_duration(left)} left")
+
+            result = evaluate(model, groups, on_progress=progress)
             st.session_state["eval_result"] = (key, result)
             status.update(label=f"Scored {result.summary['responses']} responses", state="complete")
     stored = st.session_state.get("eval_result")
