@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rmcore", description="Train, score and evaluate reward models from ranked human preferences.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from rmcore import __version__
+
+    parser.add_argument("--version", action="version", version=f"rmcore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_help = "base or trained model: 'embedded' (SmolLM2-135M-Instruct, the default) or a local HF folder"
     formats = "".join(f"\n  {name:15} {text}" for name, text in RANKED_FORMATS.items())

@@ -90,6 +90,13 @@ def test_score_with_a_base_model_says_the_head_is_untrained(tiny_model_dir):
     assert "untrained" in proc.stdout and "P[i][j]" in proc.stdout
 
 
+def test_version():
+    from rmcore import __version__
+
+    proc = rmcore("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"rmcore {__version__}"
+
+
 def test_bad_option_values_exit_2(demo_path, tmp_path):
     proc = rmcore("train", demo_path, "--out", tmp_path / "x", "--epochs", "0")
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr
