@@ -22,25 +22,21 @@ EPILOG = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int, wanted: str):
+    """An argparse type: a whole number of at least `minimum`; `wanted` says so in the error."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{wanted}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse's own message then reads "invalid int value"
+    return parse
 
 
-def _steps(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (each epoch) or a number of steps, got {value}")
-    return value
-
-
-def _max_length(text: str) -> int:
-    value = int(text)
-    if value < 16:
-        raise argparse.ArgumentTypeError(f"must be at least 16 tokens (prompt + one response), got {value}")
-    return value
+_positive_int = _int_at_least(1, "must be at least 1")
+_steps = _int_at_least(0, "must be 0 (each epoch) or a number of steps")
+_max_length = _int_at_least(16, "must be at least 16 tokens (prompt + one response)")
 
 
 def _coefficient(text: str) -> float:
