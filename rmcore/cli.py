@@ -327,6 +327,7 @@ def _score_file(args) -> int:
 
     from rmcore.data import read_preferences
     from rmcore.model import RewardModel
+    from rmcore.scoring import scored_records
 
     data = read_preferences(args.data, for_scoring=True)
     groups = data.groups[: args.limit] if args.limit else data.groups
@@ -340,18 +341,13 @@ def _score_file(args) -> int:
         print(f"skipped {len(data.report.skipped)} rows that cannot be read, the first {first.where}: {first.reason} "
               "(rmcore validate lists them)", file=sys.stderr)
     start = time.perf_counter()
-    chunk = 8 * args.batch_size  # encode and score a few batches at a time, so progress shows as it goes
     part = out.with_name(out.name + ".partial") if out is not None else None
     sink = part.open("w", encoding="utf-8") if part is not None else sys.stdout
     try:
         with tqdm(total=len(groups), unit="prompt", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
-            for first in range(0, len(groups), chunk):
-                batch = groups[first : first + chunk]
-                encoded = [model.encode(g.prompt, g.responses) for g in batch]
-                for group, enc, rewards in zip(batch, encoded, model.rewards_for(encoded, batch_size=args.batch_size)):
-                    sink.write(json.dumps(_scored_record(group, enc, rewards), ensure_ascii=False) + "\n")
-                sink.flush()
-                bar.update(len(batch))
+            for record in scored_records(model, groups, args.batch_size, lambda done: bar.update(done - bar.n)):
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()
     except BaseException:
         if part is not None:
             sink.close()
@@ -379,20 +375,6 @@ def _output_file(name: str | None, flag: str, data: str) -> Path | None:
     if not out.parent.is_dir():
         raise ValueError(f"{flag} {out}: no such folder {out.parent}")
     return out
-
-
-def _scored_record(group, encoded, rewards: list[float]) -> dict:
-    """One output line of `score --data`: the group as a ranked-list record plus its rewards and best
-    (and what was cut to fit --max-length, when anything was)."""
-    record = group.to_record()
-    if all(rank is None for rank in group.ranks):
-        del record["ranks"]
-    record["rewards"] = rewards
-    record["best"] = max(range(len(rewards)), key=rewards.__getitem__)
-    record["source"] = group.source
-    if encoded.prompt_truncated or encoded.truncated:
-        record["truncated_prompt"], record["truncated_responses"] = encoded.prompt_truncated, list(encoded.truncated)
-    return record
 
 
 def cmd_eval(args) -> int:

@@ -412,6 +412,29 @@ def test_a_run_stopped_before_its_first_step_says_nothing_was_saved(app_env, mon
     assert not at.get("page_link"), "no links to a model that does not exist"
 
 
+def test_probe_scores_a_file_of_unranked_answers_and_offers_the_lines(app_env):
+    at = open_page(new_session(), "views/probe.py")
+    rows = [{"prompt": "Name a fruit", "responses": ["Apple", "A car", "Pear"]},
+            {"prompt": "Say hi", "responses": ["Hello!"]},
+            {"prompt": "2 + 2?", "responses": ["4", "5"]}]
+    raw = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    uploader = next(u for u in at.get("file_uploader") if u.proto.id.endswith("score_upload"))
+    uploader.set_value(("samples.jsonl", raw, "application/json"))
+    at.run()
+    no_exception(at)
+    at.button(key="score_file").click().run()
+    no_exception(at)
+    table = at.dataframe[-1].value  # the page's only table
+    assert list(table["K"]) == [3, 1, 2]
+    assert list(table["best answer"])[1] == "Hello!"
+    assert at.get("download_button"), "the scored lines can be downloaded"
+    uploader = next(u for u in at.get("file_uploader") if u.proto.id.endswith("score_upload"))
+    uploader.set_value(("broken.jsonl", b"{not json}\n", "application/json"))
+    at.run()
+    no_exception(at)
+    assert any(e.value.replace("\\", "").startswith("broken.jsonl:1") for e in at.error)
+
+
 # ----------------------------------------------------------------------------- one job per server, sessions
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
+import pandas as pd
 import streamlit as st
 
 from app import charts, resources, settings
-from app.ui import pick_model, user_errors
+from app.ui import md, pick_model, user_errors
+from rmcore.data import read_preferences_bytes
+from rmcore.errors import DataError
+from rmcore.scoring import scored_records
 
 MIN_CANDIDATES, MAX_CANDIDATES = 2, 9
 EXAMPLE_PROMPT = "How do I boil an egg so that it peels easily?"
@@ -197,13 +202,83 @@ def page() -> None:
     filled = [candidates[n - 1] for n in numbers]
     if not prompt.strip() or len(filled) < MIN_CANDIDATES:
         st.info("Write an instruction and at least two non-empty candidates.", icon=":material/info:")
+    else:
+        empty = [f"#{n}" for n in range(1, len(candidates) + 1) if n not in numbers]
+        if empty:
+            st.caption(f"Candidate{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+                       f"{'are' if len(empty) > 1 else 'is'} empty and left out.")
+        with user_errors("Cannot score"):
+            results_section(choice, prompt, filled, numbers)
+    file_section(choice)
+
+
+def file_section(choice) -> None:
+    """Rewards for every response in a file: samples to label, best of n over many prompts."""
+    st.subheader("Score a file")
+    st.caption(
+        "Rewards for every response of every instruction in a file: any format the Data page reads, or "
+        "answers without ranks (prompt + responses, or one row per prompt + response). The download "
+        "holds one JSON line per instruction with its rewards and best answer (as `rmcore score --data`)."
+    )
+    upload = st.file_uploader(
+        "File of instructions and answers", type=settings.UPLOAD_TYPES, key="score_upload",
+        max_upload_size=settings.upload_limit_mb(),
+    )
+    if upload is None:
         return
-    empty = [f"#{n}" for n in range(1, len(candidates) + 1) if n not in numbers]
-    if empty:
-        st.caption(f"Candidate{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
-                   f"{'are' if len(empty) > 1 else 'is'} empty and left out.")
-    with user_errors("Cannot score"):
-        results_section(choice, prompt, filled, numbers)
+    raw = upload.getvalue()
+    if len(raw) > settings.upload_limit_mb() * 2**20:
+        st.error(f"{md(upload.name)}: the file is {len(raw) / 2**20:.1f} MB, over the "
+                 f"{settings.upload_limit_mb()} MB upload limit", icon=":material/error:")
+        return
+    try:
+        groups = read_preferences_bytes(raw, upload.name, for_scoring=True).groups
+    except DataError as exc:
+        st.error(md(exc), icon=":material/error:")
+        return
+    limit = st.number_input("Instructions to score at most", 1, len(groups), min(len(groups), 200),
+                            key=f"score_limit_{upload.file_id}")
+    groups = groups[: int(limit)]
+    key = (choice.key, upload.file_id, len(groups))
+    responses = sum(len(g.responses) for g in groups)
+    if st.button(f"Score {len(groups)} instructions ({responses} answers)", key="score_file",
+                 icon=":material/play_arrow:"):
+        with user_errors("Scoring failed"):
+            bar = st.progress(0.0, text="loading the model")
+            model = resources.reward_model(choice)
+            records = list(scored_records(model, groups, on_progress=lambda done: bar.progress(
+                done / len(groups), text=f"{done} of {len(groups)} instructions")))
+            bar.empty()
+            st.session_state["score_file_result"] = (key, records)
+    stored = st.session_state.get("score_file_result")
+    if stored is None or stored[0] != key:
+        return
+    records = stored[1]
+    table = pd.DataFrame([{
+        "instruction": " ".join(_last_user_turn(r["prompt"]).split())[:200],
+        "K": len(r["responses"]),
+        "best answer": r["responses"][r["best"]],
+        "best reward": r["rewards"][r["best"]],
+        "rewards": ", ".join(f"{x:+.3f}" for x in r["rewards"]),
+    } for r in records])
+    st.dataframe(table, hide_index=True, key="scored_table",
+                 column_config={"instruction": st.column_config.TextColumn(width="large"),
+                                "best answer": st.column_config.TextColumn(width="large"),
+                                "best reward": st.column_config.NumberColumn(format="%+.3f")})
+    st.download_button(
+        "Download the scored JSON lines",
+        data="".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+        file_name=f"{upload.name.split('.')[0]}-scored.jsonl",
+        mime="application/jsonl",
+        icon=":material/download:",
+        key="download_scored",
+    )
+
+
+def _last_user_turn(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
 page()
