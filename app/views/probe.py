@@ -262,8 +262,8 @@ def file_section(choice) -> None:
         "rewards": ", ".join(f"{x:+.3f}" for x in r["rewards"]),
     } for r in records])
     st.dataframe(table, hide_index=True, key="scored_table",
-                 column_config={"instruction": st.column_config.TextColumn(width="large"),
-                                "best answer": st.column_config.TextColumn(width="large"),
+                 column_config={"instruction": st.column_config.TextColumn(width="medium"),
+                                "best answer": st.column_config.TextColumn(width="medium"),
                                 "best reward": st.column_config.NumberColumn(format="%+.3f")})
     st.download_button(
         "Download the scored JSON lines",
