@@ -317,17 +317,23 @@ def _read_json(text: str, name: str) -> list[tuple[str, Any]]:
 
 
 def _read_csv(text: str, name: str, delimiter: str) -> list[tuple[str, Any]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    stream = io.StringIO(text, newline="")
+    reader = csv.DictReader(stream, delimiter=delimiter)
     if not reader.fieldnames or all(not (f or "").strip() for f in reader.fieldnames):
         raise DataError(f"{name}:1", "no header row: the first line must name the columns")
     records: list[tuple[str, Any]] = []
     start = reader.line_num + 1
     try:
         for row in reader:
-            where = f"{name}:{start}"
-            start = reader.line_num + 1
+            first_line, start = start, reader.line_num + 1
+            where = f"{name}:{first_line}"
             if None in row:  # more cells than header columns
                 records.append((where, _Unparsable(f"{len(row[None])} more cells than the header has columns")))
+                continue
+            if reader.line_num > first_line and None in row.values() and stream.tell() >= len(text):
+                reason = (f"a quote opened on line {first_line} is never closed, so lines {first_line}-"
+                          f"{reader.line_num} were read as one row; close the quote or escape it as \"\"")
+                records.append((where, _Unparsable(reason)))
                 continue
             records.append((where, {k: _csv_cell(v) for k, v in row.items() if k is not None}))
     except csv.Error as exc:

@@ -286,6 +286,16 @@ def test_csv_row_errors_name_the_starting_line(tmp_path):
     assert data.report.skipped[0].where.endswith("t.csv:4")
 
 
+def test_an_unclosed_csv_quote_is_named_with_its_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('prompt,chosen,rejected\n"ok\nmulti",y,z\n"hello,a,b\nx,y,z\n')
+    data = read_preferences(path)
+    assert len(data.groups) == 1
+    skipped = data.report.skipped[0]
+    assert skipped.where.endswith("t.csv:4")
+    assert "quote opened on line 4 is never closed" in skipped.reason
+
+
 def test_messages_without_role_or_content_are_reported():
     record = {"prompt": [{"content": "hi"}], "chosen": "a", "rejected": "b"}
     good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}
