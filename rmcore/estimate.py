@@ -202,8 +202,9 @@ def estimate_training_time(
     parts = {"loading": rates.load_s}
     cached = False
     if config.mode == "head":
-        cached = config.cache_features and _features_cached(config, encoded + encoded_eval)
-        parts["features"] = 0.0 if cached else (train_tokens + eval_tokens) * rates.forward_s_per_token
+        uncached_tokens = _uncached_tokens(config, encoded + encoded_eval, rates.device)
+        cached = uncached_tokens == 0
+        parts["features"] = uncached_tokens * rates.forward_s_per_token
         parts["training"] = steps * HEAD_STEP_S
         parts["evaluation"] = 0.0
     else:
@@ -213,12 +214,17 @@ def estimate_training_time(
     return TimeEstimate(sum(parts.values()), parts, steps, train_tokens, eval_tokens, cached, rates.device)
 
 
-def _features_cached(config: TrainConfig, encoded: list[EncodedGroup]) -> bool:
-    """Whether head-mode training would find its trunk features in the cache (same key as rmcore.train)."""
+def _uncached_tokens(config: TrainConfig, encoded: list[EncodedGroup], device: str) -> int:
+    """Tokens of the groups whose trunk features head-mode training would have to compute."""
+    total = sum(g.num_tokens for g in encoded)
+    if not config.cache_features:
+        return total
     try:
-        from rmcore.train import feature_cache_path
+        from rmcore.device import mixed_precision_for
+        from rmcore.feature_cache import FeatureCache, group_key
 
         path, _ = resolve_model_path(config.model)
-        return feature_cache_path(path, encoded, config.max_length).is_file()
+        cached = FeatureCache.for_model(path, config.max_length, mixed_precision_for(device)).cached_keys()
+        return sum(g.num_tokens for g in encoded if group_key(g) not in cached)
     except Exception:  # an estimate must never fail because of the cache
-        return False
+        return total

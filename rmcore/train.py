@@ -28,6 +28,7 @@ from rmcore.data import RankedGroup
 from rmcore.device import autodetect_device, mixed_precision_for
 from rmcore.encoding import EncodedGroup, count_truncated, encode_groups
 from rmcore.errors import ModelError, TrainingError
+from rmcore.feature_cache import FeatureCache, group_key, model_key
 from rmcore.loss import bradley_terry_loss, pair_index
 from rmcore.model import (
     PackedRewardModel,
@@ -37,7 +38,6 @@ from rmcore.model import (
     save_reward_model,
     unwrap_classifier,
 )
-from rmcore.paths import cache_dir
 
 MODES = ("head", "lora", "full")
 # Head-only training is logistic regression on frozen features: it takes a much larger step.
@@ -103,11 +103,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def feature_cache_path(model_path: str, encoded: list[EncodedGroup], max_length: int) -> Path:
-    """Where head mode keeps the trunk features of these groups under this model and max length."""
-    return cache_dir() / "features" / f"{_fingerprint(model_path, encoded, max_length)}.safetensors"
-
-
 def check_output_folder(out_dir: Path, resume: bool) -> bool:
     """Refuse an output folder where saving would lose something; True when it holds a finished model.
 
@@ -138,16 +133,8 @@ class _StopRequested(Exception):
 
 
 def _fingerprint(model_path: str, encoded: list[EncodedGroup], max_length: int) -> str:
-    """Key of the head-mode feature cache: the model's weights files and the exact token ids."""
-    digest = hashlib.sha256()
-    folder = Path(model_path)
-    if folder.is_dir():
-        for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
-            stat = f.stat()
-            digest.update(f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    else:
-        digest.update(model_path.encode())
-    digest.update(str(max_length).encode())
+    """Key of a run's model and data: the model's weights files and the exact token ids."""
+    digest = hashlib.sha256(model_key(model_path, max_length).encode())
     for group in encoded:
         digest.update(json.dumps([group.prompt_ids, group.response_ids]).encode())
     return digest.hexdigest()[:32]
@@ -523,33 +510,41 @@ def _mean_across_processes(accelerator, stats: dict[str, float]) -> dict[str, fl
 
 
 def _head_features(config, model_path, packed, encoded, encoded_eval, pad_id, accelerator, phase, stop_event):
-    """Trunk features of every train and eval response, from the cache when model and data match."""
-    from safetensors.torch import load_file, save_file
+    """Trunk features of every train and eval response: those of groups already in the feature cache
+    are read from it, only the others are computed (and the whole set is stored for the next run)."""
+    from safetensors.torch import load_file
 
     everything = encoded + encoded_eval
-    path = feature_cache_path(model_path, everything, config.max_length)
-    if accelerator.is_main_process and not (config.cache_features and path.is_file()):
-        started = time.perf_counter()
+    cache = FeatureCache.for_model(model_path, config.max_length, accelerator.mixed_precision)
+    exact = cache.shard_path([group_key(g) for g in everything])
+    if accelerator.is_main_process and not (config.cache_features and exact.is_file()):
+        per_group = cache.load(everything) if config.cache_features else [None] * len(everything)
+        missing = [i for i, f in enumerate(per_group) if f is None]
+        if len(missing) < len(everything):
+            phase(f"trunk features of {len(everything) - len(missing)} of {len(everything)} prompts found "
+                  "in the cache")
+        if missing:
+            started = time.perf_counter()
 
-        def progress(done: int, total: int, share: float) -> None:
-            from rmcore.estimate import format_duration
+            def progress(done: int, total: int, share: float) -> None:
+                from rmcore.estimate import format_duration
 
-            left = (time.perf_counter() - started) * (1 - share) / share if share > 0 else None
-            eta = f", about {format_duration(left)} left" if left is not None and done < total else ""
-            phase(f"computing trunk features ({done}/{total} prompts{eta})", share)
-            if stop_event is not None and stop_event.is_set() and done < total:
-                raise _StopRequested
+                left = (time.perf_counter() - started) * (1 - share) / share if share > 0 else None
+                eta = f", about {format_duration(left)} left" if left is not None and done < total else ""
+                phase(f"computing trunk features ({done}/{total} prompts{eta})", share)
+                if stop_event is not None and stop_event.is_set() and done < total:
+                    raise _StopRequested
 
-        feats = compute_features(packed, everything, pad_id, accelerator.device, config.batch_size,
-                                 accelerator.autocast, progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"features": feats.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+            todo = [everything[i] for i in missing]
+            computed = compute_features(packed, todo, pad_id, accelerator.device, config.batch_size,
+                                        accelerator.autocast, progress)
+            for i, part in zip(missing, computed.split([len(g.response_ids) for g in todo])):
+                per_group[i] = part
+        cache.save(everything, per_group)
     elif accelerator.is_main_process:
         phase("trunk features found in the cache")
     accelerator.wait_for_everyone()
-    feats = load_file(str(path))["features"]
+    feats = load_file(str(exact))["features"]
     n_train = sum(len(g.response_ids) for g in encoded)
     return feats[:n_train], (feats[n_train:] if encoded_eval else None)
 

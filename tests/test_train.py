@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -86,12 +87,52 @@ def test_head_mode_reuses_cached_trunk_features(tiny_model_dir, demo_split, tmp_
     prompts_share = 8 / (len(train_groups) + len(eval_groups))
     assert shares[0] < prompts_share
     assert "left)" in next(p for p in phases if p.startswith("computing trunk features"))
-    assert len(list((private_cache / "features").glob("*.safetensors"))) == 1
+    assert len(list((private_cache / "features").rglob("*.safetensors"))) == 1
     phases.clear()
     train(config, train_groups, tmp_path / "b", eval_groups=eval_groups, on_step=record)
     assert "trunk features found in the cache" in phases
     assert not any(p.startswith("computing trunk features") for p in phases)
     assert torch.equal(weights(tmp_path / "a")["score.weight"], weights(tmp_path / "b")["score.weight"])
+
+
+def test_edited_data_computes_trunk_features_only_for_the_changed_prompt(tiny_model_dir, demo_split, tmp_path,
+                                                                       private_cache):
+    from rmcore.estimate import StepRates, estimate_training_time
+
+    train_groups, eval_groups = demo_split
+    config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=1)
+    rates = StepRates(str(tiny_model_dir), "head", "cpu", 0.0, 1e-3, 0.0, 1000)
+    fresh = estimate_training_time(config, train_groups, eval_groups, rates=rates)
+    train(config, train_groups, tmp_path / "a", eval_groups=eval_groups)
+    phases: list[str] = []
+
+    def record(e):
+        if e["event"] == "phase":
+            phases.append(e["phase"])
+
+    # a labeler adds a best answer to one prompt: only that prompt's features are new
+    first = train_groups[0]
+    edited = [dataclasses.replace(first, responses=[*first.responses, "A new best answer."],
+                                  ranks=[None if r is None else r + 1 for r in first.ranks] + [1]),
+              *train_groups[1:]]
+    partial = estimate_training_time(config, edited, eval_groups, rates=rates)
+    assert 0 < partial.parts["features"] < fresh.parts["features"] / 5 and not partial.cached_features
+    train(config, edited, tmp_path / "b", eval_groups=eval_groups, on_step=record)
+    total = len(edited) + len(eval_groups)
+    assert f"trunk features of {total - 1} of {total} prompts found in the cache" in phases
+    assert any(p.startswith("computing trunk features (1/1 prompts") for p in phases)
+    # the mixed features train the same head as features computed from scratch
+    uncached = dataclasses.replace(config, cache_features=False)
+    train(uncached, edited, tmp_path / "c", eval_groups=eval_groups)
+    torch.testing.assert_close(weights(tmp_path / "b")["score.weight"], weights(tmp_path / "c")["score.weight"])
+    # another held-out share of the original prompts: everything comes from the cache
+    phases.clear()
+    regrouped_train, regrouped_eval = train_groups[5:] + eval_groups, train_groups[:5]
+    assert estimate_training_time(config, regrouped_train, regrouped_eval, rates=rates).cached_features
+    train(config, regrouped_train, tmp_path / "d", eval_groups=regrouped_eval, on_step=record)
+    assert not any(p.startswith("computing trunk features") for p in phases)
+    # shards whose prompts a newer shard holds are removed: the original set and the edited set remain
+    assert len(list((private_cache / "features").rglob("*.safetensors"))) == 2
 
 
 def test_stop_keeps_a_checkpoint_and_resume_reaches_the_uninterrupted_model(tiny_model_dir, demo_split, tmp_path,
