@@ -52,7 +52,12 @@ class FeatureCache:
 
     @classmethod
     def for_model(cls, model_path: str, max_length: int, precision: str = "no") -> FeatureCache:
-        return cls(cache_dir() / "features" / model_key(model_path, max_length, precision))
+        return cls.from_key(model_key(model_path, max_length, precision))
+
+    @classmethod
+    def from_key(cls, key: str) -> FeatureCache:
+        """The cache a `model_key` names (a head-mode model records its base model's)."""
+        return cls(cache_dir() / "features" / key)
 
     def shard_path(self, keys: list[int]) -> Path:
         """The shard that holds exactly these groups, in this order."""

@@ -31,6 +31,7 @@ from rmcore.device import autodetect_device
 from rmcore.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
 from rmcore.encoding import EncodedGroup, encode_group, render_text
 from rmcore.errors import ModelError
+from rmcore.feature_cache import FeatureCache
 from rmcore.prompt_cache import PromptCache, weights_fingerprint
 
 METADATA_FILE = "rmcore.json"
@@ -313,9 +314,13 @@ class RewardModel:
         """
         if len(encoded) == 1 and self._reuses_prompts():
             return [self._rewards_reusing_prompt(encoded[0])]
-        order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
-        out: list[list[float]] = [[] for _ in encoded]
-        total, done = max(1, sum(e.num_tokens for e in encoded)), 0
+        known = self._rewards_from_trunk_features(encoded)
+        order = sorted((i for i, r in enumerate(known) if r is None), key=lambda i: encoded[i].num_tokens)
+        out: list[list[float]] = [r if r is not None else [] for r in known]
+        total = max(1, sum(e.num_tokens for e in encoded))
+        done = sum(e.num_tokens for e, r in zip(encoded, known) if r is not None)
+        if done and on_progress is not None:
+            on_progress(done / total)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = pack_groups([encoded[i] for i in idx], self.tokenizer.pad_token_id).to(self.device)
@@ -329,6 +334,44 @@ class RewardModel:
             if on_progress is not None:
                 on_progress(done / total)
         return out
+
+    def _rewards_from_trunk_features(self, encoded: list[EncodedGroup]) -> list[list[float] | None]:
+        """Rewards from the trunk features head-mode training cached, None where a group has none.
+
+        A head-mode model's trunk is its base model's, so the features its training computed (held-out
+        prompts and the data it came from, see rmcore.feature_cache) give its rewards with no forward
+        pass. The group with the fewest tokens is computed as well and must agree, which guards
+        against a trunk changed since (or another precision): then nothing cached is used.
+        """
+        key = self.metadata.get("feature_cache") if self.metadata.get("mode") == "head" else None
+        nothing: list[list[float] | None] = [None] * len(encoded)
+        if not isinstance(key, str) or len(encoded) < 2:
+            return nothing
+        features = FeatureCache.from_key(key).load(encoded)
+        found = [i for i, f in enumerate(features) if f is not None]
+        if len(found) < 2:
+            return nothing
+        with self._lock, torch.inference_mode():
+            stacked = torch.cat([features[i] for i in found]).to(self.device)
+            flat = read_head(self.model, stacked).cpu().tolist()
+        out = list(nothing)
+        for i in found:
+            size = len(encoded[i].response_ids)
+            out[i], flat = flat[:size], flat[size:]
+        check = min(found, key=lambda i: encoded[i].num_tokens)
+        computed = self._rewards_computed(encoded[check])
+        if any(abs(a - b) > 1e-4 * (1 + abs(b)) for a, b in zip(out[check], computed)):
+            return nothing
+        out[check] = computed
+        return out
+
+    def _rewards_computed(self, group: EncodedGroup) -> list[float]:
+        """One group's rewards from a forward pass (no prompt cache)."""
+        batch = pack_groups([group], self.tokenizer.pad_token_id).to(self.device)
+        with self._lock, torch.inference_mode(), self._autocast():
+            rewards = self.packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
+                                  layout=batch.layout)
+        return rewards.float().cpu().tolist()
 
     def _rewards_reusing_prompt(self, group: EncodedGroup) -> list[float]:
         """One group's rewards, taking the longest cached prefix of its prompt from the prompt cache."""

@@ -434,6 +434,9 @@ def train(
             "base_model": model_name,
             "mode": config.mode,
             "config": asdict(config),
+            # head mode: the trunk is the base model's, so evaluation can reuse these trunk features
+            "feature_cache": model_key(model_path, config.max_length, accelerator.mixed_precision)
+            if config.mode == "head" else None,
             "data": {**(data_summary or {}), "train_prompts": len(encoded), "eval_prompts": len(encoded_eval),
                      "train_comparisons": sum(len(g.pairs()) for g in encoded),
                      "truncated_prompts": truncated[0], "truncated_responses": truncated[1]},

@@ -135,6 +135,32 @@ def test_edited_data_computes_trunk_features_only_for_the_changed_prompt(tiny_mo
     assert len(list((private_cache / "features").rglob("*.safetensors"))) == 2
 
 
+def test_evaluating_a_head_model_reads_the_trunk_features_its_training_cached(tiny_model_dir, demo_split, tmp_path,
+                                                                             private_cache):
+    from rmcore.evaluate import evaluate
+
+    train_groups, eval_groups = demo_split
+    train(TrainConfig(model=str(tiny_model_dir), mode="head", epochs=2, lr=5e-2), train_groups, tmp_path / "rm",
+          eval_groups=eval_groups)
+    model = RewardModel.load(tmp_path / "rm", device="cpu")
+    shares: list[float] = []
+    cached = evaluate(model, eval_groups, on_progress=shares.append)
+    assert shares == [1.0]  # every held-out prompt came from the cache: no batch was computed
+    fresh = RewardModel.load(tmp_path / "rm", device="cpu")
+    fresh.metadata["feature_cache"] = None
+    computed = evaluate(fresh, eval_groups)
+    assert cached.summary["accuracy"] == computed.summary["accuracy"]
+    torch.testing.assert_close([r["reward"] for r in cached.responses], [r["reward"] for r in computed.responses],
+                               atol=1e-5, rtol=1e-5)
+    # a trunk changed after training no longer matches its cached features: they are not used
+    with torch.no_grad():
+        next(p for n, p in model.model.named_parameters() if "layers.0." in n).add_(0.5)
+    shares.clear()
+    changed = evaluate(model, eval_groups, on_progress=shares.append)
+    assert shares[0] < 1.0
+    assert max(abs(a["reward"] - b["reward"]) for a, b in zip(changed.responses, computed.responses)) > 1e-3
+
+
 def test_stop_keeps_a_checkpoint_and_resume_reaches_the_uninterrupted_model(tiny_model_dir, demo_split, tmp_path,
                                                                            private_cache):
     train_groups, _ = demo_split
