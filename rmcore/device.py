@@ -20,5 +20,9 @@ def autodetect_device() -> str:
 
 
 def mixed_precision_for(device: str) -> str:
-    """bf16 autocast on CUDA; float32 elsewhere (bf16 matmuls on these CPUs are ~100x slower)."""
+    """bf16 autocast on CUDA; float32 elsewhere, so a CPU run gives the same model on every CPU.
+
+    (bf16 on a CPU depends on the chip: with AVX512-BF16, as here, a matmul runs about 2x faster;
+    without it, many times slower. Scoring offers it as an option: RewardModel's `dtype`.)
+    """
     return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
