@@ -11,6 +11,19 @@ from pathlib import Path
 
 import streamlit as st
 
+# transformers resolves these names lazily, and two threads doing that for the first time at once get
+# "ImportError: cannot import name ..." (a page's run and a training job, or two sessions). The app
+# resolves them here, once, before any page runs: Python lets one thread at a time import this module.
+from transformers import (  # noqa: F401
+    AttentionInterface,
+    AttentionMaskInterface,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+)
+
 from app import settings
 from rmcore.model import RewardModel
 

@@ -224,7 +224,7 @@ def _uncached_tokens(config: TrainConfig, encoded: list[EncodedGroup], device: s
         from rmcore.feature_cache import FeatureCache, group_key
 
         path, _ = resolve_model_path(config.model)
-        cached = FeatureCache.for_model(path, config.max_length, mixed_precision_for(device)).cached_keys()
+        cached = FeatureCache.for_model(path, mixed_precision_for(device)).cached_keys()
         return sum(g.num_tokens for g in encoded if group_key(g) not in cached)
     except Exception:  # an estimate must never fail because of the cache
         return total

@@ -1,13 +1,14 @@
 """Head mode's trunk features on disk, kept per prompt group so that changed data reuses the rest.
 
 Head-mode training is logistic regression on the frozen trunk's last-token features, and computing
-those features is nearly all of its time. They depend only on the model, the max length and the
-tokens of one group (its prompt and its responses: groups never attend to each other), so the cache
-is keyed that way: a folder per (model weights, max length, precision) holding shards of
-features with the key of every group they cover. A run whose data matches a shard exactly loads it
-whole; otherwise it takes each group it can find in any shard and computes only the rest, which is
-what happens after editing one answer, re-ranking (ranks do not change features: nothing is
-recomputed), or choosing another held-out fraction. A new shard replaces the shards it contains.
+those features is nearly all of its time. They depend only on the model, its precision and the
+tokens of one group (its prompt and its responses: groups never attend to each other; cutting to
+the max length shows in the tokens), so the cache is keyed that way: a folder per (model weights,
+precision) holding shards of features with the key of every group they cover. A run whose data
+matches a shard exactly loads it whole; otherwise it takes each group it can find in any shard and
+computes only the rest, which is what happens after editing one answer, re-ranking (ranks do not
+change features: nothing is recomputed), or choosing another held-out fraction. A new shard
+replaces the shards it contains.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def group_key(group: EncodedGroup) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def model_key(model_path: str, max_length: int, precision: str = "no") -> str:
-    """Key of a model's weights files (path, size, modification time), the max length and the precision."""
+def model_key(model_path: str, precision: str = "no") -> str:
+    """Key of a model's weights files (path, size, modification time) and the precision."""
     digest = hashlib.sha256()
     folder = Path(model_path)
     if folder.is_dir():
@@ -40,19 +41,19 @@ def model_key(model_path: str, max_length: int, precision: str = "no") -> str:
             digest.update(f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     else:
         digest.update(model_path.encode())
-    digest.update(f"{max_length}:{precision}".encode())
+    digest.update(precision.encode())
     return digest.hexdigest()[:32]
 
 
 @dataclass
 class FeatureCache:
-    """The feature shards of one model at one max length and precision."""
+    """The feature shards of one model at one precision."""
 
     folder: Path
 
     @classmethod
-    def for_model(cls, model_path: str, max_length: int, precision: str = "no") -> FeatureCache:
-        return cls.from_key(model_key(model_path, max_length, precision))
+    def for_model(cls, model_path: str, precision: str = "no") -> FeatureCache:
+        return cls.from_key(model_key(model_path, precision))
 
     @classmethod
     def from_key(cls, key: str) -> FeatureCache:
@@ -86,12 +87,13 @@ class FeatureCache:
                 continue
             try:
                 with safe_open(str(path), framework="pt") as f:
-                    features = f.get_tensor("features")
+                    features = f.get_slice("features")  # reads only the rows asked for
+                    for start, size, indexes in rows:
+                        part = features[start : start + size]
+                        for i in indexes:
+                            out[i] = part
             except (OSError, ValueError):  # removed by another run meanwhile: compute those instead
                 continue
-            for start, size, indexes in rows:
-                for i in indexes:
-                    out[i] = features[start : start + size]
             if not wanted:
                 break
         return out

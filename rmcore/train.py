@@ -132,9 +132,9 @@ class _StopRequested(Exception):
     """A stop request arrived before the first training step (while computing features)."""
 
 
-def _fingerprint(model_path: str, encoded: list[EncodedGroup], max_length: int) -> str:
+def _fingerprint(model_path: str, encoded: list[EncodedGroup]) -> str:
     """Key of a run's model and data: the model's weights files and the exact token ids."""
-    digest = hashlib.sha256(model_key(model_path, max_length).encode())
+    digest = hashlib.sha256(model_key(model_path).encode())
     for group in encoded:
         digest.update(json.dumps([group.prompt_ids, group.response_ids]).encode())
     return digest.hexdigest()[:32]
@@ -144,14 +144,14 @@ def _fingerprint(model_path: str, encoded: list[EncodedGroup], max_length: int) 
 def compute_features(
     packed: PackedRewardModel, encoded: list[EncodedGroup], pad_id: int, device, batch_size: int,
     autocast, on_progress: Callable[[int, int, float], None] | None = None,
-) -> torch.Tensor:
-    """Last-token hidden states of every response (N, H), in group order, float32 on the CPU.
+) -> list[torch.Tensor]:
+    """Last-token hidden states of each group's responses (K, H), in group order, float32 on the CPU.
 
     Groups run shortest first, so `on_progress(done, total, token_share)` also gives the share of
     tokens done: that, not the share of prompts, is the share of the time.
     """
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
-    per_group: list[torch.Tensor | None] = [None] * len(encoded)
+    per_group: list[torch.Tensor] = [torch.zeros(0)] * len(encoded)
     total_tokens = max(1, sum(g.num_tokens for g in encoded))
     done_tokens = 0
     for start in range(0, len(order), batch_size):
@@ -166,7 +166,7 @@ def compute_features(
         done_tokens += batch.real_tokens
         if on_progress:
             on_progress(min(start + batch_size, len(order)), len(order), done_tokens / total_tokens)
-    return torch.cat([f for f in per_group if f is not None]) if encoded else torch.zeros(0)
+    return per_group
 
 
 def _response_offsets(encoded: list[EncodedGroup]) -> list[int]:
@@ -435,7 +435,7 @@ def train(
             "mode": config.mode,
             "config": asdict(config),
             # head mode: the trunk is the base model's, so evaluation can reuse these trunk features
-            "feature_cache": model_key(model_path, config.max_length, accelerator.mixed_precision)
+            "feature_cache": model_key(model_path, accelerator.mixed_precision)
             if config.mode == "head" else None,
             "data": {**(data_summary or {}), "train_prompts": len(encoded), "eval_prompts": len(encoded_eval),
                      "train_comparisons": sum(len(g.pairs()) for g in encoded),
@@ -518,7 +518,7 @@ def _head_features(config, model_path, packed, encoded, encoded_eval, pad_id, ac
     from safetensors.torch import load_file
 
     everything = encoded + encoded_eval
-    cache = FeatureCache.for_model(model_path, config.max_length, accelerator.mixed_precision)
+    cache = FeatureCache.for_model(model_path, accelerator.mixed_precision)
     exact = cache.shard_path([group_key(g) for g in everything])
     if accelerator.is_main_process and not (config.cache_features and exact.is_file()):
         per_group = cache.load(everything) if config.cache_features else [None] * len(everything)
@@ -541,7 +541,7 @@ def _head_features(config, model_path, packed, encoded, encoded_eval, pad_id, ac
             todo = [everything[i] for i in missing]
             computed = compute_features(packed, todo, pad_id, accelerator.device, config.batch_size,
                                         accelerator.autocast, progress)
-            for i, part in zip(missing, computed.split([len(g.response_ids) for g in todo])):
+            for i, part in zip(missing, computed):
                 per_group[i] = part
         cache.save(everything, per_group)
     elif accelerator.is_main_process:
@@ -596,7 +596,7 @@ def _run_key(config: TrainConfig, model_path: str, encoded: list[EncodedGroup]) 
     """What a checkpoint must match to be resumed: model, data, and every option but the epochs."""
     ignored = ("epochs", "checkpoint_every", "eval_every", "max_tokens")  # these do not change the result
     options = {k: v for k, v in asdict(config).items() if k not in ignored}
-    return _fingerprint(model_path, encoded, config.max_length) + ":" + json.dumps(options, sort_keys=True)
+    return _fingerprint(model_path, encoded) + ":" + json.dumps(options, sort_keys=True)
 
 
 def _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, run_key: str,

@@ -547,6 +547,35 @@ def test_server_config_keeps_xsrf_on_binds_localhost_and_limits_uploads():
     assert server["headless"] is True
 
 
+LOAD_IN_THREADS = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+import app.resources  # what every page imports first
+from rmcore.model import load_sequence_classifier, load_tokenizer
+errors = []
+def load(how):
+    try:
+        how(sys.argv[2])
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=load, args=(how,)) for how in (load_tokenizer, load_sequence_classifier) * 2]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(errors)
+sys.exit(1 if errors else 0)
+"""
+
+
+def test_models_loaded_by_two_threads_at_once_in_a_fresh_app_process(tiny_model_dir):
+    """A page and a training job (or two sessions) may load a model at the same moment; transformers'
+    lazy names fail to import when two threads resolve them first at once, unless the app did it."""
+    import subprocess
+
+    ran = subprocess.run([sys.executable, "-c", LOAD_IN_THREADS, str(ROOT), str(tiny_model_dir)],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr[-2000:]
+
+
 # ------------------------------------------------------------------- rmcore modules added for the app
 
 
