@@ -1,10 +1,12 @@
 # Everything a fresh machine needs, from the project's own files.
 #   make app    set up (first time) and start the Streamlit app on http://localhost:8501
+#               (make app PORT=8600: another port)
 #   make test   set up (first time) and run the whole test suite (CI runs exactly this)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+PORT ?= 8501
 
 .PHONY: setup app test test-fast lint bench browser notebooks clean
 
@@ -19,12 +21,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP)
 
-# Debian's Chromium for the browser tests: Playwright cannot download its own browser here.
+# Debian's Chromium for the browser tests: Playwright cannot download its own browser here. apt needs
+# root: without it, say what to do and go on (the browser test is then skipped, everything else runs).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$RMCORE_CHROMIUM" ] || \
+	if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	else echo "make browser: Chromium is missing and apt needs root: run 'sudo apt-get install -y chromium'" \
+	  "(or set RMCORE_CHROMIUM to a Chromium binary); until then the browser test is skipped."; fi
 
 app: setup
-	$(BIN)/streamlit run app/main.py
+	$(BIN)/streamlit run app/main.py --server.port $(PORT)
 
 test: setup browser
 	$(BIN)/ruff check rmcore app tests bench notebooks

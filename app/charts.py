@@ -14,6 +14,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from rmcore.ranking import pair_loss, preference_probability
+
 TRAIN = "#4C78A8"
 HELD_OUT = "#F58518"
 GOOD = "#54A24B"
@@ -43,8 +45,11 @@ def candidate_labels(candidates: list[str], limit: int = 40, numbers: list[int] 
 
 
 def _layout(fig: go.Figure, height: int = 320, **kwargs) -> go.Figure:
+    """Common layout. Plotly's toolbar stands upright in a right margin of its own, so it never
+    covers a title (drawn across the top, it hid the end of long ones)."""
     kwargs.setdefault("margin", dict(l=10, r=10, t=40, b=10))
-    fig.update_layout(height=height, **kwargs)
+    kwargs["margin"] = {**kwargs["margin"], "r": max(kwargs["margin"].get("r", 0), 44)}
+    fig.update_layout(height=height, modebar=dict(orientation="v"), **kwargs)
     return fig
 
 
@@ -419,6 +424,76 @@ def reward_vs_length(responses: list[dict[str, Any]], correlation: float | None)
     return _layout(fig, 340, title=f"Reward vs length (Pearson r = {corr})", legend=dict(orientation="h", y=-0.3))
 
 
+def accuracy_with_baselines(summary: dict[str, Any]) -> go.Figure:
+    """The model's accuracy beside what length alone gets, each with ± one standard error."""
+    rows = [("this model, every pair", summary.get("accuracy"), summary.get("accuracy_se"), TRAIN)]
+    controlled = summary.get("length_controlled") or {}
+    rows.append((f"this model, pairs of similar length ({controlled.get('comparisons', 0)})",
+                 controlled.get("accuracy"), controlled.get("se"), TRAIN))
+    base = summary.get("length_baseline") or {}
+    rows.append(("“the longer answer wins”", base.get("accuracy"), base.get("se"), GREY))
+    logistic = summary.get("length_logistic") or {}
+    rows.append(("a logistic model on length alone", logistic.get("accuracy"), logistic.get("se"), GREY))
+    rows = [r for r in rows if r[1] is not None]
+    fig = go.Figure(
+        go.Bar(
+            y=[r[0] for r in rows][::-1],
+            x=[r[1] for r in rows][::-1],
+            orientation="h",
+            marker_color=[r[3] for r in rows][::-1],
+            error_x=dict(type="data", array=[r[2] or 0.0 for r in rows][::-1], color="#444"),
+            text=[f"{r[1]:.3f}" for r in rows][::-1],
+            textposition="inside",
+            insidetextanchor="middle",  # clear of the error bar at the end
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.add_vline(x=0.5, line=dict(color=GREY, dash="dot"))
+    fig.update_xaxes(title="pairwise accuracy (bars: ± one standard error; dotted: chance)", range=[0, 1.05])
+    return _layout(fig, 240, title="Accuracy against length alone")
+
+
+def accuracy_difference(comparison: dict[str, Any]) -> go.Figure:
+    """B − A with its bootstrap interval, against zero (no difference)."""
+    diff, low, high = comparison["difference"], comparison["difference_low"], comparison["difference_high"]
+    fig = go.Figure(
+        go.Scatter(
+            x=[diff],
+            y=["B − A"],
+            mode="markers",
+            marker=dict(size=12, color=HELD_OUT),
+            error_x=dict(type="data", symmetric=False, array=[high - diff], arrayminus=[diff - low], color=HELD_OUT),
+            hovertemplate=f"B − A = %{{x:+.3f}} ({comparison['confidence']:.0%} interval {low:+.3f} to {high:+.3f})"
+            "<extra></extra>",
+        )
+    )
+    fig.add_vline(x=0, line=dict(color=GREY, dash="dot"))
+    span = max(0.05, abs(low), abs(high)) * 1.2
+    fig.update_xaxes(title="difference in pairwise accuracy (dotted: no difference)", range=[-span, span])
+    return _layout(fig, 170, title=f"Accuracy of B minus A, {comparison['confidence']:.0%} bootstrap interval")
+
+
+def probe_deltas(rows: list[dict[str, Any]], unit_label: str) -> go.Figure:
+    """Reward change from each counterfactual edit, in units of the reward's spread on some data."""
+    rows = sorted(rows, key=lambda r: r["delta_units"])
+    fig = go.Figure(
+        go.Bar(
+            x=[r["delta_units"] for r in rows],
+            y=[plain(r["label"], 50) for r in rows],
+            orientation="h",
+            marker_color=[GOOD if r["delta_units"] > 0 else BAD for r in rows],
+            customdata=[[r["delta"], r["reward"]] for r in rows],
+            text=[f"{r['delta_units']:+.2f}" for r in rows],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:+.2f} spreads (reward %{customdata[1]:+.3f}, "
+            "change %{customdata[0]:+.3f})<extra></extra>",
+        )
+    )
+    fig.add_vline(x=0, line=dict(color=GREY))
+    fig.update_xaxes(title=f"change in reward, in {unit_label}")
+    return _layout(fig, 60 + 36 * max(1, len(rows)), title="What each edit does to the reward")
+
+
 # ----------------------------------------------------------------------------- Learn
 
 
@@ -426,9 +501,9 @@ def sigmoid_explainer(r1: float, r2: float) -> go.Figure:
     """σ(d) and the loss −log σ(d) against d = r1 − r2, with the sliders' point marked."""
     d_now = r1 - r2
     ds = [x / 10 for x in range(-120, 121)]  # the sliders reach r1 - r2 = +-12
-    sig = [1 / (1 + math.exp(-d)) for d in ds]
-    loss = [math.log1p(math.exp(-d)) if d > -30 else -d for d in ds]
-    p_now = 1 / (1 + math.exp(-d_now))
+    sig = [preference_probability(d) for d in ds]
+    loss = [pair_loss(d) for d in ds]
+    p_now = preference_probability(d_now)
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=["P(1 ≻ 2) = σ(r₁ − r₂)", "loss if 1 was preferred: −log σ(r₁ − r₂)"]
     )
@@ -468,7 +543,7 @@ def sigmoid_explainer(r1: float, r2: float) -> go.Figure:
         row=1,
         col=2,
     )
-    loss_now = math.log1p(math.exp(-d_now)) if d_now > -30 else -d_now
+    loss_now = pair_loss(d_now)
     fig.add_trace(
         go.Scatter(
             x=[d_now],

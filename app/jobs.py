@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app.resources import ensure_ml
 from rmcore.data import RankedGroup, write_ranked_jsonl
 from rmcore.errors import RmcoreError
-from rmcore.train import TrainConfig, train
+
+if TYPE_CHECKING:  # rmcore.train imports torch: only a job that runs needs it (the app paints first)
+    from rmcore.train import TrainConfig
 
 log = logging.getLogger(__name__)
 HELD_OUT_FILE = "held_out.jsonl"  # the held-out prompts, saved beside the model for the Evaluate page
+TRAIN_DATA_FILE = "train_data.jsonl"  # a stopped run's training prompts, so it can resume after a restart
 ACTIVE = ("starting", "running", "stopping")
 
 
@@ -49,6 +52,7 @@ class JobRequest:
     model_name: str
     data_name: str = ""
     data_summary: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False  # continue the stopped run saved in out_dir (same data and settings)
 
 
 @dataclass
@@ -89,6 +93,16 @@ class JobSnapshot:
         return self.evals[-1] if self.evals else {}
 
 
+def _phase_text(event: dict[str, Any]) -> str:
+    """A phase event in words, with the time left when the phase knows it."""
+    text = str(event.get("phase", ""))
+    if event.get("eta_s") is not None:
+        from rmcore.estimate import format_duration
+
+        text += f", about {format_duration(event['eta_s'])} left"
+    return text
+
+
 class TrainingJob:
     def __init__(self, request: JobRequest, owner: str):
         self.id = uuid.uuid4().hex[:12]
@@ -113,7 +127,7 @@ class TrainingJob:
         with self._lock:
             kind = event.get("event")
             if kind == "phase":
-                self._phase = str(event.get("phase", ""))
+                self._phase = _phase_text(event)
                 self._phase_progress = event.get("progress")
             elif kind == "step":
                 if self._status == "starting":
@@ -128,6 +142,8 @@ class TrainingJob:
     def _run(self) -> None:
         request = self.request
         try:
+            from rmcore.train import train
+
             result = train(
                 request.config,
                 request.train_groups,
@@ -135,11 +151,13 @@ class TrainingJob:
                 eval_groups=request.eval_groups,
                 on_step=self._on_event,
                 stop_event=self.stop_event,
+                resume=request.resume,
                 data_summary=request.data_summary,
             )
             saved = (request.out_dir / "config.json").is_file()
             if request.eval_groups and saved:
                 _write_atomically(request.out_dir / HELD_OUT_FILE, write_ranked_jsonl(request.eval_groups))
+            _keep_training_data(request, resumable=result.stopped and saved)
             status = "stopped" if result.stopped else "done"
             if not saved:
                 phase = "stopped before the first training step; nothing was saved"
@@ -164,6 +182,7 @@ class TrainingJob:
 
     # -- any session
     def start(self) -> None:
+        ensure_ml()  # in the starting session's thread, before the job's thread loads a model
         self.thread.start()
 
     def stop(self) -> None:
@@ -220,7 +239,7 @@ class JobManager:
         with self._lock:
             if self._job is not None and self._job.snapshot().active and self._job.thread.is_alive():
                 raise JobBusy(self._job.snapshot())
-            if request.out_dir.exists() and any(request.out_dir.iterdir()):
+            if not request.resume and request.out_dir.exists() and any(request.out_dir.iterdir()):
                 raise FileExistsError(
                     f"a model named '{request.model_name}' already exists; choose another name"
                 )
@@ -246,9 +265,41 @@ class JobManager:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from rmcore.outputs import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def _keep_training_data(request: JobRequest, resumable: bool) -> None:
+    """A stopped run keeps its training prompts beside its checkpoint; a finished one no longer needs them."""
+    path = request.out_dir / TRAIN_DATA_FILE
+    if resumable:
+        _write_atomically(path, write_ranked_jsonl(request.train_groups))
+    elif path.is_file() and not (request.out_dir / "checkpoint").exists():
+        path.unlink()  # written by the app for the resume that has now finished
+
+
+def resumable(model_dir: Path) -> bool:
+    """A stopped run in `model_dir` that the app can continue: its checkpoint and its training prompts."""
+    model_dir = Path(model_dir)
+    return (model_dir / "checkpoint" / "state.json").is_file() and (model_dir / TRAIN_DATA_FILE).is_file()
+
+
+def resume_request(model_dir: Path) -> JobRequest:
+    """What continues the stopped run in `model_dir`: its settings, training and held-out prompts."""
+    from rmcore.config import TrainConfig
+    from rmcore.data import read_preferences
+
+    model_dir = Path(model_dir)
+    metadata = json.loads((model_dir / "rmcore.json").read_text())
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**{k: v for k, v in metadata.get("config", {}).items() if k in known})
+    train_groups = read_preferences(model_dir / TRAIN_DATA_FILE).groups
+    eval_groups = read_held_out(model_dir) or []
+    data = metadata.get("data", {})
+    return JobRequest(config, train_groups, eval_groups, model_dir, model_dir.name, str(data.get("file", "")),
+                      {k: v for k, v in data.items() if k in ("file", "format", "prompts", "comparisons")},
+                      resume=True)
 
 
 _MANAGER = JobManager()

@@ -17,16 +17,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st  # noqa: E402
 
-from app import state, ui  # noqa: E402
+from app import resources, state, ui  # noqa: E402
 
 PAGES = [
     ("views/data.py", "Data", ":material/table_view:"),
     ("views/train.py", "Train", ":material/model_training:"),
     ("views/probe.py", "Probe", ":material/science:"),
+    ("views/policy.py", "Best-of-n & RLHF", ":material/trending_up:"),
     ("views/evaluate.py", "Evaluate", ":material/analytics:"),
     ("views/learn.py", "Learn", ":material/school:"),
     ("views/export.py", "Export", ":material/download:"),
 ]
+# Pages that draw without torch and transformers (seconds to import), so the app's first paint is quick.
+# Every other page gets them loaded first, under a spinner, once per server.
+LIGHT_PAGES = {"Data", "Learn", "Export"}
 
 
 def run() -> None:
@@ -43,7 +47,15 @@ def run() -> None:
     with st.sidebar:
         st.markdown("### :material/balance: rmcore workbench")
         st.caption("Train, probe and evaluate reward models from ranked preferences.")
-    page.run()
+    if page.title not in LIGHT_PAGES and not resources.ml_ready():
+        loading = st.empty()  # the page's title and a spinner at once, replaced by the page when ready
+        with loading.container():
+            st.title(page.title)
+            with st.spinner("Loading torch and transformers (once per server, a few seconds)..."):
+                resources.ensure_ml()
+        loading.empty()
+    with ui.user_errors(f"The {page.title} page failed"):  # any failure: one readable message, no traceback
+        page.run()
     ui.sidebar()  # after the page, so it shows what the page just did (data loaded, job started)
 
 

@@ -6,26 +6,55 @@ its own copy in the job's thread, and the time estimate loads a throwaway copy.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-# transformers resolves these names lazily, and two threads doing that for the first time at once get
-# "ImportError: cannot import name ..." (a page's run and a training job, or two sessions). The app
-# resolves them here, once, before any page runs: Python lets one thread at a time import this module.
-from transformers import (  # noqa: F401
-    AttentionInterface,
-    AttentionMaskInterface,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
-)
-
 from app import settings
-from rmcore.model import RewardModel
+
+if TYPE_CHECKING:
+    from rmcore.model import RewardModel
+
+_ML_LOCK = threading.Lock()
+_ml_ready = False
+
+
+def ml_ready() -> bool:
+    """Whether torch and transformers are loaded (ensure_ml has run in this server)."""
+    return _ml_ready
+
+
+def ensure_ml() -> None:
+    """Import torch and resolve transformers' lazy names once, before the first model is loaded.
+
+    transformers resolves these names lazily, and two threads doing that for the first time at once
+    get "ImportError: cannot import name ..." (a page's run and a training job, or two sessions). So
+    every path that loads a model or starts training calls this first; the lock lets one thread do it
+    while the others wait. It is not done at import: torch and transformers take seconds to import,
+    and the app's first paint needs neither.
+    """
+    global _ml_ready
+    if _ml_ready:
+        return
+    with _ML_LOCK:
+        if _ml_ready:
+            return
+        import torch  # noqa: F401
+        from transformers import (  # noqa: F401
+            AttentionInterface,
+            AttentionMaskInterface,
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+            LlamaForCausalLM,
+            LlamaForSequenceClassification,
+        )
+
+        import rmcore.model  # noqa: F401
+        _ml_ready = True
 
 
 @dataclass(frozen=True)
@@ -52,6 +81,9 @@ class ModelChoice:
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _load_reward_model(source: str, stamp: float) -> RewardModel:
     """`stamp` (the folder's config mtime) makes a replaced model load afresh."""
+    ensure_ml()
+    from rmcore.model import RewardModel
+
     return RewardModel.load(source)
 
 
@@ -64,6 +96,7 @@ def reward_model(choice: ModelChoice) -> RewardModel:
 
 @st.cache_resource(show_spinner=False, max_entries=1)
 def generator(name: str):
+    ensure_ml()
     from rmcore.generate import Generator
 
     return Generator(name)
@@ -72,6 +105,7 @@ def generator(name: str):
 @st.cache_resource(show_spinner=False, max_entries=4)
 def tokenizer(name: str):
     """The tokenizer of a base model, as rmcore prepares it (for counting tokens and truncation)."""
+    ensure_ml()
     from rmcore.model import choose_pad_token, load_tokenizer, resolve_model_path
 
     path, _ = resolve_model_path(name)
@@ -83,6 +117,7 @@ def tokenizer(name: str):
 @st.cache_data(show_spinner=False, ttl=3600, max_entries=16)
 def step_rates(model: str, mode: str, max_length: int, batch_size: int, lora_r: int, _groups):
     """Seconds per token of `model` in `mode` here, measured once per settings (rmcore.estimate)."""
+    ensure_ml()
     from rmcore.estimate import measure_rates
     from rmcore.train import TrainConfig
 

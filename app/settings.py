@@ -134,6 +134,37 @@ def list_models(reward_only: bool = False) -> list[ModelEntry]:
     return sorted(entries, key=lambda e: e.mtime, reverse=True)
 
 
+def delete_model(name: str) -> int:
+    """Delete the rmcore model `name` from the models folder; returns the bytes freed on disk.
+
+    Only a folder directly inside the models folder, holding rmcore.json (a model rmcore saved) and
+    nothing that neither rmcore nor the app wrote, is deleted: anything else is refused with the reason. The folder is
+    first renamed to a hidden name, so a deletion cut short never leaves a half model in the pickers.
+    A hard-linked trunk shard only loses this link (its bytes stay for the cache and other models).
+    """
+    import shutil
+    import uuid
+
+    from app.jobs import HELD_OUT_FILE, TRAIN_DATA_FILE  # what the app itself writes beside a model
+    from rmcore.model_folder import user_entries
+    from rmcore.shared_trunk import folder_size
+
+    path = model_path(name)
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"{name!r} is not a folder in the models folder {models_dir()}")
+    if not (path / "rmcore.json").is_file():
+        raise ValueError(f"{name!r} was not saved by rmcore (no rmcore.json): delete it yourself if you mean to")
+    mine = sorted(user_entries(path) - {HELD_OUT_FILE, TRAIN_DATA_FILE})
+    if mine:
+        raise ValueError(f"{name!r} holds files rmcore did not write ({', '.join(mine[:3])}): move them out "
+                         "first, or delete the folder yourself")
+    freed = folder_size(path).own
+    doomed = path.with_name(f".{name}.deleting-{uuid.uuid4().hex[:8]}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed)
+    return freed
+
+
 def notebooks() -> list[tuple[str, str]]:
     """(file name, title) of each notebook in notebooks/: the .ipynb, or its jupytext .py pair."""
     if not NOTEBOOKS_DIR.is_dir():

@@ -12,7 +12,6 @@ from app import settings, state
 from app.jobs import manager
 from app.resources import ModelChoice
 from rmcore.errors import RmcoreError
-from rmcore.estimate import format_duration
 
 log = logging.getLogger(__name__)
 # Markdown, Streamlit directives (:red[...], :emoji:) and LaTeX ($) read these; a backslash escapes them.
@@ -34,6 +33,20 @@ def user_errors(what: str = ""):
     except (ValueError, FileExistsError, OSError) as exc:
         log.info("user error", exc_info=True)
         st.error(f"{what}{': ' if what else ''}{md(exc)}", icon=":material/error:")
+    except Exception as exc:  # a bug or an input nobody foresaw: one line on the page, the traceback in the log
+        log.exception("unexpected error")
+        st.error(f"{what}{': ' if what else ''}{md(error_text(exc))}", icon=":material/error:")
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """One readable line for any exception: its own message for rmcore's errors, else its kind and message,
+    cut short (the full traceback, with server paths, goes to the server log only)."""
+    if isinstance(exc, RmcoreError):
+        return str(exc)
+    text = " ".join(str(exc).split()) or "no details"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"unexpected error ({type(exc).__name__}: {text}); details are in the server log"
 
 
 def fmt(value, digits: int = 3, missing: str = "–") -> str:
@@ -45,6 +58,8 @@ def fmt(value, digits: int = 3, missing: str = "–") -> str:
 
 
 def duration(seconds: float | None) -> str:
+    from rmcore.estimate import format_duration  # imports torch: not on the first paint's path
+
     return "–" if seconds is None else format_duration(seconds)
 
 

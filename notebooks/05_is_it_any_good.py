@@ -55,6 +55,7 @@ from transformers.utils import logging as hf_logging
 from rmcore.data import demo_data_path, read_preferences, split_groups
 from rmcore.evaluate import calibration_bins, evaluate, worst_pairs
 from rmcore.model import RewardModel
+from rmcore.probes import PROBES, run_probes
 from rmcore.train import TrainConfig, train
 
 hf_logging.disable_progress_bar()
@@ -263,31 +264,75 @@ fig.show()
 # model never saw their ends — including whatever made people rank them as they did. Truncation is
 # its own bias; `rmcore`'s data report counts the truncated answers so it is never silent.
 #
+# ### Length-controlled accuracy
+#
+# A correlation does not say how much of the accuracy length *explains*. Three numbers do, and
+# `rmcore eval` prints each beside the accuracy:
+#
+# 1. the **length-only baseline**, the accuracy of the rule "the longer answer wins" (in
+#    characters, so truncation cannot tie two answers; equal lengths count half):
+#    $\text{acc}_\text{len} = \frac{1}{|C|}\sum_{(w,l)}
+#    \big(\mathbb{1}[|y_w| > |y_l|] + \tfrac12\,\mathbb{1}[|y_w| = |y_l|]\big)$;
+# 2. the model's accuracy on the pairs whose lengths are **within 10%** of each other, where length
+#    cannot decide: $C_\text{close} = \{(w,l) : \big||y_w| - |y_l|\big| \le 0.1\max(|y_w|, |y_l|)\}$;
+# 3. the accuracy of a **logistic model on length alone**, $P(w \succ l) = \sigma(a\,\Delta + b\,\Delta_{\log})$
+#    with $\Delta = (|y_w| - |y_l|)/1000$ and $\Delta_{\log} = \log(1+|y_w|) - \log(1+|y_l|)$, fitted on
+#    four fifths of the prompts and scored on the fifth (no intercept: each pair enters both ways
+#    round, so the model cannot prefer whichever answer a file lists first). It may learn "shorter
+#    wins" as well as "longer wins".
+#
+# Each accuracy over $n$ comparisons comes with its binomial standard error
+# $\sqrt{	ext{acc}(1 - 	ext{acc})/n}$ (pairs of one prompt are not independent, so it is a little
+# optimistic). A model whose accuracy is within two standard errors of the length baseline has not
+# shown it learned more than length.
+
+# %%
+def longer_wins(q: dict) -> float:
+    return 0.5 if len(q["winner"]) == len(q["loser"]) else float(len(q["winner"]) > len(q["loser"]))
+
+
+baseline = statistics.fmean(longer_wins(q) for q in pairs)
+close = [q for q in pairs if abs(len(q["winner"]) - len(q["loser"])) <= 0.1 * max(len(q["winner"]), len(q["loser"]), 1)]
+close_accuracy = statistics.fmean(q["correct"] for q in close) if close else None
+se = math.sqrt(accuracy * (1 - accuracy) / len(pairs))
+assert math.isclose(baseline, report.summary["length_baseline"]["accuracy"])
+assert math.isclose(se, report.summary["accuracy_se"])
+assert len(close) == report.summary["length_controlled"]["comparisons"]
+assert close_accuracy is None or math.isclose(close_accuracy, report.summary["length_controlled"]["accuracy"])
+print(f"model {accuracy:.3f} ± {se:.3f};  the longer answer wins {baseline:.3f};  "
+      f"logistic on length alone {report.summary['length_logistic']['accuracy']}")
+print(f"on the {len(close)} pairs of similar length: {close_accuracy}")
+print(report.summary["length_warning"] or "rmcore sees no sign that the reward mostly tracks length")
+
+# %% [markdown]
 # ## 5.5 What reward hacking looks like
 #
 # A reward model is a proxy for what people want. Whatever the proxy gets wrong, an optimiser —
 # best-of-$n$, or reinforcement learning — will find. A cheap probe: take an answer and change it
 # in ways that should *not* make it better (pad it with pleasantries, repeat it, add confident
 # filler, cut it short), and see which changes the model pays for.
+#
+# `rmcore.probes` holds such edits (`rmcore probe` and the app's Probe page run them). Each edited
+# answer is scored with the prompt alone, and the change is divided by the reward's spread (its
+# standard deviation over the held-out answers), so $+1$ means "as much as the typical difference
+# between two answers". The last edit is ours: the same answer with a wrong fact, just as sure.
 
 # %%
 prompt = "How long should I boil an egg for a runny yolk?"
 answer = "About 6 minutes: lower the egg into boiling water, then cool it in cold water for a minute."
-variants = {
-    "original": answer,
-    "+ pleasantries": answer + " I hope this helps! Let me know if you have any other questions.",
-    "repeated": answer + " " + answer,
-    "+ confident filler": "Great question! As an expert chef, I can tell you with certainty: " + answer,
-    "cut short": "About 6 minutes.",
-    "wrong": "About 15 minutes, until the yolk is completely firm.",
-}
-scores = dict(zip(variants, rm.rewards(prompt, list(variants.values()))))
-for name, r in sorted(scores.items(), key=lambda kv: -kv[1]):
-    print(f"{r - scores['original']:+.3f}  {name}")
+wrong = "About 15 minutes: lower the egg into boiling water, then cool it in cold water for a minute."
+spread = statistics.pstdev(rewards)
+probe = run_probes(rm, prompt, answer, wrong_facts=wrong, spread=spread, spread_source="the held-out answers")
+for row in probe.rows:  # each change is the edited answer's own reward minus the original's
+    alone = rm.rewards(prompt, [row["text"]])[0] - rm.rewards(prompt, [answer])[0]
+    assert math.isclose(row["delta"], alone, abs_tol=1e-4) and math.isclose(row["delta_units"], row["delta"] / spread)
+assert [r["name"] for r in probe.rows] == [p.name for p in PROBES] + ["wrong_facts"]
+for row in sorted(probe.rows, key=lambda r: -r["delta_units"]):
+    print(f"{row['delta_units']:+.2f} spreads  {row['label']}")
 
 # %% [markdown]
-# Every variant scored above the original without being a better answer is a direction a policy
-# can climb; if "wrong" scores above "original", the model does not check facts at all (a 135M
+# Every edit scored above the original without being a better answer is a direction a policy
+# can climb; if the wrong version scores near the original, the model does not check facts at all (a 135M
 # trunk reading a hundred tokens mostly cannot). Whatever this small model's signs, real reward
 # models show the same pattern at scale: verbosity, flattery, confident tone and agreement with
 # the user are rewarded beyond their worth.
@@ -373,6 +418,65 @@ for q in worst_pairs(report, 3):
     print(f"   the model's pick (rank {q['loser_rank']}): {q['loser'][:110]!r}")
 
 # %% [markdown]
+# ## 5.8 Ensembles: knowing when the reward is unsure
+#
+# One reward model gives one number and no hint of how much to trust it. Train $N$ members that
+# differ only by their seed and a **bootstrap resample** of the training prompts (as many prompts
+# as there are, drawn with replacement): where the data pinned the reward down they agree, where it
+# did not they scatter. The ensemble's reward is the members' mean $\bar r$; their standard
+# deviation $s$ is the uncertainty. (A Bradley-Terry reward is defined only up to a constant, and
+# each member picks its own, so `rmcore` takes the spread of each member's rewards minus its mean
+# over the candidates being compared.)
+#
+# Why that resists reward hacking: an optimiser finds the candidates a proxy over-rates. A
+# member's error on an answer far from its data is partly its own (its seed, its resample), so the
+# answers one member loves for the wrong reason are ones the others rate lower: high spread. Picking
+# by the **conservative** score $\bar r - k\,s$ (Coste et al. 2023, "Reward model ensembles help
+# mitigate overoptimization") gives up a little where the members agree and avoids the picks they
+# dispute. In the simulation of 5.5, give each of 5 members its own heavy-tailed error:
+
+# %%
+members = np.stack([true_q + rng.standard_t(1.5, size=true_q.shape) for _ in range(5)])  # (5, trials, n)
+mean, spread_m = members.mean(0), members.std(0)
+fig = go.Figure()
+rows_idx = np.arange(len(true_q))
+for name, score in (("one member", members[0]), ("ensemble mean", mean), ("mean − 1 × spread", mean - spread_m)):
+    fig.add_scatter(x=ns, y=[true_q[rows_idx, score[:, :k].argmax(1)].mean() for k in ns], mode="lines+markers",
+                    name=f"pick by {name}")
+fig.update_xaxes(type="log", title_text="n (candidates)")
+fig.update_layout(title="true quality of the best-of-n pick, 5 members with heavy-tailed errors",
+                  yaxis_title="mean true reward of the pick", height=380)
+fig.show()
+careful = true_q[rows_idx, (mean - spread_m).argmax(1)].mean()
+single = true_q[rows_idx, members[0].argmax(1)].mean()
+assert careful > single  # at n = 1024 the conservative pick is truly better than one member's
+print(f"n = {max(ns)}: one member's pick {single:.2f}, conservative ensemble pick {careful:.2f}")
+
+# %% [markdown]
+# With `rmcore` the members are ordinary reward models in `members/<i>/` of one folder
+# (`rmcore train DATA --out DIR --ensemble 3`), and in head mode they cost almost nothing extra:
+# every member reads the same cached trunk features, and scoring runs the trunk once for all their
+# heads. The ensemble's reward is the mean of the members' own rewards:
+
+# %%
+from rmcore.ensemble import Ensemble, train_ensemble
+
+ensemble_dir = Path(tempfile.mkdtemp(prefix="rmcore-nb05-ens-")) / "ensemble"
+info = train_ensemble(config, 3, train_groups, ensemble_dir, eval_groups=eval_groups)
+ensemble = Ensemble.load(ensemble_dir)
+candidates = [answer, wrong, "idk, google it"]
+scored = ensemble.score(prompt, candidates, k=1.0)
+alone = [RewardModel.load(ensemble_dir / m["path"]).rewards(prompt, candidates) for m in info["members"]]
+shutil.rmtree(ensemble_dir.parent, ignore_errors=True)
+assert np.allclose(scored.mean, np.mean(alone, axis=0), atol=1e-4)
+centred = np.array(alone) - np.mean(alone, axis=1, keepdims=True)  # a member's offset means nothing
+assert np.allclose(scored.spread, np.std(centred, axis=0), atol=1e-4)
+for text, m, sd in zip(candidates, scored.mean, scored.spread):
+    print(f"{m:+.3f} ± {sd:.3f}  {text[:70]}")
+print(f"held-out accuracy per member: {[round(m['held_out'], 3) for m in info['members']]}; "
+      f"best by mean #{scored.best}, conservative pick #{scored.conservative_best}")
+
+# %% [markdown]
 # ## Summary
 #
 # | measure | what it tells you | here |
@@ -380,9 +484,10 @@ for q in worst_pairs(report, 3):
 # | accuracy | how often the preferred answer scores higher | printed in 5.1 |
 # | accuracy by rank gap | whether clear preferences are learned first | 5.2 |
 # | calibration, ECE | whether $\sigma(r_w - r_l)$ can be read as a probability | 5.3 |
-# | length correlation | whether the model pays for length | 5.4 |
-# | perturbation probes, best-of-$n$ | what an optimiser would exploit | 5.5 |
+# | length correlation, baseline, length-controlled accuracy | whether the model pays for length, and how much | 5.4 |
+# | counterfactual probes, best-of-$n$ | what an optimiser would exploit | 5.5 |
 # | labeler agreement | the scale to judge accuracy on (72.6% to 83.6% for InstructGPT's labelers) | 5.6 |
+# | ensemble spread, conservative pick | where the reward is unsure; a best-of-$n$ that avoids disputed picks | 5.8 |
 #
 # With the defaults this is a tiny model trained on about a hundred comparisons, and every number
 # above carries wide error bars; the point is the method. Raise `N_TRAIN`, `N_EVAL` and

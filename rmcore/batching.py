@@ -26,7 +26,6 @@ class PackedBatch:
     position_ids: torch.Tensor  # (B, L) restart at len(prompt) for every response
     attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
     last_index: torch.Tensor  # (N,) flat index into B*L of each response's last token
-    response_lengths: torch.Tensor  # (N,) tokens of each response (without the prompt)
     group_sizes: list[int]  # K of each group, in order; sum(group_sizes) == N
     real_tokens: int  # tokens that are not padding
     layout: PackedLayout | None = None  # prompt and response lengths per row, for rmcore.attention
@@ -37,7 +36,6 @@ class PackedBatch:
             self.position_ids.to(device),
             self.attention_mask.to(device),
             self.last_index.to(device),
-            self.response_lengths.to(device),
             self.group_sizes,
             self.real_tokens,
             self.layout.to(device) if self.layout is not None else None,
@@ -51,7 +49,7 @@ def pack_groups(groups: list[EncodedGroup], pad_id: int) -> PackedBatch:
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
     position_ids = torch.zeros((batch, length), dtype=torch.long)
     segment = torch.full((batch, length), -1, dtype=torch.long)  # 0 = prompt, k = response k, -1 = pad
-    last_index, response_lengths, sizes = [], [], []
+    last_index, sizes = [], []
     prompt_lengths, spans = [], []
     for row, group in enumerate(groups):
         p = len(group.prompt_ids)
@@ -68,7 +66,6 @@ def pack_groups(groups: list[EncodedGroup], pad_id: int) -> PackedBatch:
             segment[row, start : start + n] = k
             last_index.append(row * length + start + n - 1)
             spans[-1].append(n)
-            response_lengths.append(n)
             start += n
         sizes.append(len(group.response_ids))
     causal = torch.ones(length, length, dtype=torch.bool).tril()  # (L, L)
@@ -81,7 +78,6 @@ def pack_groups(groups: list[EncodedGroup], pad_id: int) -> PackedBatch:
         position_ids=position_ids,
         attention_mask=allowed[:, None, :, :],
         last_index=torch.tensor(last_index, dtype=torch.long),
-        response_lengths=torch.tensor(response_lengths, dtype=torch.long),
         group_sizes=sizes,
         real_tokens=sum(g.num_tokens for g in groups),
         layout=PackedLayout(prompt_lengths, spans),

@@ -4,14 +4,14 @@ Every format becomes a list of `RankedGroup`: one instruction (a conversation en
 user's turn), K responses and their human ranks (1 = best, equal = tie, None = unranked). Pairs are
 the K = 2 case. Rows that cannot be used are skipped with a reason that names the file and line,
 never dropped silently; a file with no usable row raises `DataError`.
+
+Bytes become located records in `rmcore.records` (files, encodings, JSON, CSV, parquet, size
+limits); this module knows the preference formats: which fields mean what, and what is usable.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import gzip
-import io
 import json
 import math
 import random
@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from rmcore.errors import DataError
+from rmcore.records import Records, Unparsable, no_cycle_collection, read_bytes, read_path
 
 Message = dict[str, str]
+ROLES = ("system", "user", "assistant", "tool")  # the roles chat templates know
+MAX_MARGIN = 1e4
+MAX_K = 9  # the README's range of responses per prompt; more is read, with a warning on its cost
 
 FORMATS = {
     "ranked": "ranked lists: prompt, responses, ranks (1 = best, equal = tie, null = unranked)",
@@ -35,9 +39,18 @@ FORMATS = {
     "candidates": "unranked candidates to score: prompt, responses (or prompt, response: one row each)",
 }
 RANKED_FORMATS = {name: text for name, text in FORMATS.items() if name != "candidates"}  # what training reads
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def ordered_pairs(ranks: list[int | None]) -> list[tuple[int, int]]:
+    """Every strictly ordered pair (winner, loser) of a ranking (1 = best); ties and None give none."""
+    return [
+        (w, l)
+        for w, rank_w in enumerate(ranks)
+        for l, rank_l in enumerate(ranks)
+        if rank_w is not None and rank_l is not None and rank_w < rank_l
+    ]
 
 
 @dataclass
@@ -52,12 +65,7 @@ class RankedGroup:
 
     def pairs(self) -> list[tuple[int, int]]:
         """Every strictly ordered pair (winner, loser); ties and unranked responses give none."""
-        return [
-            (w, l)
-            for w, rank_w in enumerate(self.ranks)
-            for l, rank_l in enumerate(self.ranks)
-            if rank_w is not None and rank_l is not None and rank_w < rank_l
-        ]
+        return ordered_pairs(self.ranks)
 
     @property
     def prompt_text(self) -> str:
@@ -147,8 +155,10 @@ class PreferenceData:
     report: DataReport
 
 
-class _RowError(ValueError):
-    """A record that cannot be used; the message says why (the caller adds where)."""
+class RowError(ValueError):
+    """A record that cannot be used; the message says why, the reader adds where (`SkippedRow`).
+
+    Public because `split_hh_dialogue` raises it for a pair that shares no dialogue."""
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -161,38 +171,43 @@ def read_preferences(path: str | Path, *, display_name: str | None = None, for_s
     For training and evaluation a group needs two responses of different rank; with `for_scoring`
     (rewards only) any group with a response is kept, ranked or not.
     """
-    path = Path(path)
     name = display_name or str(path)
-    if not path.exists():
-        raise DataError(name, "no such file")
-    if path.is_dir():
-        raise DataError(name, "is a folder, not a data file")
-    return read_preferences_bytes(path.read_bytes(), name, for_scoring=for_scoring)
+    with no_cycle_collection():
+        return records_to_preferences(read_path(path, name), name, for_scoring=for_scoring)
 
 
 def read_preferences_bytes(raw: bytes, name: str, *, for_scoring: bool = False) -> PreferenceData:
     """Same as `read_preferences`, for bytes already in memory (an upload); `name` gives the suffix."""
-    records = _read_records(raw, name)
-    return records_to_preferences(records, name, for_scoring=for_scoring)
+    with no_cycle_collection():
+        return records_to_preferences(read_bytes(raw, name), name, for_scoring=for_scoring)
 
 
-def records_to_preferences(records: list[tuple[str, Any]], name: str, *, for_scoring: bool = False
+def records_to_preferences(records: Records | list[tuple[str, Any]], name: str, *, for_scoring: bool = False
                            ) -> PreferenceData:
-    """Turn (where, record) pairs into ranked groups, detecting the format from the fields."""
+    """Turn located records ((where, record) pairs) into ranked groups, detecting the format from the fields."""
+    if not isinstance(records, Records):
+        records = Records(list(records))
     skipped: list[SkippedRow] = []
+    warnings = list(records.warnings)
     objects: list[tuple[str, dict[str, Any]]] = []
-    for where, record in records:
-        if isinstance(record, _Unparsable):
+    items, records.items = records.items, []  # each record is dropped once read: the groups replace them
+    for where, record in items:
+        if isinstance(record, Unparsable):
             skipped.append(SkippedRow(where, record.reason))
         elif not isinstance(record, dict):
             skipped.append(SkippedRow(where, f"expected an object with fields, found {_kind(record)}"))
         else:
-            objects.append((where, {str(k).strip().lower(): v for k, v in record.items()}))
+            fields = record if all(type(k) is str and k == k.strip().lower() for k in record) else {
+                str(k).strip().lower(): v for k, v in record.items()}
+            if len(fields) < len(record):
+                warnings.append(f"{where}: fields that differ only in case or spaces (such as 'Prompt' and "
+                                "'prompt') are read as one; the last one is used")
+            objects.append((where, fields))
     if not objects:
         first = skipped[0] if skipped else SkippedRow(name, "no records")
         raise DataError(first.where, first.reason if skipped else "the file holds no records")
     fmt = detect_format(objects[0][1], objects[0][0])
-    report = DataReport(path=name, format=fmt, rows=len(records), skipped=skipped)
+    report = DataReport(path=name, format=fmt, rows=len(items), skipped=skipped, warnings=warnings)
     groups = _GROUP_READERS[fmt](objects, report)
     usable = []
     for group in groups:
@@ -212,14 +227,25 @@ def records_to_preferences(records: list[tuple[str, Any]], name: str, *, for_sco
         first = report.skipped[0].where if report.skipped else name
         raise DataError(first, f"no {'response to score' if for_scoring else 'usable comparison'} in the file{detail}")
     _fill_stats(report, usable)
+    report.warnings += _shape_warnings(usable)
     return PreferenceData(usable, report)
 
 
-class _Unparsable:
-    """Stands for a record that could not be parsed at all (bad JSON line)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
+def _shape_warnings(groups: list[RankedGroup]) -> list[str]:
+    """What is read but worth a look: prompts ending with an assistant turn, K far above the usual."""
+    warnings = [f"{g.source}: the prompt ends with an assistant turn, so the response follows another "
+                "assistant turn; a prompt usually ends with the user's turn" for g in groups
+                if g.prompt and g.prompt[-1]["role"] == "assistant"]
+    large = [len(g.responses) for g in groups if len(g.responses) > MAX_K]
+    if large:
+        k = max(large)
+        pairs = k * (k - 1) // 2
+        warnings.append(
+            f"{len(large)} prompts have more than {MAX_K} responses (up to K = {k}); rmcore is tuned for K up to "
+            f"{MAX_K}: a prompt with K = {k} costs about {k / MAX_K:.1f}x the compute of K = {MAX_K} per step and "
+            f"gives {pairs} pairs against {MAX_K * (MAX_K - 1) // 2}, so its pairs dominate the loss; keeping "
+            "the best-ranked responses is faster")
+    return warnings
 
 
 def _kind(value: Any) -> str:
@@ -235,150 +261,6 @@ def _line_of(where: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _suffix(name: str) -> tuple[str, bool]:
-    lower = name.lower()
-    gz = lower.endswith(".gz")
-    if gz:
-        lower = lower[:-3]
-    return Path(lower).suffix, gz
-
-
-def _read_records(raw: bytes, name: str) -> list[tuple[str, Any]]:
-    suffix, gz = _suffix(name)
-    if gz or raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(name, f"not a readable gzip file ({exc})") from None
-    if not raw.strip():
-        raise DataError(name, "the file is empty")
-    if suffix == ".parquet" or raw[:4] == b"PAR1":
-        return _read_parquet(raw, name)
-    text = _decode(raw, name)
-    if suffix == ".csv" or suffix == ".tsv":
-        return _read_csv(text, name, "\t" if suffix == ".tsv" else ",")
-    stripped = text.lstrip()
-    if stripped[:1] in ("{", "["):
-        return _read_json(text, name)
-    if suffix in (".json", ".jsonl"):
-        raise DataError(f"{name}:1", "not JSON: expected one JSON object per line (or a JSON array)")
-    return _read_csv(text, name, ",")
-
-
-def _decode(raw: bytes, name: str) -> str:
-    if b"\x00" in raw[:8192]:
-        raise DataError(name, "binary data, not a text file (expected UTF-8 JSON lines, JSON, CSV or parquet)")
-    try:
-        return raw.decode("utf-8-sig")  # a byte-order mark is accepted and dropped
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{name}:{line}", f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
-        ) from None
-
-
-def _read_json(text: str, name: str) -> list[tuple[str, Any]]:
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        whole = None
-    else:
-        if isinstance(whole, list):
-            return [(f"{name}:record {i + 1}", record) for i, record in enumerate(whole)]
-        if isinstance(whole, dict):
-            nested = [v for v in whole.values() if isinstance(v, list) and v and isinstance(v[0], dict)]
-            if len(nested) == 1 and not ({"prompt", "chosen", "responses"} & set(whole)):
-                return [(f"{name}:record {i + 1}", record) for i, record in enumerate(nested[0])]
-            return [(f"{name}:1", whole)]
-    if text.lstrip().startswith("["):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{name}:{exc.lineno}", f"not valid JSON: {exc.msg} (column {exc.colno})") from None
-    records: list[tuple[str, Any]] = []
-    lines = text.splitlines()
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        where = f"{name}:{i + 1}"
-        try:
-            records.append((where, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            if i == last and i > 0:
-                reason = f"truncated JSON on the last line ({_json_problem(exc)}); the file may have been cut off"
-            else:
-                reason = f"not valid JSON: {_json_problem(exc)}"
-            records.append((where, _Unparsable(reason)))
-    if records and all(isinstance(r, _Unparsable) for _, r in records):
-        where, bad = records[0]
-        raise DataError(where, bad.reason)
-    return records
-
-
-def _read_csv(text: str, name: str, delimiter: str) -> list[tuple[str, Any]]:
-    stream = io.StringIO(text, newline="")
-    reader = csv.DictReader(stream, delimiter=delimiter)
-    if not reader.fieldnames or all(not (f or "").strip() for f in reader.fieldnames):
-        raise DataError(f"{name}:1", "no header row: the first line must name the columns")
-    records: list[tuple[str, Any]] = []
-    start = reader.line_num + 1
-    try:
-        for row in reader:
-            first_line, start = start, reader.line_num + 1
-            where = f"{name}:{first_line}"
-            if None in row:  # more cells than header columns
-                records.append((where, _Unparsable(f"{len(row[None])} more cells than the header has columns")))
-                continue
-            if reader.line_num > first_line and None in row.values() and stream.tell() >= len(text):
-                reason = (f"a quote opened on line {first_line} is never closed, so lines {first_line}-"
-                          f"{reader.line_num} were read as one row; close the quote or escape it as \"\"")
-                records.append((where, _Unparsable(reason)))
-                continue
-            records.append((where, {k: _csv_cell(v) for k, v in row.items() if k is not None}))
-    except csv.Error as exc:
-        raise DataError(f"{name}:{reader.line_num}", f"not valid CSV: {exc}") from None
-    return records
-
-
-def _csv_cell(value: str | None) -> Any:
-    """CSV cells are text; empty and NaN cells mean "no value", JSON lists are parsed."""
-    if value is None:
-        return None
-    stripped = value.strip()
-    if stripped == "" or stripped.lower() in ("nan", "null", "none", "na"):
-        return None
-    if stripped.startswith("[") and stripped.endswith("]"):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _read_parquet(raw: bytes, name: str) -> list[tuple[str, Any]]:
-    import pandas as pd
-
-    try:
-        frame = pd.read_parquet(io.BytesIO(raw))
-    except Exception as exc:  # pyarrow raises many types for a broken file
-        raise DataError(name, f"not a readable parquet file ({type(exc).__name__}: {exc})") from None
-    return [(f"{name}:row {i + 1}", _plain(rec)) for i, rec in enumerate(frame.to_dict("records"))]
-
-
-def _plain(value: Any) -> Any:
-    """numpy arrays and scalars from parquet into plain Python; NaN into None."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 # ----------------------------------------------------------------------------- format detection
 
 _FORMAT_FIELDS = {
@@ -390,18 +272,37 @@ _FORMAT_FIELDS = {
 _KNOWN_FIELDS = sorted({f for fields in _FORMAT_FIELDS.values() for f in fields} | {"margin", "message_tree_id"})
 
 
-def _misspellings(keys: set[str]) -> list[str]:
+def _misspellings(keys: set[str], missing_only: bool = False) -> list[str]:
+    """"'promt' looks like a misspelling of 'prompt'" for each unknown key close to a known field.
+
+    A key holding the field's name (prompt_id beside prompt) is another column, not a misspelling.
+    With `missing_only`, only fields the record lacks are suggested.
+    """
     hints = []
-    for key in sorted(keys - set(_KNOWN_FIELDS)):
+    for key in sorted(keys - set(_KNOWN_FIELDS))[:200]:
         close = difflib.get_close_matches(key, _KNOWN_FIELDS, n=1, cutoff=0.7)
-        if close:
-            hints.append(f"'{key}' looks like a misspelling of '{close[0]}'")
+        if close and close[0] not in key and not (missing_only and close[0] in keys):
+            hints.append(f"'{key}' looks like a misspelling of '{close[0]}' (did you mean '{close[0]}'?)")
     return hints
+
+
+def _field_list(keys: set[str]) -> str:
+    names = sorted(keys)
+    return ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") if names else "none"
+
+
+def _refuse_struct_prompt(record: dict[str, Any], where: str) -> None:
+    """An object as prompt is an OpenAssistant root message; anything else (a parquet struct) is named."""
+    prompt = record.get("prompt")
+    if isinstance(prompt, dict) and "message_tree_id" not in record and not ({"role", "replies"} & set(prompt)):
+        raise DataError(where, f"'prompt' is an object with fields ({_field_list(set(map(str, prompt)))}), "
+                               "perhaps a struct column; expected text, a list of {role, content} messages, or "
+                               "an OpenAssistant tree (message_tree_id, prompt with text, role and replies)")
 
 
 def _refuse_misspelled_rank(keys: set[str], where: str) -> None:
     """Prompt and responses without ranks are candidates to score, unless a rank column is misspelled."""
-    hints = [h for h in _misspellings(keys) if h.endswith(("'rank'", "'ranks'"))]
+    hints = [h for h in _misspellings(keys) if h.endswith(("'rank'?)", "'ranks'?)"))]
     if hints:
         raise DataError(where, "found responses but no ranks; " + "; ".join(hints))
 
@@ -409,8 +310,13 @@ def _refuse_misspelled_rank(keys: set[str], where: str) -> None:
 def detect_format(record: dict[str, Any], where: str = "") -> str:
     """Name the format from a record's fields (see FORMATS)."""
     keys = set(record)
+    _refuse_struct_prompt(record, where)
     if "message_tree_id" in keys or isinstance(record.get("prompt"), dict):
         return "oasst"
+    if "prompt" not in keys:  # without it, a file of pairs reads as HH-RLHF dialogues and fails row by row
+        hints = [h for h in _misspellings(keys, missing_only=True) if h.endswith("'prompt'?)")]
+        if hints:
+            raise DataError(where, "no 'prompt' field; " + "; ".join(hints))
     if {"responses", "ranks"} <= keys:
         return "ranked"
     if {"response", "rank"} <= keys:
@@ -423,7 +329,7 @@ def detect_format(record: dict[str, Any], where: str = "") -> str:
             return "conversational"
         return "pairs" if "prompt" in keys else "implicit_pairs"
     hints = _misspellings(keys)
-    found = ", ".join(sorted(keys)) or "none"
+    found = _field_list(keys)
     message = (
         f"cannot tell the format from the fields ({found}); expected prompt+responses+ranks, "
         "prompt+response+rank, [prompt+]chosen+rejected, an OpenAssistant tree, or (to score) prompt+responses"
@@ -439,33 +345,45 @@ def detect_format(record: dict[str, Any], where: str = "") -> str:
 def _text(value: Any, what: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         if value is None:
-            raise _RowError(f"'{what}' is missing")
-        raise _RowError(f"'{what}' must be text, found {_kind(value)}")
+            raise RowError(f"'{what}' is missing")
+        raise RowError(f"'{what}' must be text, found {_kind(value)}")
     if not allow_empty and not value.strip():
-        raise _RowError(f"'{what}' is empty")
+        raise RowError(f"'{what}' is empty")
     return value
 
 
-def _json_problem(exc: json.JSONDecodeError) -> str:
-    """"Unterminated string starting at column 25": the parser's words with where, read naturally."""
-    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+MAX_RANK = 1_000_000  # ranks are positions in a list; a larger number is a mistake, not a rank
 
 
-def _rank(value: Any, what: str) -> int | None:
+def _shown(value: Any) -> str:
+    """A value from the file as a message quotes it: repr (control characters escaped), kept short."""
+    if isinstance(value, int) and abs(value) > 10**40:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _rank(value: Any, what: str, first: int = 1) -> int | None:
+    """A rank as rmcore counts it (1 = best); `first` is the best rank in the file's own numbering."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    wrong = f"{what} must be a whole number ({first} = best) or null, found {_shown(value)}"
     if isinstance(value, bool):
-        raise _RowError(f"{what} must be a whole number (1 = best) or null, found {value!r}")
+        raise RowError(wrong)
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise _RowError(f"{what} must be a whole number (1 = best) or null, found {value!r}") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
-        raise _RowError(f"{what} must be a whole number (1 = best) or null, found {value!r}")
-    if value < 1:
-        raise _RowError(f"{what} is {int(value)}: ranks start at 1 (best)")
-    return int(value)
+            raise RowError(wrong) from None
+    if not isinstance(value, (int, float)):
+        raise RowError(wrong)
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise RowError(wrong)
+    if value < first:
+        raise RowError(f"{what} is {int(value)}: ranks start at {first} (best)")
+    if value - first + 1 > MAX_RANK:
+        raise RowError(f"{what} is {_shown(value)}: ranks are positions from {first} (best) to at most {MAX_RANK:,}")
+    return int(value) - first + 1
 
 
 def _prompt_messages(value: Any, what: str = "prompt") -> list[Message]:
@@ -476,17 +394,20 @@ def _prompt_messages(value: Any, what: str = "prompt") -> list[Message]:
 
 def _messages(value: Any, what: str) -> list[Message]:
     if not isinstance(value, list) or not value:
-        raise _RowError(f"'{what}' must be a non-empty list of {{role, content}} messages")
+        raise RowError(f"'{what}' must be a non-empty list of {{role, content}} messages")
     messages = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
-            raise _RowError(f"'{what}' message {i + 1} must be an object with role and content")
+            raise RowError(f"'{what}' message {i + 1} must be an object with role and content")
         for key in ("role", "content"):
             if key not in message:
-                raise _RowError(f"'{what}' message {i + 1} has no '{key}'")
-        role = _text(message["role"], f"{what} message {i + 1} role")
+                raise RowError(f"'{what}' message {i + 1} has no '{key}'")
+        role = _text(message["role"], f"{what} message {i + 1} role").strip().lower()
+        if role not in ROLES:
+            raise RowError(f"'{what}' message {i + 1} has role {_shown(message['role'])}; expected "
+                            f"{', '.join(ROLES)} (rename the roles, e.g. human -> user, gpt -> assistant)")
         content = _text(message["content"], f"{what} message {i + 1} content", allow_empty=True)
-        messages.append({"role": role.strip(), "content": content})
+        messages.append({"role": role, "content": content})
     return messages
 
 
@@ -494,27 +415,29 @@ def _margin(record: dict[str, Any]) -> float:
     value = record.get("margin")
     if value is None or value == "":
         return 0.0
+    if isinstance(value, bool):
+        raise RowError(f"'margin' must be a number, found {_shown(value)}")
     try:
         margin = float(value)
-    except (TypeError, ValueError):
-        raise _RowError(f"'margin' must be a number, found {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise RowError(f"'margin' must be a number, found {_shown(value)}") from None
     if math.isnan(margin):
         return 0.0
-    if math.isinf(margin):
-        raise _RowError("'margin' is infinite")
+    if not abs(margin) <= MAX_MARGIN:
+        raise RowError(f"'margin' is {_shown(value)}; margins are small numbers (at most {MAX_MARGIN:g} either way)")
     return margin
 
 
 def _list(value: Any, what: str) -> list[Any]:
     if value is None:
-        raise _RowError(f"'{what}' is missing")
+        raise RowError(f"'{what}' is missing")
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise _RowError(f"'{what}' must be a list, found text") from None
+            raise RowError(f"'{what}' must be a list, found text") from None
     if not isinstance(value, list):
-        raise _RowError(f"'{what}' must be a list, found {_kind(value)}")
+        raise RowError(f"'{what}' must be a list, found {_kind(value)}")
     return value
 
 
@@ -527,7 +450,7 @@ def _ranked_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport
             responses = _list(record.get("responses"), "responses")
             ranks = _list(record.get("ranks"), "ranks") if ranked or "ranks" in record else [None] * len(responses)
             if len(ranks) != len(responses):
-                raise _RowError(f"{len(ranks)} ranks for {len(responses)} responses: give one rank per response")
+                raise RowError(f"{len(ranks)} ranks for {len(responses)} responses: give one rank per response")
             texts, kept_ranks = [], []
             for i, (response, rank) in enumerate(zip(responses, ranks)):
                 rank = _rank(rank, f"the rank of response {i + 1}")
@@ -538,19 +461,22 @@ def _ranked_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport
                 texts.append(text)
                 kept_ranks.append(rank)
             groups.append(RankedGroup(prompt, texts, kept_ranks, _margin(record), where))
-        except _RowError as exc:
+        except RowError as exc:
             report.skipped.append(SkippedRow(where, str(exc)))
     return groups
 
 
 def _tidy_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:
     by_prompt: dict[str, RankedGroup] = {}
+    if any("margin" in record for _, record in objects[:1]):
+        report.warnings.append(f"{objects[0][0]}: the 'margin' column is ignored: a tidy table gives one row per "
+                               "response, and margins belong to pairs (prompt, chosen, rejected, margin)")
     for where, record in objects:
         try:
             prompt = _text(record.get("prompt"), "prompt")
             response = _text(record.get("response"), "response")
             rank = _rank(record.get("rank"), "rank")  # missing (candidates to score) = unranked
-        except _RowError as exc:
+        except RowError as exc:
             report.skipped.append(SkippedRow(where, str(exc)))
             continue
         group = by_prompt.setdefault(prompt, RankedGroup([{"role": "user", "content": prompt}], [], [], 0.0, where))
@@ -561,7 +487,7 @@ def _tidy_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) 
 
 def _pair_group(prompt: list[Message], chosen: str, rejected: str, margin: float, where: str) -> RankedGroup:
     if chosen.strip() == rejected.strip():
-        raise _RowError("chosen and rejected are identical: no preference to learn")
+        raise RowError("chosen and rejected are identical: no preference to learn")
     return RankedGroup(prompt, [chosen, rejected], [1, 2], margin, where)
 
 
@@ -573,18 +499,21 @@ def _pair_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) 
             chosen = _text(record.get("chosen"), "chosen")
             rejected = _text(record.get("rejected"), "rejected")
             groups.append(_pair_group(prompt, chosen, rejected, _margin(record), where))
-        except _RowError as exc:
+        except RowError as exc:
             report.skipped.append(SkippedRow(where, str(exc)))
     return groups
 
 
 def split_hh_dialogue(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
-    """Split an HH-RLHF pair at the last "\\n\\nAssistant:" both share: (prompt messages, chosen, rejected)."""
+    """Split an HH-RLHF pair at the last "\\n\\nAssistant:" both share: (prompt messages, chosen, rejected).
+
+    Raises `RowError` (a ValueError) when the two share no such dialogue.
+    """
     cut = chosen.rfind(_HH_ASSISTANT)
     while cut >= 0 and not rejected.startswith(chosen[: cut + len(_HH_ASSISTANT)]):
         cut = chosen.rfind(_HH_ASSISTANT, 0, cut)
     if cut < 0:
-        raise _RowError("chosen and rejected share no dialogue ending in '\\n\\nAssistant:'")
+        raise RowError("chosen and rejected share no dialogue ending in '\\n\\nAssistant:'")
     head = chosen[:cut]
     start = cut + len(_HH_ASSISTANT)
     parts = _HH_TURN.split(head)
@@ -594,7 +523,7 @@ def split_hh_dialogue(chosen: str, rejected: str) -> tuple[list[Message], str, s
     for role, content in zip(parts[1::2], parts[2::2]):
         messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
     if not messages:
-        raise _RowError("the shared dialogue has no human turn")
+        raise RowError("the shared dialogue has no human turn")
     return messages, chosen[start:].strip(), rejected[start:].strip()
 
 
@@ -606,9 +535,9 @@ def _implicit_pair_groups(objects: list[tuple[str, dict[str, Any]]], report: Dat
             rejected = _text(record.get("rejected"), "rejected")
             prompt, chosen_reply, rejected_reply = split_hh_dialogue(chosen, rejected)
             if not chosen_reply or not rejected_reply:
-                raise _RowError("the last assistant reply of chosen or rejected is empty")
+                raise RowError("the last assistant reply of chosen or rejected is empty")
             groups.append(_pair_group(prompt, chosen_reply, rejected_reply, _margin(record), where))
-        except _RowError as exc:
+        except RowError as exc:
             report.skipped.append(SkippedRow(where, str(exc)))
     return groups
 
@@ -639,12 +568,12 @@ def _conversational_groups(objects: list[tuple[str, dict[str, Any]]], report: Da
                 ):
                     shared += 1
                 if shared == 0:
-                    raise _RowError("chosen and rejected share no prompt messages (and there is no 'prompt')")
+                    raise RowError("chosen and rejected share no prompt messages (and there is no 'prompt')")
                 prompt = chosen_msgs[:shared]
                 chosen = _reply_text(chosen_msgs[shared:], "chosen")
                 rejected = _reply_text(rejected_msgs[shared:], "rejected")
             groups.append(_pair_group(prompt, chosen, rejected, _margin(record), where))
-        except _RowError as exc:
+        except RowError as exc:
             report.skipped.append(SkippedRow(where, str(exc)))
     return groups
 
@@ -660,32 +589,52 @@ def _oasst_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport)
             report.skipped.append(SkippedRow(where, "'prompt' must be the tree's root message (an object)"))
             continue
         found: list[RankedGroup] = []
+        unranked: list[SkippedRow] = []
         try:
-            _walk_oasst(root, [], where, found)
-        except _RowError as exc:
+            _walk_oasst(root, [], where, found, unranked)
+        except RowError as exc:
             report.skipped.append(SkippedRow(where, str(exc)))
             continue
         if not found:
             report.skipped.append(SkippedRow(where, "message tree has no ranked assistant replies"))
+        else:
+            report.skipped.extend(unranked)
         groups.extend(found)
     return groups
 
 
-def _walk_oasst(node: dict[str, Any], history: list[Message], where: str, out: list[RankedGroup]) -> None:
+_OASST_MAX_DEPTH = 200  # turns in one conversation; deeper trees are refused before recursion runs out
+
+
+def _walk_oasst(node: dict[str, Any], history: list[Message], where: str, out: list[RankedGroup],
+                unranked: list[SkippedRow]) -> None:
+    """Every set of two or more ranked sibling replies to a prompter message becomes a group."""
     role = _OASST_ROLES.get(str(node.get("role", "")))
     if role is None:
-        raise _RowError(f"message role {node.get('role')!r} is neither 'prompter' nor 'assistant'")
+        raise RowError(f"message role {_shown(node.get('role'))} is neither 'prompter' nor 'assistant'")
+    if len(history) >= _OASST_MAX_DEPTH:
+        raise RowError(f"the message tree is more than {_OASST_MAX_DEPTH} turns deep")
     conversation = history + [{"role": role, "content": _text(node.get("text"), "text", allow_empty=True)}]
-    replies = [r for r in node.get("replies") or [] if isinstance(r, dict)]
+    replies = node.get("replies")
+    if replies is None:
+        replies = []
+    if not isinstance(replies, list):
+        raise RowError(f"'replies' of message {_shown(node.get('message_id', '?'))} must be a list, "
+                        f"found {_kind(replies)}")
+    replies = [r for r in replies if isinstance(r, dict)]
     if role == "user" and replies:
-        ranks = [_rank(r["rank"] + 1 if isinstance(r.get("rank"), int) else r.get("rank"), "rank") for r in replies]
+        label = f"{where} (reply group of message {node.get('message_id', '?')})"
+        # OpenAssistant ranks count from 0 (best)
+        ranks = [_rank(r.get("rank"), f"the rank of reply {i + 1}", first=0) for i, r in enumerate(replies)]
         if sum(rank is not None for rank in ranks) >= 2:
             texts = [r.get("text") if isinstance(r.get("text"), str) else "" for r in replies]
             keep = [i for i, text in enumerate(texts) if text.strip()]
-            label = f"{where} (reply group of message {node.get('message_id', '?')})"
             out.append(RankedGroup(conversation, [texts[i] for i in keep], [ranks[i] for i in keep], 0.0, label))
+        elif len(replies) >= 2:
+            unranked.append(SkippedRow(label, f"{len(replies)} sibling replies but fewer than two ranked: "
+                                              "nothing to compare"))
     for reply in replies:
-        _walk_oasst(reply, conversation, where, out)
+        _walk_oasst(reply, conversation, where, out, unranked)
 
 
 def _candidate_groups(objects: list[tuple[str, dict[str, Any]]], report: DataReport) -> list[RankedGroup]:

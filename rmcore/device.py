@@ -1,4 +1,9 @@
-"""Pick the compute device in one place: CUDA, then Apple MPS, then CPU."""
+"""The compute device and its precision, decided in one place: CUDA, then Apple MPS, then CPU.
+
+Training, the time estimate, scoring and the head-mode feature cache all ask here, so they never
+pick different precisions on the same machine (a head-mode model's cached trunk features are keyed
+by the precision they were computed in, and would be thrown away if scoring chose another).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +25,18 @@ def autodetect_device() -> str:
 
 
 def mixed_precision_for(device: str) -> str:
-    """bf16 autocast on CUDA; float32 elsewhere, so a CPU run gives the same model on every CPU.
+    """accelerate's name for the autocast precision on `device`: "bf16" on CUDA that supports it, else "no".
 
-    (bf16 on a CPU depends on the chip: with AVX512-BF16, as here, a matmul runs about 2x faster;
-    without it, many times slower. Scoring offers it as an option: RewardModel's `dtype`.)
+    On a CPU training stays float32, so a CPU run gives the same model on every CPU: bfloat16
+    matmuls depend on the chip (with AVX512-BF16, as on this project's machines, about 2x faster;
+    without it many times slower). Scoring offers bfloat16 as an explicit option instead
+    (RewardModel's `dtype`), which changes the stored weights, not the autocast.
     """
     return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
+
+
+def autocast(device: str):
+    """The autocast context for `device`, matching `mixed_precision_for` (used outside accelerate)."""
+    if mixed_precision_for(device) == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)

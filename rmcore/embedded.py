@@ -44,7 +44,12 @@ def embedded_model_dir() -> Path:
     source = gguf_path()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
 
+    # transformers' GGUF reader draws its bar with plain tqdm, which ignores transformers' own switch
+    # (hf_logging.disable_progress_bar, which the CLI sets): give it the tqdm that obeys the switch.
+    gguf_utils.tqdm = hf_logging.tqdm
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and weights.

@@ -21,17 +21,12 @@ from dataclasses import dataclass, field
 import torch
 
 from rmcore.batching import pack_groups
+from rmcore.config import TrainConfig
 from rmcore.data import RankedGroup
-from rmcore.device import autodetect_device
+from rmcore.device import autocast, autodetect_device
 from rmcore.encoding import EncodedGroup, encode_groups
-from rmcore.model import (
-    PackedRewardModel,
-    head_of,
-    load_sequence_classifier,
-    load_tokenizer,
-    resolve_model_path,
-)
-from rmcore.train import TrainConfig
+from rmcore.model import load_sequence_classifier, load_tokenizer, resolve_model_path
+from rmcore.modes import setup_mode
 
 HEAD_STEP_S = 0.003  # one optimizer step of the reward neuron on cached features (measured: ~1-3 ms)
 SAVE_BYTES_PER_S = 150e6  # writing safetensors, tokenizer and the atomic rename
@@ -116,36 +111,14 @@ def measure_rates(
     tokens = max(1, batch.real_tokens)
 
     parameters = sum(p.numel() for p in classifier.parameters())  # what is saved (LoRA is merged)
-    if config.mode == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        lora = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=0.0,
-            target_modules="all-linear",
-        )
-        classifier = get_peft_model(classifier, lora)
-    packed = PackedRewardModel(classifier).to(device)
-
-    def autocast():
-        if device == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+    packed, trainable = setup_mode(config, classifier)
+    packed.to(device)
 
     def forward_once() -> float:
         _sync(device)
         t0 = time.perf_counter()
-        with torch.no_grad(), autocast():
-            packed(
-                batch.input_ids,
-                batch.position_ids,
-                batch.attention_mask,
-                batch.last_index,
-                features_only=config.mode == "head",
-                layout=batch.layout,
-            )
+        with torch.no_grad(), autocast(device):
+            packed(batch, features_only=config.mode == "head")
         _sync(device)
         return time.perf_counter() - t0
 
@@ -155,27 +128,18 @@ def measure_rates(
 
     train_s = 0.0
     if config.mode != "head":
-        if config.mode == "full":
-            classifier.requires_grad_(True)
-        params = [p for p in packed.parameters() if p.requires_grad]
+        params = [p for p in trainable.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate())
         packed.train()
-
-        def train_once() -> float:
-            _sync(device)
-            t0 = time.perf_counter()
-            with autocast():
-                rewards = packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
-                                 layout=batch.layout)
-            rewards.float().sum().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            _sync(device)
-            return time.perf_counter() - t0
-
-        train_s = train_once()  # the forward warm-up above is enough; a second step would double the wait
-    else:
-        head_of(classifier)  # fails early if the model has no reward neuron to train
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast(device):
+            rewards = packed(batch)
+        rewards.float().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        train_s = time.perf_counter() - t0  # the forward warm-up above is enough; a second step doubles the wait
     return StepRates(name, config.mode, device, load_s, forward_s / tokens, train_s / tokens, parameters)
 
 
@@ -211,7 +175,14 @@ def estimate_training_time(
         parts["training"] = config.epochs * train_tokens * rates.train_s_per_token
         parts["evaluation"] = (config.epochs + 1) * eval_tokens * rates.forward_s_per_token
     parts["saving"] = 1.0 + rates.parameters * 4 / SAVE_BYTES_PER_S
-    return TimeEstimate(sum(parts.values()), parts, steps, train_tokens, eval_tokens, cached, rates.device)
+    seconds = sum(parts.values())
+    if config.time_budget_s and seconds > config.time_budget_s:  # training stops early to end on time
+        fixed = seconds - parts["training"]
+        share = max(0.0, config.time_budget_s - fixed) / max(parts["training"], 1e-9)
+        parts["training"] *= min(1.0, share)
+        steps = max(1, int(steps * min(1.0, share)))
+        seconds = sum(parts.values())
+    return TimeEstimate(seconds, parts, steps, train_tokens, eval_tokens, cached, rates.device)
 
 
 def _uncached_tokens(config: TrainConfig, encoded: list[EncodedGroup], device: str) -> int:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rmcore.encoding import EncodedGroup
+from rmcore.outputs import atomic_path
 from rmcore.paths import cache_dir
 
 
@@ -110,9 +110,8 @@ class FeatureCache:
             "keys": torch.tensor(keys, dtype=torch.int64),
             "sizes": torch.tensor([len(f) for f in per_group], dtype=torch.int64),
         }
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
         covered = set(keys)
         for other, other_keys, _ in self._shard_indexes():
             if other != path and set(other_keys) <= covered:

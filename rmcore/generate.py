@@ -18,6 +18,7 @@ import torch
 
 from rmcore.data import Message
 from rmcore.device import autodetect_device
+from rmcore.encoding import render_prompt
 from rmcore.errors import ModelError
 from rmcore.model import RewardModel, ScoreResult, from_pretrained_safely, load_tokenizer, resolve_model_path
 
@@ -43,10 +44,7 @@ class Generator:
 
     def prompt_ids(self, prompt: str | list[Message]) -> torch.Tensor:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+        text = render_prompt(self.tokenizer, messages)  # exactly the prompt the reward model scores after
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         return ids.to(self.device)  # (1, T)
 

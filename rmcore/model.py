@@ -25,17 +25,21 @@ import torch
 from torch import nn
 
 from rmcore.attention import PackedLayout, packed_attention, supports_prefix
-from rmcore.batching import pack_groups
+from rmcore.batching import PackedBatch, pack_groups
+from rmcore.config import default
 from rmcore.data import Message, RankedGroup
-from rmcore.device import autodetect_device
+from rmcore.device import autocast, autodetect_device
 from rmcore.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
 from rmcore.encoding import EncodedGroup, encode_group, render_text
 from rmcore.errors import ModelError
 from rmcore.feature_cache import FeatureCache
+from rmcore.model_card import CARD_FILE, render_card
+from rmcore.model_folder import METADATA_FILE, recover_interrupted_saves, swap_in
 from rmcore.prompt_cache import PromptCache, weights_fingerprint
+from rmcore.ranking import preference_probability
+from rmcore.shared_trunk import share_trunk
 
-METADATA_FILE = "rmcore.json"
-DEFAULT_MAX_LENGTH = 512
+DEFAULT_MAX_LENGTH = default("max_length")  # a model that does not say its own: what training uses
 SCORING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -68,6 +72,91 @@ def check_model_folder(path: Path) -> None:
                 "because pickle files can run code. Convert them with a trusted tool first."
             )
         raise ModelError(f"{path}: no *.safetensors weights in the folder")
+    config = read_json_file(path / "config.json")
+    _check_labels(config, path / "config.json")
+    stored = sum(_safetensors_parameters(file) for file in sorted(path.glob("*.safetensors")))
+    described = _described_parameters(config)
+    if described is not None and described > 4 * stored + 50_000_000:
+        raise ModelError(f"{path / 'config.json'}: describes a model of about {described / 1e9:,.1f} billion "
+                         f"parameters ({4 * described / 2**30:,.0f} GiB in float32) but the weights hold "
+                         f"{stored / 1e6:,.1f} million; the config does not belong to these weights")
+
+
+_MAX_JSON_BYTES = 64 << 20  # config.json and rmcore.json are a few kilobytes
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def read_json_file(file: Path) -> dict[str, Any]:
+    """A model folder's JSON file (config.json, rmcore.json) as a dict, or one line naming what is wrong."""
+    try:
+        if file.stat().st_size > _MAX_JSON_BYTES:
+            raise ModelError(f"{file}: {file.stat().st_size / 2**20:.0f} MB is far too large for this file")
+        value = json.loads(file.read_bytes())
+    except OSError as exc:
+        raise ModelError(f"{file}: cannot read the file ({exc.strerror})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ModelError(f"{file}: not valid JSON ({exc}); the file is damaged") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{file}: expected a JSON object, found {type(value).__name__}; the file is damaged")
+    return value
+
+
+def _label_count(config: dict[str, Any]) -> int:
+    """Outputs of a sequence classifier as transformers counts them (2 when the config says nothing)."""
+    if isinstance(config.get("num_labels"), int):
+        return config["num_labels"]
+    id2label = config.get("id2label")
+    return len(id2label) if isinstance(id2label, dict) and id2label else 2
+
+
+def _check_labels(config: dict[str, Any], file: Path) -> None:
+    archs = config.get("architectures") or []
+    if isinstance(archs, list) and any(str(a).endswith("ForSequenceClassification") for a in archs):
+        labels = _label_count(config)
+        if labels != 1:
+            raise ModelError(f"{file}: a classifier with {labels} labels, not a reward model (one output); "
+                             "rmcore cannot tell which label would be the reward")
+
+
+def _safetensors_parameters(file: Path) -> int:
+    """Parameters a safetensors file holds, after checking its header and that no byte is missing."""
+    size = file.stat().st_size
+    damaged = f"{file}: not a valid safetensors file ({size:,} bytes)"
+    with file.open("rb") as stream:
+        head = stream.read(8)
+        if len(head) < 8:
+            raise ModelError(f"{damaged}: empty or cut short; save or copy the model again")
+        header_size = int.from_bytes(head, "little")
+        if header_size > min(size - 8, _MAX_JSON_BYTES):
+            raise ModelError(f"{damaged}: its header says {header_size:,} bytes; the file is damaged or cut short")
+        try:
+            header = json.loads(stream.read(header_size))
+            tensors = [t for name, t in header.items() if name != "__metadata__"]
+            end = max((int(t["data_offsets"][1]) for t in tensors), default=0)
+            counts = [math.prod(int(n) for n in t["shape"]) for t in tensors]
+            if any(t["dtype"] in _DTYPE_BYTES and count * _DTYPE_BYTES[t["dtype"]] !=
+                   int(t["data_offsets"][1]) - int(t["data_offsets"][0]) for count, t in zip(counts, tensors)):
+                raise ValueError("a tensor's shape does not match its bytes")
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+            raise ModelError(f"{damaged}: its header is unreadable or inconsistent") from None
+        parameters = sum(counts)
+    if 8 + header_size + end > size:
+        raise ModelError(f"{file}: cut short: {size:,} bytes where its header describes {8 + header_size + end:,}; "
+                         "save or copy the model again")
+    return parameters
+
+
+def _described_parameters(config: dict[str, Any]) -> int | None:
+    """Roughly how many parameters a decoder config asks for (to refuse one that asks for terabytes)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    hidden = text.get("hidden_size") or text.get("n_embd") or text.get("d_model")
+    layers = text.get("num_hidden_layers") or text.get("n_layer")
+    vocab = text.get("vocab_size")
+    inner = text.get("intermediate_size") or text.get("n_inner") or (4 * hidden if isinstance(hidden, int) else None)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (hidden, layers, vocab, inner)):
+        return None
+    return vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inner)
 
 
 def load_tokenizer(path: str):
@@ -101,9 +190,9 @@ def is_reward_model_folder(path: str) -> bool:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         return False
-    config = json.loads(config_file.read_text())
+    config = read_json_file(config_file)
     archs = config.get("architectures") or []
-    return any(a.endswith("ForSequenceClassification") for a in archs) and config.get("num_labels", 1) == 1
+    return any(str(a).endswith("ForSequenceClassification") for a in archs) and _label_count(config) == 1
 
 
 def from_pretrained_safely(cls, path: str, **kwargs):
@@ -118,6 +207,8 @@ def from_pretrained_safely(cls, path: str, **kwargs):
         ) from None
     except ValueError as exc:
         raise ModelError(f"{path}: cannot load the model ({exc})") from None
+    except Exception as exc:  # a damaged folder fails in many ways inside transformers and safetensors
+        raise ModelError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from None
 
 
 def load_sequence_classifier(path: str, *, seed: int = 0):
@@ -175,10 +266,11 @@ class PackedRewardModel(nn.Module):
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, input_ids, position_ids, attention_mask, last_index, features_only: bool = False,
-                layout: PackedLayout | None = None):
-        hidden = self.hidden_states(input_ids, position_ids, attention_mask, layout)  # (B, L, H)
-        last_hidden = hidden.reshape(-1, hidden.shape[-1])[last_index]  # (N, H)
+    def forward(self, batch: PackedBatch, features_only: bool = False, structured: bool = True):
+        """Rewards (N,) of the batch's responses; `structured=False` applies the block mask densely."""
+        layout = batch.layout if structured else None
+        hidden = self.hidden_states(batch.input_ids, batch.position_ids, batch.attention_mask, layout)  # (B, L, H)
+        last_hidden = hidden.reshape(-1, hidden.shape[-1])[batch.last_index]  # (N, H)
         if features_only:
             return last_hidden
         return read_head(self.classifier, last_hidden)  # (N,)
@@ -215,8 +307,7 @@ def head_of(model: nn.Module) -> nn.Linear:
 # ----------------------------------------------------------------------------- results
 
 
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+sigmoid = preference_probability  # the name the scoring code and notebooks know
 
 
 def preference_matrix(rewards: list[float]) -> list[list[float]]:
@@ -286,9 +377,13 @@ class RewardModel:
         metadata = {}
         meta_file = Path(path) / METADATA_FILE
         if meta_file.is_file():
-            metadata = json.loads(meta_file.read_text())
+            metadata = read_json_file(meta_file)
         if max_length is None:
-            max_length = int(metadata.get("config", {}).get("max_length", DEFAULT_MAX_LENGTH))
+            saved = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
+            max_length = saved.get("max_length", DEFAULT_MAX_LENGTH)
+            if isinstance(max_length, bool) or not isinstance(max_length, int) or not 16 <= max_length <= 1 << 20:
+                raise ModelError(f"{meta_file}: config.max_length is {max_length!r}, not a number of tokens; "
+                                 "the file is damaged (or pass --max-length)")
         return cls(model, tokenizer, device=device, trained=trained, max_length=max_length,
                    name=display, metadata=metadata, dtype=dtype)
 
@@ -325,8 +420,7 @@ class RewardModel:
             idx = order[start : start + batch_size]
             batch = pack_groups([encoded[i] for i in idx], self.tokenizer.pad_token_id).to(self.device)
             with self._lock, self._autocast():
-                rewards = self.packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
-                                      layout=batch.layout)
+                rewards = self.packed(batch)
             flat = rewards.float().cpu().tolist()
             for i, size in zip(idx, batch.group_sizes):
                 out[i], flat = flat[:size], flat[size:]
@@ -369,8 +463,7 @@ class RewardModel:
         """One group's rewards from a forward pass (no prompt cache)."""
         batch = pack_groups([group], self.tokenizer.pad_token_id).to(self.device)
         with self._lock, torch.inference_mode(), self._autocast():
-            rewards = self.packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
-                                  layout=batch.layout)
+            rewards = self.packed(batch)
         return rewards.float().cpu().tolist()
 
     def _rewards_reusing_prompt(self, group: EncodedGroup) -> list[float]:
@@ -444,9 +537,7 @@ class RewardModel:
         return render_text(self.tokenizer, messages, response)
 
     def _autocast(self):
-        if self.device == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        return autocast(self.device)
 
     # -- saving
     def save(self, out_dir: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -460,35 +551,39 @@ class RewardModel:
 
 
 def save_reward_model(model, tokenizer, out_dir: str | os.PathLike, metadata: dict,
-                      extra_files: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Path:
-    """Save atomically: write a sibling temp folder, then swap it in by rename.
+                      extra_files: dict[str, str] | None = None, keep: tuple[str, ...] = (),
+                      on_note: Callable[[str], None] | None = None) -> Path:
+    """Save atomically: write a hidden sibling folder, then swap it in by rename (rmcore.model_folder).
 
-    A process killed while saving leaves the previous folder intact (or, between the two renames,
-    recoverable as OUT.old). `keep` names entries of an existing folder carried into the new one
-    (the training checkpoint).
+    A process killed while saving leaves the previous folder intact; the next save into the same
+    folder cleans up after it and says so through `on_note`. Entries of an existing folder that
+    rmcore did not write are carried into the new one; `keep` names rmcore's own entries to carry
+    (the training checkpoint). `rmcore.json` lists the files this save wrote.
     """
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    notes = recover_interrupted_saves(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         classifier = unwrap_classifier(model)
         classifier.config.pad_token_id = tokenizer.pad_token_id
         classifier.save_pretrained(tmp, safe_serialization=True)
+        if metadata.get("mode") == "head":  # the trunk is the base model's: one shared file, not a copy per model
+            note = share_trunk(tmp, [f"score.{name}" for name, _ in classifier.score.named_parameters()])
+            notes += [note] if note else []
         tokenizer.save_pretrained(tmp)
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        for name in keep:
-            if (out / name).exists():
-                os.rename(out / name, tmp / name)
+        (tmp / CARD_FILE).write_text(render_card(metadata, out.name))  # README.md: rmcore.model_card
+        files = sorted({p.name for p in tmp.iterdir()} | {METADATA_FILE})
+        (tmp / METADATA_FILE).write_text(json.dumps({**metadata, "files": files}, indent=2, default=str))
         _apply_umask(tmp)
-        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")  # unique: never a user's folder
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        notes += swap_in(tmp, out, keep)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for note in notes:
+        if on_note is not None:
+            on_note(note)
     return out
 
 

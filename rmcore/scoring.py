@@ -32,12 +32,20 @@ def scored_record(group: RankedGroup, encoded: EncodedGroup, rewards: list[float
 
 def scored_records(model: RewardModel, groups: list[RankedGroup], batch_size: int = 8,
                    on_progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
-    """One `scored_record` per group, in order; `on_progress(groups_done)` after every chunk."""
+    """One `scored_record` per group, in order; `on_progress(groups_done)` after every batch (inside a chunk,
+    groups done are counted by the share of the chunk's tokens done)."""
     chunk = 8 * batch_size
     for first in range(0, len(groups), chunk):
         part = groups[first : first + chunk]
         encoded = [model.encode(g.prompt, g.responses) for g in part]
-        for group, enc, rewards in zip(part, encoded, model.rewards_for(encoded, batch_size=batch_size), strict=True):
+        within = None if on_progress is None else _groups_done(on_progress, first, len(part))
+        scored = model.rewards_for(encoded, batch_size=batch_size, on_progress=within)
+        for group, enc, rewards in zip(part, encoded, scored, strict=True):
             yield scored_record(group, enc, rewards)
         if on_progress is not None:
             on_progress(first + len(part))
+
+
+def _groups_done(on_progress: Callable[[int], None], first: int, size: int) -> Callable[[float], None]:
+    """rewards_for's share of a chunk's tokens, as groups done so far (the chunk's last one at its end)."""
+    return lambda share: on_progress(first + min(size - 1, int(share * size)))

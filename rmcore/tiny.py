@@ -55,3 +55,18 @@ def build_tiny_model(out_dir: str | Path, *, hidden_size: int = 32, layers: int 
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     return out
+
+
+def build_tiny_reward_model(out_dir: str | Path, *, seed: int = 0, **model_options) -> Path:
+    """A tiny random reward model folder (the tiny Llama plus a seeded reward neuron), saved as rmcore saves.
+
+    Its rewards are random but fixed: enough to drive best-of-n and RLHF code paths in tests.
+    """
+    import tempfile
+
+    from rmcore.model import load_sequence_classifier, save_reward_model
+
+    with tempfile.TemporaryDirectory() as base_dir:
+        base = build_tiny_model(Path(base_dir) / "base", seed=seed, **model_options)
+        classifier, tokenizer, _ = load_sequence_classifier(str(base), seed=seed)
+        return save_reward_model(classifier, tokenizer, out_dir, {"base_model": "tiny", "mode": "random"})

@@ -1,19 +1,23 @@
 """Train a reward model on ranked groups with the Bradley-Terry loss, on accelerate.
 
-The loop reads top to bottom: (1) load the base model and add the reward neuron, (2) tokenize the
-groups, (3) set up the mode (head: freeze the trunk and cache its last-token features; lora; full),
-(4) prepare with accelerate, (5) step through length-bucketed batches, calling `on_step` with
-metrics, (6) evaluate on held-out prompts, (7) save atomically. `accelerate launch` runs the same
-code on several processes: each takes every world_size-th batch and DDP averages the gradients.
+`train()` reads top to bottom: (1) load the base model and add the reward neuron, (2) tokenize,
+(3) set up the mode (head: freeze the trunk and cache its last-token features; lora; full),
+(4) optimizer, schedule and accelerate, continuing a checkpoint with `resume`, (5) step through
+length-bucketed batches, evaluating on held-out prompts and checkpointing when due, (6) save
+atomically. `_Run` holds the state those steps share, one method per step.
+
+`accelerate launch` runs the same code on several processes: each takes its share of every
+epoch's batches (each batch goes to exactly one process) and DDP averages the gradients.
+With a time budget the number of steps is fitted, after every step, to the time left, so the
+schedule decays to zero and the run ends on time with a finished, evaluated model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -24,69 +28,24 @@ from typing import Any
 import torch
 
 from rmcore.batching import length_bucketed_batches, pack_groups, split_by_tokens
+from rmcore.checkpoint import load_checkpoint, run_key, save_checkpoint
+from rmcore.config import DEFAULT_LR, MODES, TrainConfig
 from rmcore.data import RankedGroup
 from rmcore.device import autodetect_device, mixed_precision_for
 from rmcore.encoding import EncodedGroup, count_truncated, encode_groups
-from rmcore.errors import ModelError, TrainingError
-from rmcore.feature_cache import FeatureCache, group_key, model_key
+from rmcore.errors import TrainingError
+from rmcore.estimate import SAVE_BYTES_PER_S
+from rmcore.feature_cache import model_key
+from rmcore.features import FeaturesStopped, response_offsets, trunk_features
 from rmcore.loss import bradley_terry_loss, pair_index
-from rmcore.model import (
-    PackedRewardModel,
-    head_of,
-    load_sequence_classifier,
-    resolve_model_path,
-    save_reward_model,
-    unwrap_classifier,
-)
+from rmcore.model import load_sequence_classifier, resolve_model_path, save_reward_model, unwrap_classifier
+from rmcore.model_folder import CHECKPOINT_DIR, check_output_folder
+from rmcore.modes import classifier_to_save, setup_mode
 
-MODES = ("head", "lora", "full")
-# Head-only training is logistic regression on frozen features: it takes a much larger step.
-DEFAULT_LR = {"head": 2e-3, "lora": 2e-4, "full": 1e-5}
-CHECKPOINT_DIR = "checkpoint"
+__all__ = ["DEFAULT_LR", "MODES", "TrainConfig", "TrainResult", "train"]
 
 StepCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class TrainConfig:
-    model: str = "embedded"  # base model: "embedded" (SmolLM2-135M-Instruct) or a local HF folder
-    mode: str = "head"  # head: only the reward neuron trains; lora: adapters + neuron; full: everything
-    epochs: int = 1
-    lr: float | None = None  # None = the mode's default (DEFAULT_LR)
-    batch_size: int = 8  # prompts per optimizer step; each brings all K of its responses
-    max_length: int = 512  # tokens of prompt + one response; prompts are cut from the left first
-    eval_fraction: float = 0.1  # share of prompts held out when no eval data is given
-    seed: int = 0
-    warmup_ratio: float = 0.05  # linear warm-up over this share of the steps, then linear decay
-    weight_decay: float = 0.0
-    center_coefficient: float = 0.0  # c * mean(r^2) keeps rewards near 0 (TRL's center_rewards_coefficient)
-    max_grad_norm: float = 1.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch only
-    eval_every: int = 0  # steps between held-out evaluations; 0 = at the end of each epoch only
-    cache_features: bool = True  # head mode: reuse trunk features across runs (keyed by model + data)
-    max_tokens: int = 0  # padded tokens per forward pass; bigger batches accumulate gradients (0 = fit memory)
-
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
-
-    def check(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("epochs", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_length < 16:
-            raise ValueError(f"max_length must be at least 16 tokens, got {self.max_length}")
-        if self.lr is not None and not (0 < self.lr < 1):
-            raise ValueError(f"learning rate must be in (0, 1), got {self.lr}")
-        if not (0 <= self.center_coefficient < math.inf):
-            raise ValueError(f"center coefficient must be a number >= 0, got {self.center_coefficient}")
-        for name in ("checkpoint_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', ' ')} must be 0 (each epoch) or a number of steps, "
-                                 f"got {getattr(self, name)}")
+_clock = time.monotonic  # seconds; one clock for the budget and the step times (tests replace it)
 
 
 @dataclass
@@ -98,95 +57,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)  # last train and eval metrics
     is_main_process: bool = True  # False on the other ranks of an `accelerate launch` run
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def check_output_folder(out_dir: Path, resume: bool) -> bool:
-    """Refuse an output folder where saving would lose something; True when it holds a finished model.
-
-    Saving replaces the whole folder, so it must be new, empty, or an rmcore model. A checkpoint
-    there is continued only with `resume`, never silently overwritten by a fresh run.
-    """
-    from rmcore.model import METADATA_FILE
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ModelError(f"{out_dir}: is a file; the output must be a folder (it is created if missing)")
-    entries = [p.name for p in out_dir.iterdir()] if out_dir.is_dir() else []
-    has_checkpoint = (out_dir / CHECKPOINT_DIR / "state.json").is_file()
-    if resume and not has_checkpoint:
-        raise ModelError(f"{out_dir}: no checkpoint to resume (a stopped run leaves one in {CHECKPOINT_DIR}/; "
-                         "a finished run does not). Leave out --resume to train from the start")
-    if has_checkpoint and not resume:
-        raise ModelError(f"{out_dir}: holds the checkpoint of a stopped run; add --resume to continue it, or "
-                         "choose another output folder (delete this one to start over)")
-    if entries and METADATA_FILE not in entries:
-        raise ModelError(f"{out_dir}: the folder is not empty and holds no rmcore model; saving would replace "
-                         f"what is in it ({', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}). "
-                         "Choose a new or empty folder")
-    return bool(entries) and not has_checkpoint
-
-
-class _StopRequested(Exception):
-    """A stop request arrived before the first training step (while computing features)."""
-
-
-def _fingerprint(model_path: str, encoded: list[EncodedGroup]) -> str:
-    """Key of a run's model and data: the model's weights files and the exact token ids."""
-    digest = hashlib.sha256(model_key(model_path).encode())
-    for group in encoded:
-        digest.update(json.dumps([group.prompt_ids, group.response_ids]).encode())
-    return digest.hexdigest()[:32]
-
-
-@torch.no_grad()
-def compute_features(
-    packed: PackedRewardModel, encoded: list[EncodedGroup], pad_id: int, device, batch_size: int,
-    autocast, on_progress: Callable[[int, int, float], None] | None = None,
-) -> list[torch.Tensor]:
-    """Last-token hidden states of each group's responses (K, H), in group order, float32 on the CPU.
-
-    Groups run shortest first, so `on_progress(done, total, token_share)` also gives the share of
-    tokens done: that, not the share of prompts, is the share of the time.
-    """
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
-    per_group: list[torch.Tensor] = [torch.zeros(0)] * len(encoded)
-    total_tokens = max(1, sum(g.num_tokens for g in encoded))
-    done_tokens = 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = pack_groups([encoded[i] for i in idx], pad_id).to(device)
-        with autocast():
-            feats = packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
-                           features_only=True, layout=batch.layout)
-        feats = feats.float().cpu()
-        for i, part in zip(idx, feats.split(batch.group_sizes)):
-            per_group[i] = part
-        done_tokens += batch.real_tokens
-        if on_progress:
-            on_progress(min(start + batch_size, len(order)), len(order), done_tokens / total_tokens)
-    return per_group
-
-
-def _response_offsets(encoded: list[EncodedGroup]) -> list[int]:
-    offsets, total = [], 0
-    for group in encoded:
-        offsets.append(total)
-        total += len(group.response_ids)
-    return offsets
-
-
-def _linear_schedule(optimizer, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# ----------------------------------------------------------------------------- the trainer
+    groups_seen: list[int] = field(default_factory=list)  # training groups this process stepped on, in order
 
 
 def train(
@@ -199,132 +70,251 @@ def train(
     stop_event: threading.Event | None = None,
     resume: bool = False,
     data_summary: dict[str, Any] | None = None,
+    started_at: float | None = None,
 ) -> TrainResult:
     """Train and save a reward model to `out_dir`; see TrainConfig for the knobs.
 
-    `on_step(metrics)` is called on the main process after every step (event "step"), after
-    every held-out evaluation (event "eval") and while preparing (event "phase"). Setting
-    `stop_event` ends training at the next step boundary, saving a checkpoint and the model.
+    `on_step(event)` is called on the main process while preparing ("phase": text, progress,
+    eta_s), after every step ("step": raw metrics), after every held-out evaluation ("eval") and
+    once saved ("done"). Setting `stop_event`, or Ctrl-C, ends training at the next step boundary,
+    saving a checkpoint and the model so far. `started_at` (time.monotonic()) is when the command
+    began, so a time budget covers reading the data too.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     config.check()
     out_dir = Path(out_dir)
     replacing = check_output_folder(out_dir, resume)
-    emit = on_step or (lambda metrics: None)
-    device = autodetect_device()
-    accelerator = Accelerator(mixed_precision=mixed_precision_for(device), cpu=device == "cpu")
-    is_main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    def phase(text: str, progress: float | None = None) -> None:
-        if is_main:
-            emit({"event": "phase", "phase": text, "progress": progress})
-
+    run = _Run(config, out_dir, on_step, started_at)
     if replacing:
-        phase(f"{out_dir} holds a finished model; it is replaced when this run saves")
-    if world > 1:
-        phase(f"training on {world} processes ({device}), sharing out the batches; gradients are averaged")
+        run.phase(f"{out_dir} holds a finished model; it is replaced when this run saves (files of yours are kept)")
 
     # 1. the base model with one reward neuron
-    set_seed(config.seed)
-    phase("loading the base model")
-    model_path, model_name = resolve_model_path(config.model)
-    classifier, tokenizer, _ = load_sequence_classifier(model_path, seed=config.seed)
-    pad_id = tokenizer.pad_token_id
-
+    run.load_model()
     # 2. tokens
-    phase("tokenizing")
-    encoded = encode_groups(tokenizer, train_groups, config.max_length)
-    encoded_eval = encode_groups(tokenizer, eval_groups or [], config.max_length)
-    if not any(g.pairs() for g in encoded):
-        raise TrainingError("the training data has no comparison (every group is tied or unranked)")
-    truncated = count_truncated(encoded + encoded_eval)
+    run.tokenize(train_groups, eval_groups or [])
+    with _StopSignal(stop_event, run.say_stopping) as stop:
+        # 3. the mode (head mode computes the trunk features here, or reads them from the cache)
+        if not run.setup_mode(stop):
+            run.phase("stopped while computing trunk features; nothing was trained or saved")
+            return run.result(stopped=True)
+        # 4. optimizer, schedule and accelerate; the checkpoint to continue from
+        run.prepare(resume)
+        # 5. the loop: one step, then the held-out evaluation and a checkpoint when due
+        stopped = run.loop(stop)
+        # 6. save the model (LoRA merged: a plain HF folder) with what produced it
+        run.save(stopped, data_summary)
+    return run.result(stopped)
 
-    # 3. the mode
-    lr = config.learning_rate()
-    packed = PackedRewardModel(classifier)
-    features = eval_features = None
-    if config.mode == "head":
-        classifier.requires_grad_(False)
-        head = head_of(classifier)
-        head.requires_grad_(True)
-        packed.to(accelerator.device)
+
+class _Run:
+    """The state of one training run, shared by the steps of `train()`."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path, on_step: StepCallback | None,
+                 started_at: float | None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.out_dir = out_dir
+        self.checkpoint = out_dir / CHECKPOINT_DIR
+        self.emit = on_step or (lambda event: None)
+        self.started_at = _clock() if started_at is None else started_at
+        self.device = autodetect_device()
+        self.accelerator = Accelerator(mixed_precision=mixed_precision_for(self.device), cpu=self.device == "cpu")
+        self.is_main = self.accelerator.is_main_process
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.last_train: dict[str, Any] = {}
+        self.last_eval: dict[str, Any] | None = None
+        self.groups_seen: list[int] = []
+        self.features = self.eval_features = None
+        set_seed(config.seed)
+        if self.world > 1:
+            self.phase(f"training on {self.world} processes ({self.device}), sharing out the batches; "
+                       "gradients are averaged")
+
+    def phase(self, text: str, progress: float | None = None, eta_s: float | None = None) -> None:
+        if self.is_main:
+            self.emit({"event": "phase", "phase": text, "progress": progress, "eta_s": eta_s})
+
+    def say_stopping(self) -> None:
+        self.phase("stopping after this step, then saving a checkpoint and the model "
+                   "(press Ctrl-C again to quit at once, keeping only the last checkpoint)")
+
+    # -- 1, 2: model and tokens
+    def load_model(self) -> None:
+        self.phase("loading the base model")
+        self.model_path, self.model_name = resolve_model_path(self.config.model)
+        self.classifier, self.tokenizer, _ = load_sequence_classifier(self.model_path, seed=self.config.seed)
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def tokenize(self, train_groups: list[RankedGroup], eval_groups: list[RankedGroup]) -> None:
+        self.phase("tokenizing")
+        self.encoded = encode_groups(self.tokenizer, train_groups, self.config.max_length)
+        self.encoded_eval = encode_groups(self.tokenizer, eval_groups, self.config.max_length)
+        self.eval_groups = eval_groups
+        if not any(g.pairs() for g in self.encoded):
+            raise TrainingError("the training data has no comparison (every group is tied or unranked)")
+        self.truncated = count_truncated(self.encoded + self.encoded_eval)
+        self.lengths = [g.num_tokens for g in self.encoded]
+
+    # -- 3: the mode
+    def setup_mode(self, stop: _StopSignal) -> bool:
+        """Freeze or wrap the model for the mode; False when a stop came while computing features."""
+        self.packed, self.trainable = setup_mode(self.config, self.classifier)
+        if self.config.mode != "head":
+            return True
+        self.packed.to(self.accelerator.device)
         try:
-            features, eval_features = _head_features(
-                config, model_path, packed, encoded, encoded_eval, pad_id, accelerator, phase, stop_event
-            )
-        except _StopRequested:
-            phase("stopped while computing trunk features; nothing was trained or saved")
-            return TrainResult(out_dir, 0, 0, True, [], {}, is_main)
-        trainable_module: torch.nn.Module = head
-    else:
-        if config.mode == "lora":
-            from peft import LoraConfig, TaskType, get_peft_model
+            self.features, self.eval_features = trunk_features(
+                self.config, self.model_path, self.packed, self.encoded, self.encoded_eval, self.pad_id,
+                self.accelerator, self.phase, stop.is_set)
+        except FeaturesStopped:
+            return False
+        self.offsets = response_offsets(self.encoded)
+        return True
 
-            lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
-                              lora_dropout=0.0, target_modules="all-linear")
-            packed = PackedRewardModel(get_peft_model(classifier, lora))
-        else:
-            classifier.requires_grad_(True)
-        trainable_module = packed
-    params = [p for p in trainable_module.parameters() if p.requires_grad]
-    # The fused kernel is the same AdamW in one pass over the weights (5x faster than foreach on a CPU).
-    fused = accelerator.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, fused=fused or None)
+    # -- 4: optimizer, schedule, accelerate, resume
+    def prepare(self, resume: bool) -> None:
+        config, accelerator = self.config, self.accelerator
+        self.params = [p for p in self.trainable.parameters() if p.requires_grad]
+        # The fused kernel is the same AdamW in one pass over the weights (5x faster than foreach on a CPU).
+        fused = accelerator.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in self.params)
+        optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate(), weight_decay=config.weight_decay,
+                                      fused=fused or None)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.encoded) / config.batch_size) / self.world)
+        self.max_steps = self.steps_per_epoch * config.epochs
+        self.schedule = _LinearSchedule(config.warmup_ratio, self.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        # accelerate: DDP wrapper and device placement (the scheduler steps once per step, by us)
+        self.module, self.optimizer = accelerator.prepare(self.trainable, optimizer)
+        if self.features is not None:
+            self.features = self.features.to(accelerator.device)
+            if self.eval_features is not None:
+                self.eval_features = self.eval_features.to(accelerator.device)
+        self.max_tokens = config.max_tokens or _tokens_per_forward(unwrap_classifier(self.classifier).config,
+                                                                   accelerator.device)
+        self.run_key = run_key(config, self.model_path, self.encoded)
+        if resume and (self.checkpoint / "state.json").is_file():
+            self.step, self.history = load_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module),
+                                                      self.optimizer, self.scheduler, self.run_key)
+            self.schedule.total_steps = self.max_steps  # --epochs may differ from the checkpoint's run
+            self.phase(f"resumed from step {self.step}")
+        self.budget = _Budget(config.time_budget_s, self.started_at, self._reserve_for_saving())
 
-    lengths = [g.num_tokens for g in encoded]
-    batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / world)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = _linear_schedule(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    def _reserve_for_saving(self) -> float:
+        parameters = sum(p.numel() for p in self.classifier.parameters())
+        return 1.0 + parameters * 4 / SAVE_BYTES_PER_S
 
-    # 4. accelerate: DDP wrapper and device placement (the scheduler steps once per step, by us)
-    module, optimizer = accelerator.prepare(trainable_module, optimizer)
-    if features is not None:
-        features = features.to(accelerator.device)
-        eval_features = eval_features.to(accelerator.device) if eval_features is not None else None
-    offsets = _response_offsets(encoded)
+    # -- 5: the loop
+    def loop(self, stop: _StopSignal) -> bool:
+        """Train until the last step; True when a stop request ended it early."""
+        if self.step == 0 and self.encoded_eval:
+            self.evaluate()  # the untrained baseline, so curves start where training starts
+        self.module.train()
+        self._fit_to_budget()
+        mark = _clock()
+        try:
+            while self.step < self.schedule.total_steps:
+                self.train_one_step()
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                if _due(self.step, self.config.eval_every) or end_of_epoch:
+                    self.evaluate()
+                    self.module.train()
+                if _due(self.step, self.config.checkpoint_every) or (end_of_epoch and self.step < self.max_steps):
+                    self.save_checkpoint()
+                now = _clock()
+                self.budget.record_iteration(now - mark)  # everything a step costs, evaluations kept apart
+                mark = now
+                self._fit_to_budget()
+                if self.step < self.schedule.total_steps and self._any_process(stop.is_set()):
+                    self.phase(f"stopped at step {self.step}; saving a checkpoint")
+                    self.save_checkpoint()
+                    return True
+        except torch.OutOfMemoryError:
+            config = self.config
+            raise TrainingError(
+                f"out of memory at batch size {config.batch_size} and max length {config.max_length}; try "
+                f"--batch-size {max(1, config.batch_size // 2)} or --max-length {max(16, config.max_length // 2)}"
+            ) from None
+        if self.encoded_eval and (self.last_eval or {}).get("step") != self.step:
+            self.evaluate()  # a budget can end the run between two epoch ends
+        return False
 
-    start_step = 0
-    history: list[dict[str, Any]] = []
-    checkpoint = out_dir / CHECKPOINT_DIR
-    run_key = _run_key(config, model_path, encoded)
-    if resume and (checkpoint / "state.json").is_file():
-        start_step, history = _load_checkpoint(checkpoint, accelerator.unwrap_model(module), optimizer, scheduler,
-                                               run_key)
-        phase(f"resumed from step {start_step}")
+    def train_one_step(self) -> None:
+        batch_groups, weight = self._share_of_step()
+        started = _clock()
+        stats, tokens, padded = self._forward_backward(batch_groups, weight)
+        if self.config.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if weight:
+            self.groups_seen.extend(batch_groups)
+        step_time = _clock() - started
+        stats = _mean_across_processes(self.accelerator, stats, weight)
+        elapsed = _clock() - self.started_at
+        self.last_train = {
+            "event": "step", "step": self.step, "total_steps": self.schedule.total_steps,
+            "epoch": self.step / self.steps_per_epoch, **stats, "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": tokens * self.world / step_time if step_time > 0 else 0.0,
+            "padded_tokens": padded,
+            "comparisons_per_s": stats["comparisons"] * self.world / step_time if step_time > 0 else 0.0,
+            "progress": self.step / self.schedule.total_steps, "elapsed_s": elapsed,
+            "eta_s": (self.budget.mean_step_s or step_time) * (self.schedule.total_steps - self.step),
+        }
+        if self.is_main:
+            self.history.append(self.last_train)
+            self.emit(self.last_train)
 
-    def forward(batch_groups: list[int]) -> tuple[torch.Tensor, list[EncodedGroup], int]:
-        groups = [encoded[i] for i in batch_groups]
-        if features is not None:
-            idx = torch.tensor(
-                [offsets[i] + k for i in batch_groups for k in range(len(encoded[i].response_ids))],
-                device=accelerator.device,
-            )
-            return module(features[idx]).squeeze(-1).float(), groups, sum(g.num_tokens for g in groups)
-        batch = pack_groups(groups, pad_id).to(accelerator.device)
-        return module(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
-                      layout=batch.layout), groups, batch.real_tokens
+    def _share_of_step(self) -> tuple[list[int], float]:
+        """This process's batch at the current step, and the weight of its loss.
 
-    max_tokens = config.max_tokens or _tokens_per_forward(unwrap_classifier(classifier).config, accelerator.device)
+        Every batch of an epoch goes to exactly one process. When the batches do not split evenly,
+        a process left without one at the epoch's last step runs batch 0 with weight 0 (DDP needs
+        every process in the backward pass), and the others' losses are scaled so the averaged
+        gradient is the mean over the real batches only.
+        """
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        if epoch != getattr(self, "_batches_epoch", None):  # the order is fixed by (seed, epoch)
+            self._batches_epoch = epoch
+            self._batches = length_bucketed_batches(self.lengths, self.config.batch_size, self.config.seed, epoch)
+        first = in_epoch * self.world
+        real = min(self.world, len(self._batches) - first)
+        if self.rank >= real:
+            return self._batches[0], 0.0
+        return self._batches[first + self.rank], self.world / real
 
-    def train_step(batch_groups: list[int], step: int) -> tuple[dict[str, Any], int]:
+    def _forward(self, group_indices: list[int]) -> tuple[torch.Tensor, list[EncodedGroup], int, int]:
+        """Rewards of the groups' responses, the groups, their real tokens and padded tokens."""
+        groups = [self.encoded[i] for i in group_indices]
+        if self.features is not None:
+            rows = [self.offsets[i] + k for i in group_indices for k in range(len(self.encoded[i].response_ids))]
+            index = torch.tensor(rows, device=self.accelerator.device)
+            rewards = self.module(self.features[index]).squeeze(-1).float()
+            return rewards, groups, sum(g.num_tokens for g in groups), 0
+        batch = pack_groups(groups, self.pad_id).to(self.accelerator.device)
+        return self.module(batch), groups, batch.real_tokens, batch.input_ids.numel()
+
+    def _forward_backward(self, batch_groups: list[int], weight: float) -> tuple[dict[str, Any], int, int]:
         """Forward and backward over one batch, in micro-batches of at most `max_tokens` padded tokens.
 
         Each part's loss is scaled so the parts add up to the whole batch's loss (a mean over its
         prompts of the mean over each prompt's pairs), hence the same gradients, within float error.
         """
-        parts = [batch_groups] if features is not None else split_by_tokens(batch_groups, lengths, max_tokens)
-        whole = [encoded[i] for i in batch_groups]
+        config, accelerator = self.config, self.accelerator
+        parts = ([batch_groups] if self.features is not None
+                 else split_by_tokens(batch_groups, self.lengths, self.max_tokens))
+        whole = [self.encoded[i] for i in batch_groups]
         usable = max(1, sum(1 for g in whole if g.pairs()))
         responses = sum(len(g.response_ids) for g in whole)
-        loss_total, tokens, all_rewards, part_stats = 0.0, 0, [], []
+        loss_total, tokens, padded, all_rewards, part_stats = 0.0, 0, 0, [], []
         for n, part in enumerate(parts):
             last = n == len(parts) - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(module), accelerator.autocast():
-                rewards, groups, part_tokens = forward(part)
+            with contextlib.nullcontext() if last else accelerator.no_sync(self.module), accelerator.autocast():
+                rewards, groups, part_tokens, part_padded = self._forward(part)
                 pairs = pair_index(groups).to(accelerator.device)
                 if len(parts) == 1:
                     loss, stats = bradley_terry_loss(rewards, pairs, config.center_coefficient)
@@ -333,126 +323,236 @@ def train(
                     loss = loss * (sum(1 for g in groups if g.pairs()) / usable)
                     if config.center_coefficient:
                         loss = loss + config.center_coefficient * rewards.pow(2).sum() / responses
-                if not torch.isfinite(loss.detach()):
-                    kept = (f"the last good checkpoint ({checkpoint}) is kept" if (checkpoint / "state.json").is_file()
-                            else "nothing was saved")
-                    raise TrainingError(
-                        f"the loss became {loss.item()} at step {step + 1}; training stopped and {kept}. "
-                        f"Try a lower learning rate (--lr {lr / 10:g})."
-                    )
-                accelerator.backward(loss)
+                self._check_finite(loss)
+                accelerator.backward(loss * weight)
             loss_total += float(loss.detach())
             tokens += part_tokens
+            padded += part_padded
             all_rewards.append(rewards.detach().float())
             part_stats.append(stats)
         if len(parts) == 1:
-            return part_stats[0], tokens
-        return _merge_stats(part_stats, torch.cat(all_rewards), loss_total), tokens
+            return part_stats[0], tokens, padded
+        return _merge_stats(part_stats, torch.cat(all_rewards), loss_total), tokens, padded
 
-    def evaluate_held_out(step: int) -> dict[str, Any] | None:
-        if not encoded_eval or not is_main:
-            return None
-        metrics = _held_out_metrics(accelerator, module, encoded_eval, eval_features, pad_id, config)
-        metrics.update(event="eval", step=step, total_steps=total_steps, epoch=step / steps_per_epoch)
-        history.append(metrics)
-        emit(metrics)
-        return metrics
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if torch.isfinite(loss.detach()):
+            return
+        kept = (f"the last good checkpoint ({self.checkpoint}) is kept" if (self.checkpoint / "state.json").is_file()
+                else "nothing was saved")
+        raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}; training stopped and {kept}. "
+                            f"Try a lower learning rate (--lr {self.config.learning_rate() / 10:g}).")
 
-    # 5. the loop
-    stopped = False
-    step = start_step
-    started = time.perf_counter()
-    last_train: dict[str, Any] = {}
-    last_eval: dict[str, Any] | None = None
-    if start_step == 0 and encoded_eval:
-        last_eval = evaluate_held_out(0)  # the untrained baseline, so curves start where training starts
-    module.train()
-    batches_epoch, batches = -1, []
-    try:
-        while step < total_steps:
-            epoch = step // steps_per_epoch
-            if epoch != batches_epoch:  # the order is fixed by (seed, epoch): build it once per epoch
-                batches_epoch, batches = epoch, length_bucketed_batches(lengths, config.batch_size, config.seed, epoch)
-            in_epoch = step % steps_per_epoch
-            batch_groups = batches[(in_epoch * world + rank) % len(batches)]
-            t0 = time.perf_counter()
-            stats, tokens = train_step(batch_groups, step)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            elapsed = time.perf_counter() - started
-            step_time = time.perf_counter() - t0
-            stats = _mean_across_processes(accelerator, stats)
-            last_train = {
-                "event": "step", "step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch,
-                **stats, "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": tokens * world / step_time if step_time > 0 else 0.0,
-                "comparisons_per_s": stats["comparisons"] * world / step_time if step_time > 0 else 0.0,
-                "progress": step / total_steps, "elapsed_s": elapsed,
-                "eta_s": elapsed / (step - start_step) * (total_steps - step),
-            }
-            if is_main:
-                history.append(last_train)
-                emit(last_train)
-            end_of_epoch = step % steps_per_epoch == 0
-            if (config.eval_every and step % config.eval_every == 0) or end_of_epoch:
-                last_eval = evaluate_held_out(step) or last_eval
-                module.train()
-            due = config.checkpoint_every and step % config.checkpoint_every == 0
-            if due or (end_of_epoch and step < total_steps):
-                _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, run_key, checkpoint)
-            if stop_event is not None and stop_event.is_set() and step < total_steps:
-                stopped = True
-                break
-    except KeyboardInterrupt:
-        stopped = True
-    except torch.OutOfMemoryError:
-        raise TrainingError(
-            f"out of memory at batch size {config.batch_size} and max length {config.max_length}; "
-            f"try --batch-size {max(1, config.batch_size // 2)} or --max-length {max(16, config.max_length // 2)}"
-        ) from None
-    if stopped:
-        phase(f"stopped at step {step}; saving a checkpoint")
-        _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, run_key, checkpoint)
+    def evaluate(self) -> None:
+        """Held-out loss, accuracy and margin at the current step (main process only)."""
+        if not self.encoded_eval or not self.is_main:
+            return
+        started = _clock()
+        metrics = _held_out_metrics(self.accelerator, self.module, self.encoded_eval, self.eval_features,
+                                    self.pad_id, self.config.batch_size)
+        metrics.update(event="eval", step=self.step, total_steps=self.schedule.total_steps,
+                       epoch=self.step / self.steps_per_epoch)
+        self.budget.record_evaluation(_clock() - started)
+        self.last_eval = metrics
+        self.history.append(metrics)
+        self.emit(metrics)
 
-    # 6-7. save the model (merged LoRA weights: a plain HF folder) with what produced it
-    accelerator.wait_for_everyone()
-    final = {"train": {k: v for k, v in last_train.items() if k != "event"}, "eval": last_eval}
-    if is_main:
-        phase("saving the model")
-        final_model = accelerator.unwrap_model(module)
-        classifier_out = unwrap_classifier(packed.classifier)
-        if config.mode == "lora":
-            classifier_out = packed.classifier.merge_and_unload()
-        elif config.mode == "head":
-            head_of(classifier).load_state_dict(final_model.state_dict())
-        metadata = {
-            "rmcore_version": _version(),
-            "base_model": model_name,
+    def save_checkpoint(self) -> None:
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            started = _clock()
+            save_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module), self.optimizer, self.scheduler,
+                            self.step, self.history, self.run_key)
+            self.budget.record_checkpoint(_clock() - started)
+        accelerator.wait_for_everyone()
+
+    def _fit_to_budget(self) -> None:
+        """With a time budget, set the last step to what the time left allows (never past `max_steps`)."""
+        if not self.budget.seconds:
+            return
+        fitted = self.budget.steps_that_fit(self.step, self.max_steps, self.steps_per_epoch, bool(self.encoded_eval))
+        fitted = int(self._agree_across_processes(fitted))
+        current = self.schedule.total_steps
+        # Fewer steps at once (the run must end on time); more only for a gain of two or more, so
+        # noise in the step times does not move the end of the schedule back and forth.
+        if fitted < current or fitted > current + 1:
+            self.schedule.total_steps = fitted
+
+    def _any_process(self, flag: bool) -> bool:
+        """True when `flag` is set on any process (all must stop at the same step, or DDP hangs)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
+
+    def _agree_across_processes(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([float(value)], device=self.accelerator.device)
+        return int(self.accelerator.reduce(tensor, reduction="sum").item() // self.world)
+
+    # -- 6: save
+    def save(self, stopped: bool, data_summary: dict[str, Any] | None) -> None:
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            self.phase("saving the model")
+            classifier_out = classifier_to_save(self.config, self.packed)
+            history_text = "".join(_json_line(h) for h in self.history)
+            metadata = self._metadata(stopped, data_summary)
+            save_reward_model(classifier_out.float(), self.tokenizer, self.out_dir, metadata,
+                              extra_files={"metrics.jsonl": history_text},
+                              keep=(CHECKPOINT_DIR,) if stopped else (), on_note=self.phase)
+            self.emit({"event": "done", "step": self.step, "total_steps": self.schedule.total_steps,
+                       "stopped": stopped, "out_dir": str(self.out_dir)})
+        accelerator.wait_for_everyone()
+
+    def _metadata(self, stopped: bool, data_summary: dict[str, Any] | None) -> dict[str, Any]:
+        from rmcore import __version__
+
+        config = self.config
+        encoded, encoded_eval = self.encoded, self.encoded_eval
+        return {
+            "rmcore_version": __version__,
+            "base_model": self.model_name,
             "mode": config.mode,
-            "config": asdict(config),
+            "config": {**asdict(config), "lora_alpha": config.lora_scaling_alpha()},
             # head mode: the trunk is the base model's, so evaluation can reuse these trunk features
-            "feature_cache": model_key(model_path, accelerator.mixed_precision)
+            "feature_cache": model_key(self.model_path, self.accelerator.mixed_precision)
             if config.mode == "head" else None,
             "data": {**(data_summary or {}), "train_prompts": len(encoded), "eval_prompts": len(encoded_eval),
                      "train_comparisons": sum(len(g.pairs()) for g in encoded),
-                     "truncated_prompts": truncated[0], "truncated_responses": truncated[1]},
-            "metrics": final,
-            "steps": step,
-            "total_steps": total_steps,
+                     "truncated_prompts": self.truncated[0], "truncated_responses": self.truncated[1],
+                     # "the longer answer wins" on the same held-out pairs, for the model card
+                     "eval_length_baseline": _length_baseline(self.eval_groups)},
+            "metrics": self.final(),
+            "steps": self.step,
+            "total_steps": self.schedule.total_steps,
             "stopped": stopped,
+            "time_budget_s": config.time_budget_s or None,
+            "elapsed_s": round(_clock() - self.started_at, 1),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        history_text = "".join(json.dumps(h) + "\n" for h in history)
-        save_reward_model(classifier_out.float(), tokenizer, out_dir, metadata,
-                          extra_files={"metrics.jsonl": history_text}, keep=(CHECKPOINT_DIR,) if stopped else ())
-        emit({"event": "done", "step": step, "total_steps": total_steps, "stopped": stopped,
-              "out_dir": str(out_dir)})
-    accelerator.wait_for_everyone()
-    return TrainResult(out_dir, step, total_steps, stopped, history, final, is_main)
+
+    def final(self) -> dict[str, Any]:
+        return {"train": {k: v for k, v in self.last_train.items() if k != "event"}, "eval": self.last_eval}
+
+    def result(self, stopped: bool) -> TrainResult:
+        total = getattr(self, "schedule", None)
+        return TrainResult(self.out_dir, self.step, total.total_steps if total else 0, stopped, self.history,
+                           self.final() if self.last_train or self.last_eval else {}, self.is_main,
+                           self.groups_seen)
+
+
+# ----------------------------------------------------------------------------- stop requests and the budget
+
+
+class _StopSignal:
+    """A stop request, from the app (`stop_event`) or Ctrl-C, honoured only between two steps.
+
+    A Ctrl-C in the middle of a step could land after the optimizer updated the weights but before
+    the step was counted, so the checkpoint would not match the weights and a resumed run would
+    differ from an uninterrupted one. The first Ctrl-C therefore only sets a flag; the loop stops at
+    the next step boundary and saves. A second Ctrl-C quits at once, keeping the last checkpoint.
+    The handler is installed only in the main thread, and never where SIGINT is ignored (nohup).
+    """
+
+    def __init__(self, stop_event: threading.Event | None, on_first: Callable[[], None]):
+        self.stop_event = stop_event
+        self.on_first = on_first
+        self.interrupted = False
+        self._previous = None
+
+    def __enter__(self) -> _StopSignal:
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.on_first()
+
+    def is_set(self) -> bool:
+        return self.interrupted or (self.stop_event is not None and self.stop_event.is_set())
+
+
+class _LinearSchedule:
+    """Learning-rate factor: linear warm-up over `warmup_ratio` of the steps, then linear decay to 0.
+
+    `total_steps` may change while training (a time budget refits it after every step); the
+    factor of each step is computed from its current value, so the decay still ends at the last step.
+    """
+
+    def __init__(self, warmup_ratio: float, total_steps: int):
+        self.warmup_ratio = warmup_ratio
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        warmup = int(self.warmup_ratio * self.total_steps)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+
+class _Budget:
+    """How many steps fit in what is left of a time budget, from the times measured so far."""
+
+    def __init__(self, seconds: float, started_at: float, save_s: float):
+        self.seconds = seconds
+        self.started_at = started_at
+        self.save_s = save_s
+        self.step_times: list[float] = []
+        self.evaluation_s = 0.0
+        self.checkpoint_s = save_s
+        self._overhead = 0.0
+
+    @property
+    def mean_step_s(self) -> float:
+        """Mean of the last 50 step times, leaving out the first step (it includes one-time warm-up)."""
+        times = self.step_times[1:] if len(self.step_times) > 1 else self.step_times
+        recent = times[-50:]
+        return sum(recent) / len(recent) if recent else 0.0
+
+    def record_iteration(self, seconds: float) -> None:
+        """One pass of the loop; the evaluation and checkpoint inside it are counted apart."""
+        self.step_times.append(max(0.0, seconds - self._overhead))
+        self._overhead = 0.0
+
+    def record_evaluation(self, seconds: float) -> None:
+        self.evaluation_s = seconds
+        self._overhead += seconds
+
+    def record_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_s = seconds
+        self._overhead += seconds
+
+    def steps_that_fit(self, step: int, max_steps: int, steps_per_epoch: int, evaluates: bool) -> int:
+        """The last step: as many as fit before the budget ends, keeping time for evaluating and saving."""
+        if not self.step_times:
+            return max_steps  # nothing measured yet: the first step tells
+        left = self.seconds - (_clock() - self.started_at) - self.save_s
+        left -= self.evaluation_s if evaluates else 0.0  # the final evaluation
+        total = max_steps
+        for _ in range(3):  # epoch ends inside the run cost an evaluation and a checkpoint each
+            epoch_ends = max(0, min(total, max_steps) // steps_per_epoch - step // steps_per_epoch)
+            overhead = epoch_ends * ((self.evaluation_s if evaluates else 0.0) + self.checkpoint_s)
+            fit = int(max(0.0, left - overhead) / max(self.mean_step_s, 1e-9) + 1e-6)
+            total = min(max_steps, step + fit)
+        return max(step, total)
+
+
+def _due(step: int, every: int) -> bool:
+    return bool(every) and step % every == 0
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def _tokens_per_forward(model_config, device) -> int:
@@ -495,71 +595,29 @@ def _merge_stats(parts: list[dict[str, float]], rewards: torch.Tensor, loss: flo
     }
 
 
-def _version() -> str:
-    from rmcore import __version__
-
-    return __version__
-
-
-def _mean_across_processes(accelerator, stats: dict[str, float]) -> dict[str, float]:
+def _mean_across_processes(accelerator, stats: dict[str, float], weight: float) -> dict[str, float]:
+    """Each process's step metrics averaged over the processes that had a real batch (weight > 0)."""
     if accelerator.num_processes == 1:
         return stats
     keys = sorted(stats)
-    values = torch.tensor([float(stats[k]) for k in keys], device=accelerator.device)
-    values = accelerator.reduce(values, reduction="mean")
-    out = dict(zip(keys, values.tolist()))
-    out["comparisons"] = int(round(out["comparisons"]))
+    real = 1.0 if weight else 0.0
+    values = torch.tensor([float(stats[k]) * real for k in keys] + [real], device=accelerator.device)
+    values = accelerator.reduce(values, reduction="sum")
+    count = max(1.0, float(values[-1]))
+    out = {k: float(v) / count for k, v in zip(keys, values[:-1].tolist())}
+    out["comparisons"] = int(round(float(values[keys.index("comparisons")])))  # a total, not a mean
     return out
 
 
-def _head_features(config, model_path, packed, encoded, encoded_eval, pad_id, accelerator, phase, stop_event):
-    """Trunk features of every train and eval response: those of groups already in the feature cache
-    are read from it, only the others are computed (and the whole set is stored for the next run)."""
-    from safetensors.torch import load_file
-
-    everything = encoded + encoded_eval
-    cache = FeatureCache.for_model(model_path, accelerator.mixed_precision)
-    exact = cache.shard_path([group_key(g) for g in everything])
-    if accelerator.is_main_process and not (config.cache_features and exact.is_file()):
-        per_group = cache.load(everything) if config.cache_features else [None] * len(everything)
-        missing = [i for i, f in enumerate(per_group) if f is None]
-        if len(missing) < len(everything):
-            phase(f"trunk features of {len(everything) - len(missing)} of {len(everything)} prompts found "
-                  "in the cache")
-        if missing:
-            started = time.perf_counter()
-
-            def progress(done: int, total: int, share: float) -> None:
-                from rmcore.estimate import format_duration
-
-                left = (time.perf_counter() - started) * (1 - share) / share if share > 0 else None
-                eta = f", about {format_duration(left)} left" if left is not None and done < total else ""
-                phase(f"computing trunk features ({done}/{total} prompts{eta})", share)
-                if stop_event is not None and stop_event.is_set() and done < total:
-                    raise _StopRequested
-
-            todo = [everything[i] for i in missing]
-            computed = compute_features(packed, todo, pad_id, accelerator.device, config.batch_size,
-                                        accelerator.autocast, progress)
-            for i, part in zip(missing, computed):
-                per_group[i] = part
-        cache.save(everything, per_group)
-    elif accelerator.is_main_process:
-        phase("trunk features found in the cache")
-    accelerator.wait_for_everyone()
-    feats = load_file(str(exact))["features"]
-    n_train = sum(len(g.response_ids) for g in encoded)
-    return feats[:n_train], (feats[n_train:] if encoded_eval else None)
-
-
 @torch.no_grad()
-def _held_out_metrics(accelerator, module, encoded_eval, eval_features, pad_id, config) -> dict[str, Any]:
+def _held_out_metrics(accelerator, module, encoded_eval: list[EncodedGroup], eval_features, pad_id: int,
+                      batch_size: int) -> dict[str, Any]:
     model = accelerator.unwrap_model(module)
     model.eval()
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
     comparisons = 0
-    for start in range(0, len(encoded_eval), config.batch_size):
-        groups = encoded_eval[start : start + config.batch_size]
+    for start in range(0, len(encoded_eval), batch_size):
+        groups = encoded_eval[start : start + batch_size]
         if eval_features is not None:
             first = sum(len(g.response_ids) for g in encoded_eval[:start])
             n = sum(len(g.response_ids) for g in groups)
@@ -567,8 +625,7 @@ def _held_out_metrics(accelerator, module, encoded_eval, eval_features, pad_id, 
         else:
             batch = pack_groups(groups, pad_id).to(accelerator.device)
             with accelerator.autocast():
-                rewards = model(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index,
-                                layout=batch.layout)
+                rewards = model(batch)
         pairs = pair_index(groups).to(accelerator.device)
         if len(pairs.winner) == 0:
             continue
@@ -587,58 +644,13 @@ def _held_out_metrics(accelerator, module, encoded_eval, eval_features, pad_id, 
     }
 
 
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
+def _length_baseline(groups: list[RankedGroup]) -> float | None:
+    from rmcore.evaluate import length_baseline_of_groups
+
+    return length_baseline_of_groups(groups)["accuracy"] if groups else None
 
 
-def _run_key(config: TrainConfig, model_path: str, encoded: list[EncodedGroup]) -> str:
-    """What a checkpoint must match to be resumed: model, data, and every option but the epochs."""
-    ignored = ("epochs", "checkpoint_every", "eval_every", "max_tokens")  # these do not change the result
-    options = {k: v for k, v in asdict(config).items() if k not in ignored}
-    return _fingerprint(model_path, encoded) + ":" + json.dumps(options, sort_keys=True)
+def _json_line(record: dict[str, Any]) -> str:
+    import json
 
-
-def _save_checkpoint(accelerator, module, optimizer, scheduler, step, history, run_key: str,
-                     checkpoint: Path) -> None:
-    """Trainable weights, optimizer and schedule at `step`, written to a temp folder then renamed."""
-    from safetensors.torch import save_file
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_name(f".{checkpoint.name}.tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file(_trainable_state(accelerator.unwrap_model(module)), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "run_key": run_key, "history": history}))
-        old = checkpoint.with_name(f".{checkpoint.name}.old")
-        if checkpoint.exists():
-            os.rename(checkpoint, old)
-        os.rename(tmp, checkpoint)
-        if old.exists():
-            import shutil
-
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def _load_checkpoint(checkpoint: Path, model, optimizer, scheduler, run_key: str) -> tuple[int, list[dict[str, Any]]]:
-    from safetensors.torch import load_file
-
-    state = json.loads((checkpoint / "state.json").read_text())
-    if state.get("run_key") != run_key:
-        raise TrainingError(
-            f"{checkpoint}: this checkpoint was made with another model, data or options; resume with the same "
-            "ones (only --epochs may change), or train into a new --out folder"
-        )
-    weights = load_file(str(checkpoint / "trainable.safetensors"))
-    missing = set(weights) - set(model.state_dict())
-    if missing:
-        raise ModelError(f"{checkpoint}: the checkpoint does not fit this model/mode ({sorted(missing)[:3]} ...)")
-    model.load_state_dict(weights, strict=False)
-    # Our own file, written by _save_checkpoint: it holds only tensors and plain containers.
-    opt = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    return int(state["step"]), list(state.get("history", []))
+    return json.dumps(record) + "\n"

@@ -124,6 +124,8 @@ def test_pages_show_their_key_widgets_without_data(app_env):
     assert at.text_area(key="probe_prompt").value
     assert len([t for t in at.text_area if t.key and t.key.startswith("cand_")]) == 3
     assert at.selectbox(key="probe_model").value.startswith("untrained:")
+    assert not at.get("plotly_chart"), "nothing is scored before the user asks"
+    at.button(key="probe_score").click().run()
     assert any("untrained" in w.value for w in at.warning)
     assert len(at.get("plotly_chart")) == 3  # rewards, heatmap, token trace
     open_page(at, "views/evaluate.py")
@@ -286,12 +288,14 @@ def test_main_flow_demo_train_probe_evaluate_export(app_env):
     held = [t for t in curves["data"] if t.get("name") == "held-out"]
     assert len(held[0]["x"]) == 4  # before training and after each of the 3 epochs
     folder = app_env / "demo-head"
-    assert (folder / "model.safetensors").is_file() and (folder / jobs.HELD_OUT_FILE).is_file()
+    assert (folder / "model.safetensors.index.json").is_file() and (folder / jobs.HELD_OUT_FILE).is_file()
 
     # Probe: the new model is picked by default; rewards, the heatmap of sigma(r_i - r_j), a token trace
     open_page(at, "views/probe.py")
     no_exception(at)
     assert at.selectbox(key="probe_model").value == "trained:demo-head"
+    assert any("learned from only" in i.value for i in at.info), "a model trained on the demo set is called weak"
+    at.button(key="probe_score").click().run()
     assert not at.warning, "a trained model gives no untrained-head warning"
     assert at.success[0].value.startswith("Highest reward: candidate #")
     specs = plotly_specs(at)
@@ -317,7 +321,7 @@ def test_main_flow_demo_train_probe_evaluate_export(app_env):
     at.button(key="run_eval").click().run()
     no_exception(at)
     metrics = {m.label: m.value for m in at.metric}
-    assert 0 <= float(metrics["Pairwise accuracy"]) <= 1
+    assert 0 <= float(metrics["Pairwise accuracy"].split()[0]) <= 1
     assert {"rank_gap", "calibration", "histograms", "length"} <= {
         k
         for k in ("rank_gap", "calibration", "histograms", "length")
@@ -330,11 +334,13 @@ def test_main_flow_demo_train_probe_evaluate_export(app_env):
     no_exception(at)
     assert at.get("download_button")
     assert any('function_to_apply="none"' in c.value and ".render(" in c.value for c in at.code)
+    assert any("## Held-out results" in m.value for m in at.markdown), "the model card is shown"
     from app.files import zip_folder
 
     with zipfile.ZipFile(io.BytesIO(zip_folder(folder, include_checkpoint=False))) as archive:
         names = set(archive.namelist())
-    assert {"demo-head/config.json", "demo-head/model.safetensors", "demo-head/rmcore.json"} <= names
+    assert {"demo-head/config.json", "demo-head/model.safetensors.index.json", "demo-head/rmcore.json",
+            "demo-head/model-00001-of-00002.safetensors", "demo-head/model-00002-of-00002.safetensors"} <= names
 
 
 def test_generate_candidates_replaces_them_and_picks_the_best_of_n(app_env):
@@ -376,6 +382,7 @@ def test_widget_values_survive_a_visit_to_another_page(app_env):
 
 def test_probe_keeps_the_form_numbers_when_a_candidate_is_empty(app_env):
     at = open_page(new_session(), "views/probe.py")
+    at.button(key="probe_score").click().run()
     at.text_area(key="cand_1").input("")
     at.run()
     no_exception(at)
@@ -442,6 +449,7 @@ def test_second_session_sees_the_running_job_and_stop_keeps_a_checkpoint(app_env
     owner = load_demo(new_session())
     open_page(owner, "views/train.py")
     owner.radio(key="train_mode").set_value("full")
+    owner.radio(key="train_how").set_value("epochs").run()  # a budget would fit the run to its minutes
     owner.number_input(key="train_epochs").set_value(200)
     owner.number_input(key="train_batch").set_value(1)
     owner.text_input(key="train_name").input("long-run")
@@ -550,7 +558,8 @@ def test_server_config_keeps_xsrf_on_binds_localhost_and_limits_uploads():
 LOAD_IN_THREADS = """
 import sys, threading
 sys.path.insert(0, sys.argv[1])
-import app.resources  # what every page imports first
+import app.resources
+app.resources.ensure_ml()  # what every path of the app that loads a model or starts training calls first
 from rmcore.model import load_sequence_classifier, load_tokenizer
 errors = []
 def load(how):
@@ -610,3 +619,84 @@ def test_generate_samples_n_answers_and_best_of_n_takes_the_highest_reward(tiny_
     )
     assert len(result.candidates) == 4
     assert result.score.best == max(range(4), key=result.score.rewards.__getitem__)
+
+
+# ----------------------------------------------------------------------------- questioning the model (issue 17)
+
+
+def test_probe_runs_the_counterfactual_edits_with_the_users_wrong_facts(app_env):
+    at = open_page(new_session(), "views/probe.py")
+    at.button(key="probe_score").click().run()
+    no_exception(at)
+    assert any("`·` stands for that space" in c.value for c in at.caption), "the token trace has a legend"
+    wrong_area = next(t for t in at.text_area if t.key.startswith("probe_wrong_"))
+    wrong_area.input("Eggs peel best after boiling for three hours in salt water; every chef knows this.")
+    at.run()
+    at.button(key="run_probes").click().run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert len(table) == 7 and "wrong facts in a confident tone (your edit)" in set(table["edit"])
+    assert any("standard deviation" in c.value and "demo set" in c.value for c in at.caption)
+    deltas = by_key(plotly_specs(at), "probe_deltas")["data"][0]
+    assert len(deltas["x"]) == 7 and deltas["x"] == sorted(deltas["x"])
+
+
+def test_evaluate_compares_two_models_and_reports_length_and_categories(app_env):
+    at = open_page(new_session(), "views/evaluate.py")
+    at.toggle(key="eval_compare").set_value(True).run()
+    rows = [{"prompt": f"q{i}", "chosen": "a long and careful answer " * (1 + i % 3), "rejected": "short",
+             "subset": "chat" if i % 2 else "math"} for i in range(8)]
+    uploader = next(u for u in at.get("file_uploader") if u.proto.id.endswith("eval_upload"))
+    uploader.set_value(("bench.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode(), "application/json"))
+    at.run()
+    at.button(key="run_eval").click().run()
+    no_exception(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Longer answer wins"].startswith("1.000")
+    assert "±" in metrics["Pairwise accuracy"]
+    assert metrics["B − A"] == "+0.000" and metrics["Pick the same answer"] == "100%"  # the same model twice
+    categories = next(d.value for d in at.dataframe if "category" in d.value.columns)
+    assert sorted(categories["category"]) == ["chat", "math"]
+    worst = next(d.value for d in at.dataframe if "model agrees" in d.value.columns)
+    assert set(worst["model agrees"]) <= {"✓ yes", "✗ no"}, "plain text, not checkboxes that look editable"
+    charts_shown = list(plotly_specs(at))
+    assert all(any(key in i for i in charts_shown) for key in ("baselines", "difference"))
+
+
+def test_a_stopped_run_resumes_from_the_app_also_after_a_server_restart(app_env, monkeypatch):
+    owner = load_demo(new_session())
+    open_page(owner, "views/train.py")
+    assert owner.radio(key="train_how").value == "time budget", "the app trains to a time budget by default"
+    owner.radio(key="train_mode").set_value("full")
+    owner.radio(key="train_how").set_value("epochs").run()
+    owner.number_input(key="train_epochs").set_value(2)
+    owner.number_input(key="train_batch").set_value(2)
+    owner.text_input(key="train_name").input("paused")
+    owner.run()
+    owner.button(key="start_training").click().run()
+    job = jobs.manager().current()
+    for _ in range(1200):  # stop once it has taken a step (minutes on a loaded machine)
+        if job.snapshot().steps:
+            break
+        job.wait(0.1)
+    jobs.manager().stop(job.owner)
+    assert job.wait(120) and job.snapshot().status == "stopped"
+    folder = app_env / "paused"
+    assert jobs.resumable(folder), "a stopped run keeps its training prompts beside its checkpoint"
+
+    # the server restarts: the run is offered from the models folder, and resumes to the end
+    monkeypatch.setattr(jobs, "_MANAGER", jobs.JobManager())
+    fresh = load_demo(new_session())
+    open_page(fresh, "views/train.py")
+    no_exception(fresh)
+    assert fresh.selectbox(key="train_resume_pick").value == "paused"
+    fresh.button(key="resume_stopped").click().run()
+    no_exception(fresh)
+    resumed = jobs.manager().current()
+    assert resumed is not None and resumed.wait(180)
+    snap = resumed.snapshot()
+    assert snap.status == "done", snap.error
+    meta = json.loads((folder / "rmcore.json").read_text())
+    assert not meta["stopped"] and meta["steps"] == meta["total_steps"]
+    assert not (folder / "checkpoint").exists() and not (folder / jobs.TRAIN_DATA_FILE).exists()
+    assert (folder / jobs.HELD_OUT_FILE).is_file()

@@ -67,8 +67,11 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 def test_ctrl_c_saves_a_checkpoint_and_the_model_so_far(tiny_model_dir, demo_path, tmp_path):
     out = tmp_path / "rm"
     env = {**os.environ, "RMCORE_CACHE": str(tmp_path / "cache")}
+    # A launcher that ignores SIGINT (`nohup make test &`) passes that on to its children: restore the
+    # default, so Python installs its Ctrl-C handler and this tests rmcore rather than the launcher.
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(demo_path), str(tiny_model_dir), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith("STEP 2"):
             proc.send_signal(signal.SIGINT)
@@ -186,7 +189,7 @@ def test_cli_refuses_outputs_and_options_that_would_lose_work_or_mean_nothing(ti
     (mine / "notes.txt").write_text("precious")
     cases = [
         (["train", data, "--out", mine, "--model", tiny_model_dir], "holds no rmcore model"),
-        (["eval", data, "--model", tiny_model_dir, "--pairs-csv", data], "is the input file"),
+        (["eval", data, "--model", tiny_model_dir, "--pairs-csv", data], "input file"),
         (["eval", data, "--model", tiny_model_dir, "--pairs-csv", tmp_path / "no" / "p.csv"], "no such folder"),
         (["score", "--model", "models/not-there", "--prompt", "q", "--response", "a"], "no such model folder"),
         (["score", "--model", "not-a-model", "--prompt", "q", "--response", "a"], "never from a hub"),
@@ -208,3 +211,255 @@ def test_cli_output_cut_short_by_a_closed_pipe_is_not_an_error(tmp_path):
     proc = subprocess.run(f"{sys.executable} -m rmcore validate {MALFORMED / 'bom.jsonl'} --no-tokenize | head -1",
                           shell=True, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- bounded time and memory
+
+
+def test_gzip_is_inflated_as_a_stream_with_a_cap(tmp_path, monkeypatch):
+    import gzip
+    import tracemalloc
+
+    from rmcore.errors import DataError
+
+    monkeypatch.setenv("RMCORE_MAX_DATA_MB", "2")
+    line = json.dumps({"prompt": "q", "chosen": "a" * 200, "rejected": "b"}) + "\n"
+    bomb = tmp_path / "bomb.jsonl.gz"
+    bomb.write_bytes(gzip.compress(line.encode() * 100_000, 9))  # 23 MB of text in ~100 KB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"bomb.jsonl.gz: over 2 MB once decompressed.*RMCORE_MAX_DATA_MB"):
+            read_preferences(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20  # the cap and a chunk, not the whole inflated file
+
+
+def test_parquet_is_checked_against_its_decoded_size_before_rows_are_built(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rmcore.errors import DataError
+
+    monkeypatch.setenv("RMCORE_MAX_DATA_MB", "8")
+    long_text = "x" * 100_000
+    table = pa.table({"prompt": ["q"] * 2000, "chosen": [long_text] * 2000, "rejected": ["b"] * 2000})
+    path = tmp_path / "dict.parquet"
+    pq.write_table(table, path, use_dictionary=True, compression="zstd")
+    assert path.stat().st_size < 200_000  # 200 MB of text once decoded
+    pool = pa.default_memory_pool()
+    before = pool.max_memory()
+    with pytest.raises(DataError, match=r"dict.parquet: holds 191 MB of data once decoded.*RMCORE_MAX_DATA_MB"):
+        read_preferences(path)
+    assert pool.max_memory() - before < 50 * 2**20
+    many = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"prompt": ["q"] * 40_000, "chosen": ["a"] * 40_000, "rejected": ["b"] * 40_000}), many)
+    with pytest.raises(DataError, match="holds more than 16,384 records"):
+        read_preferences(many)
+
+
+def test_a_file_of_many_tiny_records_is_refused_by_count(tmp_path, monkeypatch):
+    import time
+
+    from rmcore.errors import DataError
+
+    monkeypatch.setenv("RMCORE_MAX_DATA_MB", "2")
+    numbers = tmp_path / "ints.json"
+    numbers.write_text(json.dumps(list(range(100_000))))  # 0.7 MB: under the size cap, over the record cap
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="ints.json: holds more than 4,096 records"):
+        read_preferences(numbers)
+    lines = tmp_path / "tiny.jsonl"
+    lines.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n' * 10_000)
+    with pytest.raises(DataError, match="tiny.jsonl: holds more than 4,096 records"):
+        read_preferences(lines)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_named_pipes_and_devices_are_refused_at_once(tmp_path):
+    pipe = tmp_path / "pipe.jsonl"
+    os.mkfifo(pipe)
+    zero = tmp_path / "zero.jsonl"
+    zero.symlink_to("/dev/zero")
+    for path in (pipe, zero):
+        proc = subprocess.run([sys.executable, "-m", "rmcore", "validate", str(path), "--no-tokenize"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "is not a regular file" in proc.stderr, proc.stderr
+
+
+def test_long_texts_are_cut_by_characters_before_tokenizing(tiny_model_dir):
+    from rmcore.data import RankedGroup
+    from rmcore.encoding import encode_group, max_chars
+    from rmcore.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    words = " ".join(f"word{i % 97}" for i in range(40_000))  # ~300k characters
+    group = RankedGroup([{"role": "system", "content": "be brief"}, {"role": "user", "content": words}],
+                        [words, "short"], [1, 2])
+    seen = []
+    calls = type(tokenizer).__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.extend([text] if isinstance(text, str) else text)
+        return calls(self, text, *args, **kwargs)
+
+    whole = encode_group(tokenizer, group, 128)
+    type(tokenizer).__call__ = spy
+    try:
+        cut = encode_group(tokenizer, group, 128)
+    finally:
+        type(tokenizer).__call__ = calls
+    assert max(len(text) for text in seen) < 3 * max_chars(tokenizer, 128) < len(words)
+    assert (cut.prompt_ids, cut.response_ids, cut.prompt_truncated, cut.truncated) == (
+        whole.prompt_ids, whole.response_ids, whole.prompt_truncated, whole.truncated)
+    assert whole.prompt_truncated and whole.truncated == (0,)
+
+
+def test_a_fifty_megabyte_line_is_scored_in_bounded_time(tiny_model_dir):
+    import time
+
+    from rmcore.model import RewardModel
+
+    model = RewardModel.load(tiny_model_dir, device="cpu", max_length=64)
+    start = time.perf_counter()
+    result = model.score("x" * 50_000_000, ["y" * 50_000_000, "short"])
+    assert time.perf_counter() - start < 10
+    assert result.truncated_prompt and result.truncated_responses == [0]
+
+
+def test_lone_surrogates_reach_no_tokenizer(tiny_model_dir, tmp_path, capsys):
+    from rmcore.model import RewardModel
+
+    model = RewardModel.load(tiny_model_dir, device="cpu")
+    assert len(model.score("bad \ud800 text", ["a \udfff", "b"]).rewards) == 2
+    code = main(["validate", str(MALFORMED / "lone_surrogate.jsonl"), "--model", str(tiny_model_dir), "--json"])
+    assert code == 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- model folders
+
+
+def _broken_copy(tiny_model_dir, tmp_path, name):
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(tiny_model_dir, folder)
+    return folder
+
+
+def _set_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_damaged_model_folders_get_one_line_naming_folder_and_file(tiny_model_dir, tmp_path, capsys):
+    truncated = _broken_copy(tiny_model_dir, tmp_path, "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    empty = _broken_copy(tiny_model_dir, tmp_path, "empty")
+    (empty / "model.safetensors").write_bytes(b"")
+    five = _broken_copy(tiny_model_dir, tmp_path, "five")
+    _set_config(five, architectures=["LlamaForSequenceClassification"],
+                id2label={str(i): f"L{i}" for i in range(5)}, label2id={f"L{i}": i for i in range(5)})
+    huge = _broken_copy(tiny_model_dir, tmp_path, "huge")
+    _set_config(huge, hidden_size=2**20, intermediate_size=2**22, num_hidden_layers=4096)
+    meta = _broken_copy(tiny_model_dir, tmp_path, "meta")
+    (meta / "rmcore.json").write_text('{"config": {"max_length": ')
+    meta_type = _broken_copy(tiny_model_dir, tmp_path, "meta_type")
+    (meta_type / "rmcore.json").write_text('{"config": {"max_length": "long"}}')
+    bad_config = _broken_copy(tiny_model_dir, tmp_path, "bad_config")
+    (bad_config / "config.json").write_text("[1, 2")
+    cases = [(truncated, "model.safetensors", "cut short"), (empty, "model.safetensors", "empty or cut short"),
+             (five, "config.json", "a classifier with 5 labels, not a reward model"),
+             (huge, "config.json", "does not belong to these weights"), (meta, "rmcore.json", "not valid JSON"),
+             (meta_type, "rmcore.json", "config.max_length is 'long'"), (bad_config, "config.json", "not valid JSON")]
+    for folder, file, message in cases:
+        code = main(["score", "--model", str(folder), "--prompt", "q", "--response", "a", "--response", "b"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (folder, err)
+        assert len(err.splitlines()) == 1 and err.startswith(str(folder / file)) and message in err, err
+
+
+# ----------------------------------------------------------------------------- what the user sees
+
+
+def test_control_characters_from_a_file_are_escaped_in_every_message(capsys, tmp_path):
+    path = tmp_path / "esc.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"], "ranks": [1, 2]}) + "\n"
+                    + json.dumps({"prompt": "q", "responses": ["a", "b"], "ranks": [1, "\x1b[2J\rfake\nline"]}) + "\n"
+                    + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "\x1b]0;title\x07": 1}) + "\n")
+    assert main(["validate", str(path), "--no-tokenize"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert main(["validate", str(MALFORMED / "escape_sequences.jsonl"), "--no-tokenize"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b[2j" in err and len(err.strip().splitlines()) == 1
+
+
+def test_csv_cells_that_spreadsheets_would_run_are_neutralised(tiny_model_dir, tmp_path, capsys):
+    import pandas as pd
+
+    from rmcore.csv_safe import safe_table
+
+    table = safe_table(pd.DataFrame({"text": ["=1+1", "+x", "-y", "@z", "\tt", "\rr", "ok", None], "n": range(8)}))
+    assert table["text"].tolist()[:7] == ["'=1+1", "'+x", "'-y", "'@z", "'\tt", "'\rr", "ok"]
+    assert table["n"].tolist() == list(range(8))
+    data = tmp_path / "inject.jsonl"
+    data.write_text(json.dumps({"prompt": "=HYPERLINK(\"http://x\")", "responses": ["=cmd|' /C calc'!A0", "@SUM(1)"],
+                                "ranks": [1, 2]}) + "\n"
+                    + json.dumps({"prompt": "q", "responses": ["a"], "ranks": [1]}) + "\n")
+    out = tmp_path / "pairs.csv"
+    assert main(["eval", str(data), "--model", str(tiny_model_dir), "--pairs-csv", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 of 2 rows" in err and "only one response" in err  # eval says what it skipped
+    cells = [cell for row in pd.read_csv(out, dtype=str, keep_default_na=False).itertuples(index=False)
+             for cell in row]
+    assert not any(cell.startswith(("=", "+", "@", "\t", "\r")) for cell in cells)
+    assert "'=cmd|' /C calc'!A0" in cells
+
+
+def test_any_failure_on_a_page_is_one_readable_message():
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        from app.ui import user_errors
+
+        with user_errors("Reading failed"):
+            raise RuntimeError("deep inside /srv/secret/site-packages/x.py")
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception
+    shown = at.error[0].value.replace("\\", "")  # the page escapes markdown
+    assert shown.startswith("Reading failed: unexpected error (RuntimeError") and "server log" in shown
+
+
+def test_the_data_page_shows_any_upload_failure_as_one_message(tiny_model_dir, tmp_path, monkeypatch):
+    import gzip
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("RMCORE_APP_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("RMCORE_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RMCORE_MAX_DATA_MB", "1")
+    at = AppTest.from_file(str(root / "app" / "main.py"), default_timeout=60).run()
+    bomb = gzip.compress(b'{"prompt": "q", "chosen": "a", "rejected": "b"}\n' * 100_000)  # 4.8 MB inflated
+    at.get("file_uploader")[0].set_value(("bomb.jsonl.gz", bomb, "application/gzip"))
+    at.run()
+    assert not at.exception
+    assert "bomb.jsonl.gz: over 1 MB once decompressed" in at.error[0].value.replace("\\", "")
+
+    def broken_reader(raw, name):
+        raise KeyError("/srv/site-packages/somewhere")
+
+    monkeypatch.setattr("rmcore.data.read_bytes", broken_reader)
+    at.get("file_uploader")[0].set_value(("odd.jsonl", b'{"prompt": "q"}\n', "application/json"))
+    at.run()
+    assert not at.exception and len(at.error) == 1
+    shown = at.error[0].value.replace("\\", "")
+    assert shown.startswith("odd.jsonl: unexpected error (KeyError") and "Traceback" not in shown

@@ -374,3 +374,46 @@ def test_reader_survives_arbitrary_bytes(raw):
             read_preferences_bytes(raw, name)
         except DataError:
             pass
+
+
+def test_split_hh_dialogue_raises_a_public_error():
+    from rmcore.data import RowError, split_hh_dialogue  # one import: both from the module as loaded now
+
+    with pytest.raises(RowError, match="share no dialogue"):
+        split_hh_dialogue("\n\nHuman: a\n\nAssistant: b", "something else")
+    assert issubclass(RowError, ValueError)
+
+
+def test_the_data_limit_is_read_from_the_environment(monkeypatch):
+    raw = "".join(json.dumps(r) + "\n" for r in RANKED).encode()
+    monkeypatch.setenv("RMCORE_MAX_DATA_MB", "0.0001")
+    with pytest.raises(DataError, match=r"r.jsonl: the file is 0 MB; rmcore reads up to 0 MB and 1 records; "
+                                        "set RMCORE_MAX_DATA_MB to raise the limit"):
+        read_preferences_bytes(raw, "r.jsonl")
+    monkeypatch.setenv("RMCORE_MAX_DATA_MB", "lots")
+    with pytest.raises(DataError, match="RMCORE_MAX_DATA_MB: must be a number of megabytes, found 'lots'"):
+        read_preferences_bytes(raw, "r.jsonl")
+    monkeypatch.delenv("RMCORE_MAX_DATA_MB")
+    assert len(read_preferences_bytes(raw, "r.jsonl").groups) == 2
+
+
+def test_one_bad_line_costs_that_line_whatever_it_holds():
+    good = json.dumps(RANKED[0])
+    lines = [good, "[" * 50_000 + "]" * 50_000, '{"prompt": ' + "1" * 5000 + "}", '{"a": "\u2028 inside"}', good]
+    data = read_preferences_bytes("\n".join(lines).encode(), "mixed.jsonl")
+    assert len(data.groups) == 2
+    assert [s.where for s in data.report.skipped] == ["mixed.jsonl:2", "mixed.jsonl:3", "mixed.jsonl:4"]
+
+
+def test_excel_sep_line_and_semicolons_are_read_with_their_delimiter():
+    data = read_preferences_bytes(b"sep=;\r\nprompt;chosen;rejected\r\nq;a,b;c\r\nr;x;y\r\n", "x.csv")
+    assert [g.responses for g in data.groups] == [["a,b", "c"], ["x", "y"]]
+    assert [g.source for g in data.groups] == ["x.csv:3", "x.csv:4"]
+    semi = read_preferences_bytes(b"prompt;chosen;rejected\nq;a;c\n", "s.csv")
+    assert semi.groups[0].responses == ["a", "c"] and "semicolons" in semi.report.warnings[0]
+
+
+def test_a_csv_cell_over_the_csv_module_limit_is_read():
+    long = "word " * 60_000
+    data = read_preferences_bytes(f"prompt,chosen,rejected\nq,{long},b\n".encode(), "long.csv")
+    assert data.groups[0].responses[0] == long

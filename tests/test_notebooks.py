@@ -20,8 +20,8 @@ def _cells(notebook) -> list[tuple[str, str, list[str]]]:
     return [(c.cell_type, c.source.strip(), list(c.metadata.get("tags", []))) for c in notebook.cells]
 
 
-def test_there_are_five_notebooks():
-    assert [p.name[:2] for p in SOURCES] == ["01", "02", "03", "04", "05"]
+def test_there_are_six_notebooks():
+    assert [p.name[:2] for p in SOURCES] == ["01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)

@@ -27,7 +27,7 @@ def groups_of(model):
 def rewards_and_grads(model: RewardModel, batch, layout):
     packed = PackedRewardModel(model.model)
     model.model.zero_grad(set_to_none=True)
-    rewards = packed(batch.input_ids, batch.position_ids, batch.attention_mask, batch.last_index, layout=layout)
+    rewards = packed(batch, structured=layout is not None)
     (rewards * torch.arange(1, len(rewards) + 1)).sum().backward()  # every response weighs differently
     grads = {name: p.grad.clone() for name, p in model.model.named_parameters() if p.grad is not None}
     model.model.zero_grad(set_to_none=True)

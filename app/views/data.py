@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import logging
+
 import streamlit as st
 
 from app import charts, resources, settings, state
-from app.ui import md, user_errors
+from app.ui import error_text, md, user_errors
+from rmcore.config import default
 from rmcore.data import RANKED_FORMATS, write_ranked_jsonl
 from rmcore.encoding import count_truncated, encode_groups
 from rmcore.errors import DataError
+from rmcore.ranking import best_response, read_ranks, with_best_response
 
-REPORT_MAX_LENGTH = 512  # the Train page's default; the report counts truncation at this length
+log = logging.getLogger(__name__)
+REPORT_MAX_LENGTH = default("max_length")  # the Train page's default; the report counts truncation at it
 
 
 def load_section() -> None:
@@ -40,6 +44,9 @@ def load_section() -> None:
                     state.set_data(state.parse_upload(raw, upload.name))
                 except DataError as exc:
                     st.session_state["data_error"] = str(exc)
+                except Exception as exc:  # any failure is one readable message, never a traceback
+                    log.exception("reading an upload failed")
+                    st.session_state["data_error"] = f"{upload.name}: {error_text(exc)}"
         if st.session_state.get("data_error"):
             st.error(md(st.session_state["data_error"]), icon=":material/error:")
             if state.get_data() is not None:
@@ -61,7 +68,7 @@ def truncation_counts(base_model: str, fingerprint: str, _groups, max_length: in
     return count_truncated(encode_groups(tokenizer, _groups, max_length))
 
 
-def report_section(data: state.LoadedData) -> None:
+def report_section(data: state.LoadedData):
     report = data.report
     st.subheader("Validation report")
     st.caption(
@@ -80,19 +87,11 @@ def report_section(data: state.LoadedData) -> None:
     with left:
         st.plotly_chart(charts.k_distribution(report["k_distribution"]), key="k_dist")
     with right:
-        try:
-            prompts, responses = truncation_counts(
-                settings.base_model(), data.fingerprint(), data.active(), REPORT_MAX_LENGTH
-            )
-            st.write(
-                f"**Truncation** at {REPORT_MAX_LENGTH} tokens (the base model's tokenizer): "
-                f"{prompts} prompts cut from the left, {responses} responses cut at the end. "
-                "Nothing is dropped."
-            )
-        except Exception as exc:  # the report must show even if no tokenizer can be loaded
-            st.caption(f"Truncation not counted ({type(exc).__name__}: {md(exc)})")
+        truncation_slot = st.empty()  # filled last (truncation_section): the tokenizer may take seconds to load
         if report["skipped"]:
             st.write(f"**{len(report['skipped'])} skipped rows** (where, why):")
+            import pandas as pd  # not at the top: the empty page, the app's first paint, does without it
+
             st.dataframe(
                 pd.DataFrame(report["skipped"]),
                 hide_index=True,
@@ -109,6 +108,24 @@ def report_section(data: state.LoadedData) -> None:
             with st.expander(f"{len(report['warnings'])} warnings"):
                 for warning in report["warnings"][:200]:
                     st.text(warning)
+    return truncation_slot
+
+
+def truncation_section(slot, data: state.LoadedData) -> None:
+    """How many prompts and responses the base model's tokenizer cuts, drawn into the report's slot."""
+    with slot.container():
+        try:
+            with st.spinner("Loading the base model's tokenizer to count truncated texts..."):
+                prompts, responses = truncation_counts(
+                    settings.base_model(), data.fingerprint(), data.active(), REPORT_MAX_LENGTH
+                )
+            st.write(
+                f"**Truncation** at {REPORT_MAX_LENGTH} tokens (the base model's tokenizer): "
+                f"{prompts} prompts cut from the left, {responses} responses cut at the end. "
+                "Nothing is dropped."
+            )
+        except Exception as exc:  # the report must show even if no tokenizer can be loaded
+            st.caption(f"Truncation not counted ({type(exc).__name__}: {md(exc)})")
 
 
 def rank_text(ranks) -> str:
@@ -116,6 +133,8 @@ def rank_text(ranks) -> str:
 
 
 def preview_section(data: state.LoadedData) -> None:
+    import pandas as pd  # not at the top: the empty page, the app's first paint, does without it
+
     st.subheader("Preview")
     rows = []
     for i, group in enumerate(data.groups):
@@ -131,7 +150,7 @@ def preview_section(data: state.LoadedData) -> None:
                 "turns": sum(m["role"] == "user" for m in group.prompt),  # > 1: a conversation so far
                 "K": len(group.responses),
                 "ranks": rank_text(group.ranks),
-                "best response": _best(group),
+                "best response": best_response(group),
                 "status": status,
             }
         )
@@ -149,16 +168,9 @@ def preview_section(data: state.LoadedData) -> None:
     )
 
 
-def _best(group) -> str:
-    ranked = [i for i, r in enumerate(group.ranks) if r is not None]
-    if not ranked:
-        return ""
-    return group.responses[min(ranked, key=lambda i: group.ranks[i])]
-
-
 def _apply_ranks(data: state.LoadedData, index: int, values: list) -> None:
     group = data.groups[index]
-    ranks = [None if value is None else int(value) for value in values]
+    ranks = read_ranks(values)
     if ranks != group.ranks:
         group.ranks = ranks
         data.touch(index)
@@ -166,20 +178,8 @@ def _apply_ranks(data: state.LoadedData, index: int, values: list) -> None:
 
 def _add_best(data: state.LoadedData, index: int, text: str, replace: int | None) -> None:
     """The labeler's own response becomes rank 1; every ranked response moves one place down."""
-    group = data.groups[index]
-    ranks = [None if r is None else r + 1 for r in group.ranks]
-    responses = list(group.responses)
-    if replace is not None:
-        del responses[replace], ranks[replace]
-    group.responses = [text] + responses
-    group.ranks = dense_ranks([1] + ranks)
+    data.groups[index] = with_best_response(data.groups[index], text, replace)
     data.touch(index, rebuild=True)
-
-
-def dense_ranks(ranks: list[int | None]) -> list[int | None]:
-    """The same order and ties, numbered 1, 2, 3, ... without gaps (unranked stays None)."""
-    place = {rank: n for n, rank in enumerate(sorted({r for r in ranks if r is not None}), start=1)}
-    return [None if r is None else place[r] for r in ranks]
 
 
 def editor_section(data: state.LoadedData) -> None:
@@ -295,13 +295,14 @@ def page() -> None:
         st.info("Upload a file or load the demo set to begin.", icon=":material/info:")
         return
     with user_errors():
-        report_section(data)
+        truncation_slot = report_section(data)
         preview_section(data)
         editor_section(data)
         download_section(data)
         st.page_link(
             "views/train.py", label="Next: train a reward model on this data", icon=":material/arrow_forward:"
         )
+        truncation_section(truncation_slot, data)
 
 
 page()

@@ -15,15 +15,17 @@ from app.ui import fmt, md, pick_model, user_errors
 from rmcore.data import read_preferences_bytes
 from rmcore.errors import DataError
 from rmcore.estimate import format_duration
-from rmcore.evaluate import evaluate, worst_pairs
+from rmcore.evaluate import categories_from_records, compare, compare_sentence, evaluate, worst_pairs
+from rmcore.records import read_bytes
 
 HELD_OUT = "held-out prompts saved with this model"
 LOADED = "the data set loaded on the Data page"
 UPLOAD = "a file I upload"
 
 
-def choose_data(choice) -> tuple[str, list] | None:
-    """(a name for the data, its groups) from the source the user picks, or None with a message shown."""
+def choose_data(choice) -> tuple[str, list, list | None] | None:
+    """(a name for the data, its groups, their categories or None) from the source the user picks, or
+    None with a message shown. Only uploads can have a category (or subset) column."""
     sources = []
     held_out = None
     if choice.kind == "trained":
@@ -50,9 +52,9 @@ def choose_data(choice) -> tuple[str, list] | None:
         ],
     )
     if source == HELD_OUT:
-        return f"{choice.name} held-out", held_out
+        return f"{choice.name} held-out", held_out, None
     if source == LOADED:
-        return data.name, data.active()
+        return data.name, data.active(), None
     upload = st.file_uploader(
         "Evaluation data",
         type=settings.UPLOAD_TYPES,
@@ -63,7 +65,8 @@ def choose_data(choice) -> tuple[str, list] | None:
         st.info("Upload a file to evaluate on.", icon=":material/info:")
         return None
     try:
-        return upload.name, read_preferences_bytes(upload.getvalue(), upload.name).groups
+        groups = read_preferences_bytes(upload.getvalue(), upload.name).groups
+        return upload.name, groups, categories_from_records(read_bytes(upload.getvalue(), upload.name).items, groups)
     except DataError as exc:
         st.error(md(exc), icon=":material/error:")
         return None
@@ -77,20 +80,39 @@ def groups_digest(groups) -> str:
     return digest.hexdigest()[:16]
 
 
+def with_se(value, se) -> str:
+    """An accuracy with its binomial standard error, as the metric shows it."""
+    return fmt(value) if value is None or se is None else f"{fmt(value)} ± {se:.3f}"
+
+
 def show(result) -> None:
     s = result.summary
-    cols = st.columns(5)
+    base, ranking = s["length_baseline"], s["ranking"]
+    cols = st.columns(3) + st.columns(3)  # two rows: an accuracy with its "± se" needs the width
     cols[0].metric(
-        "Pairwise accuracy", fmt(s["accuracy"]), help="Share of ranked pairs where r_winner > r_loser"
+        "Pairwise accuracy",
+        with_se(s["accuracy"], s["accuracy_se"]),
+        help="Share of ranked pairs where r_winner > r_loser, ± one (binomial) standard error",
     )
-    cols[1].metric("Comparisons", s["comparisons"], help=f"over {s['prompts']} instructions")
-    cols[2].metric(
+    cols[1].metric(
+        "Longer answer wins",
+        with_se(base["accuracy"], base["se"]),
+        help="The length-only baseline: the accuracy of always preferring the longer answer (in characters; "
+        "equal lengths count half). A reward model should beat it.",
+    )
+    cols[2].metric("Comparisons", s["comparisons"], help=f"over {s['prompts']} instructions")
+    cols[3].metric(
         "Best-of-group accuracy",
         fmt(s["best_of_group_accuracy"]),
         help="How often the top-reward response is one people ranked best",
     )
-    cols[3].metric("Mean log loss", fmt(s["mean_log_loss"]), help="-log sigma(r_w - r_l); 0.693 = chance")
     cols[4].metric(
+        "Kendall's tau",
+        fmt(ranking["kendall_tau"], 2),
+        help=f"Agreement of the reward order with people's order per instruction (1 = same order, 0 = unrelated, "
+        f"-1 = reversed), averaged over the {ranking['prompts']} instructions with more than two ranked answers",
+    )
+    cols[5].metric(
         "Length correlation",
         fmt(s["length_correlation"], 2),
         help="Pearson r between reward and response length: far from 0 means a length bias",
@@ -100,6 +122,20 @@ def show(result) -> None:
             "An untrained head: these numbers are the chance baseline to compare trained models with.",
             icon=":material/warning:",
         )
+    if s["length_warning"]:
+        st.warning(s["length_warning"], icon=":material/straighten:")
+    length_section(s)
+    if s.get("by_category"):
+        st.subheader("Accuracy per category")
+        st.dataframe(
+            pd.DataFrame([{"category": name, "accuracy": v["accuracy"], "± se": v["se"],
+                           "comparisons": v["comparisons"], "longer answer wins": v["length_baseline"]}
+                          for name, v in s["by_category"].items()]),
+            hide_index=True,
+            key="by_category",
+            column_config={c: st.column_config.NumberColumn(format="%.3f")
+                           for c in ("accuracy", "± se", "longer answer wins")},
+        )
     left, right = st.columns(2, gap="large")
     with left:
         st.plotly_chart(charts.rank_gap_accuracy(s["by_rank_gap"]), key="rank_gap")
@@ -107,39 +143,126 @@ def show(result) -> None:
     with right:
         st.plotly_chart(charts.calibration(s["calibration"]), key="calibration")
         st.plotly_chart(charts.reward_vs_length(result.responses, s["length_correlation"]), key="length")
-    st.subheader("Worst-ranked pairs")
-    st.caption(
+    pairs_table(
+        "Worst-ranked pairs",
         "The 15 comparisons with the lowest r_winner − r_loser: first those the model gets wrong (it gave "
-        "the response people rejected the higher reward), then its least confident right ones."
+        "the response people rejected the higher reward), then its least confident right ones.",
+        [
+            {
+                "instruction": p["prompt"],
+                "preferred (winner)": p["winner"],
+                "rejected (loser)": p["loser"],
+                "ranks": f"{p['winner_rank']} vs {p['loser_rank']}",
+                "r winner": p["reward_winner"],
+                "r loser": p["reward_loser"],
+                "P(winner)": p["p"],
+                "model agrees": "✓ yes" if p["correct"] else "✗ no",
+                "source": p["source"],
+            }
+            for p in worst_pairs(result, 15)
+        ],
+        key="worst_pairs",
     )
-    rows = [
-        {
-            "instruction": p["prompt"],
-            "preferred (winner)": p["winner"],
-            "rejected (loser)": p["loser"],
-            "ranks": f"{p['winner_rank']} vs {p['loser_rank']}",
-            "r winner": p["reward_winner"],
-            "r loser": p["reward_loser"],
-            "P(winner)": p["p"],
-            "model agrees": bool(p["correct"]),
-            "source": p["source"],
-        }
-        for p in worst_pairs(result, 15)
-    ]
-    text = st.column_config.TextColumn(width="medium")
+
+
+def length_section(s) -> None:
+    """Is the reward more than a length detector? The model against what length alone gets."""
+    controlled, logistic = s["length_controlled"], s["length_logistic"]
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.plotly_chart(charts.accuracy_with_baselines(s), key="baselines")
+    with right:
+        st.markdown("**Does it just prefer longer answers?**")
+        lines = []
+        if s["length_agreement"] is not None:
+            lines.append(f"- It gives the longer answer the higher reward in **{s['length_agreement']:.0%}** of the "
+                         "pairs whose lengths differ.")
+        if controlled["accuracy"] is not None:
+            lines.append(f"- On the **{controlled['comparisons']}** pairs whose lengths are within "
+                         f"{controlled['max_relative_difference']:.0%} of each other, where length cannot decide, "
+                         f"it scores **{controlled['accuracy']:.3f}** ± {controlled['se']:.3f}.")
+        if logistic["accuracy"] is not None:
+            lines.append(f"- A logistic model that sees only the two lengths (fitted on other instructions, "
+                         f"{logistic['folds']} folds) scores **{logistic['accuracy']:.3f}**.")
+        st.markdown("\n".join(lines) or "Too few pairs to say.")
+
+
+def pairs_table(title: str, caption: str, rows: list[dict], key: str) -> None:
+    """A table of pairs with tall rows (long answers wrap), and one pair in full below it."""
+    st.subheader(title)
+    st.caption(caption)
+    if not rows:
+        st.caption("None.")
+        return
+    text = st.column_config.TextColumn(width="large")
     st.dataframe(
         pd.DataFrame(rows),
         hide_index=True,
-        key="worst_pairs",
+        key=key,
+        row_height=90,
         column_config={
             "instruction": text,
             "preferred (winner)": text,
             "rejected (loser)": text,
-            "r winner": st.column_config.NumberColumn(format="%.3f"),
-            "r loser": st.column_config.NumberColumn(format="%.3f"),
-            "P(winner)": st.column_config.NumberColumn(format="%.3f"),
+            **{c: st.column_config.NumberColumn(format="%.3f")
+               for c in ("r winner", "r loser", "P(winner)", "P(winner) by A", "P(winner) by B")},
         },
     )
+    with st.expander("Read one pair in full", icon=":material/article:"):
+        index = st.selectbox("Pair", range(len(rows)), key=f"{key}_full",
+                             format_func=lambda i: f"{i + 1}. {' '.join(str(rows[i]['instruction']).split())[:90]}")
+        row = rows[index]
+        st.markdown("**Instruction**")
+        st.text(row["instruction"])
+        left, right = st.columns(2)
+        left.markdown("**Preferred by people**")
+        left.text(row["preferred (winner)"])
+        right.markdown("**Rejected by people**")
+        right.text(row["rejected (loser)"])
+
+
+def show_comparison(comparison: dict, result_b) -> None:
+    st.subheader("B against A")
+    cols = st.columns(4)
+    cols[0].metric("A: accuracy", with_se(comparison["accuracy_a"], comparison["accuracy_a_se"]),
+                   help=comparison["model_a"])
+    cols[1].metric("B: accuracy", with_se(comparison["accuracy_b"], comparison["accuracy_b_se"]),
+                   help=comparison["model_b"])
+    cols[2].metric("B − A", f"{comparison['difference']:+.3f}",
+                   help=f"{comparison['confidence']:.0%} paired bootstrap interval over instructions: "
+                        f"{comparison['difference_low']:+.3f} to {comparison['difference_high']:+.3f}")
+    cols[3].metric("Pick the same answer", f"{comparison['agreement']:.0%}",
+                   help=f"of the {comparison['comparisons']} pairs")
+    st.info(compare_sentence(comparison), icon=":material/compare_arrows:")
+    st.plotly_chart(charts.accuracy_difference(comparison), key="difference")
+    pairs_table(
+        "Where they disagree most",
+        "Pairs one model gets right and the other wrong, the largest gap in P(winner) first.",
+        [
+            {
+                "instruction": d["prompt"],
+                "preferred (winner)": d["winner"],
+                "rejected (loser)": d["loser"],
+                "P(winner) by A": d["p_a"],
+                "P(winner) by B": d["p_b"],
+                "right": "A" if d["a_correct"] else "B",
+                "source": d["source"],
+            }
+            for d in comparison["top_disagreements"]
+        ],
+        key="disagreements",
+    )
+    with st.expander(f"Every number for B ({comparison['model_b']})", icon=":material/analytics:"):
+        show_details_b(result_b)
+
+
+def show_details_b(result) -> None:
+    s = result.summary
+    base = s["length_baseline"]
+    st.write(f"Accuracy {with_se(s['accuracy'], s['accuracy_se'])}; the longer answer wins "
+             f"{with_se(base['accuracy'], base['se'])}; length correlation {fmt(s['length_correlation'], 2)}.")
+    if s["length_warning"]:
+        st.warning(s["length_warning"], icon=":material/straighten:")
 
 
 def page() -> None:
@@ -149,10 +272,15 @@ def page() -> None:
         "and does it simply prefer longer answers?"
     )
     choice = pick_model("Reward model", key="eval_model")
+    choice_b = None
+    if st.toggle("Compare with a second model", key="eval_compare",
+                 help="Both score the same pairs: their accuracies, the difference with a bootstrap interval over "
+                      "instructions, how often they agree, and the pairs where they disagree most"):
+        choice_b = pick_model("Second model (B; the first is A)", key="eval_model_b")
     picked = choose_data(choice)
     if picked is None:
         return
-    name, groups = picked
+    name, groups, categories = picked
     limit = st.number_input(
         "Instructions to use at most",
         1,
@@ -162,33 +290,46 @@ def page() -> None:
         help="Scoring runs one forward pass per response; large files take a while on a CPU",
     )
     groups = groups[: int(limit)]
-    key = (choice.key, name, groups_digest(groups))
+    categories = categories[: int(limit)] if categories else None
+    key = (choice.key, choice_b.key if choice_b else None, name, groups_digest(groups))
+    models = [choice] + ([choice_b] if choice_b else [])
     if st.button(
-        f"Evaluate on {len(groups)} instructions",
+        f"Evaluate on {len(groups)} instructions" + (" with both models" if choice_b else ""),
         type="primary",
         icon=":material/play_arrow:",
         key="run_eval",
     ):
+        results = []
         with (
             user_errors("Evaluation failed"),
             st.status(f"Scoring {sum(len(g.responses) for g in groups)} responses…") as status,
         ):
-            bar = st.progress(0.0, text="loading the model")
-            model = resources.reward_model(choice)
-            started = time.perf_counter()
-
-            def progress(share: float) -> None:
-                left = (time.perf_counter() - started) * (1 - share) / share if share > 0 else 0.0
-                bar.progress(share, text=f"{share:.0%} of the tokens scored, about {format_duration(left)} left")
-
-            result = evaluate(model, groups, on_progress=progress)
-            st.session_state["eval_result"] = (key, result)
-            status.update(label=f"Scored {result.summary['responses']} responses", state="complete")
+            for number, picked_model in enumerate(models, start=1):
+                results.append(run_one(picked_model, groups, categories, f"model {number} of {len(models)}: "
+                                       if len(models) > 1 else ""))
+            stored = (key, results[0], compare(results[0], results[1]) if choice_b else None,
+                      results[1] if choice_b else None)
+            st.session_state["eval_result"] = stored
+            status.update(label=f"Scored {results[0].summary['responses']} responses", state="complete")
     stored = st.session_state.get("eval_result")
     if stored is not None and stored[0] == key:
         show(stored[1])
+        if stored[2] is not None:
+            show_comparison(stored[2], stored[3])
     elif stored is not None:
         st.caption("The model or data changed since the last evaluation: press Evaluate again.")
+
+
+def run_one(choice, groups, categories, prefix: str):
+    bar = st.progress(0.0, text=f"{prefix}loading the model")
+    model = resources.reward_model(choice)
+    started = time.perf_counter()
+
+    def progress(share: float) -> None:
+        left = (time.perf_counter() - started) * (1 - share) / share if share > 0 else 0.0
+        bar.progress(share, text=f"{prefix}{share:.0%} of the tokens scored, about {format_duration(left)} left")
+
+    return evaluate(model, groups, on_progress=progress, categories=categories)
 
 
 page()

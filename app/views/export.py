@@ -9,8 +9,11 @@ import streamlit as st
 from app import charts, resources, settings
 from app.files import zip_folder
 from app.jobs import metrics_history
+from app.models_list import deleted_message, megabytes, models_section
+from app.policy_export import policies_section
 from app.ui import fmt, md, pick_model
 from rmcore.encoding import render_text
+from rmcore.shared_trunk import folder_size
 
 
 def usage_code(name: str) -> str:
@@ -24,8 +27,18 @@ def usage_code(name: str) -> str:
     )
 
 
+def model_card_text(folder: Path, meta: dict) -> str:
+    """The saved card without its YAML block (models saved before cards existed get one rendered now)."""
+    from rmcore.model_card import CARD_FILE, render_card
+
+    card = folder / CARD_FILE
+    text = card.read_text() if card.is_file() else render_card(meta, folder.name)
+    return text.split("---\n", 2)[2] if text.startswith("---\n") else text
+
+
 def page() -> None:
     st.title("Export")
+    deleted_message()
     choice = pick_model("Trained model", key="export_model", include_untrained=False)
     if choice is None:
         st.info(
@@ -33,12 +46,13 @@ def page() -> None:
             icon=":material/info:",
         )
         st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
+        policies_section()
         return
     folder = settings.model_path(choice.name)
     entry = next((e for e in settings.list_models(reward_only=True) if e.name == choice.name), None)
     meta = entry.metadata if entry else {}
     metrics = meta.get("metrics") or {}
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    size = folder_size(folder)  # a head-mode model's trunk shard is shared with the cache (a hard link)
     st.caption(
         f"Base model **{md(Path(str(meta.get('base_model', '?'))).name)}** · trained on "
         f"**{md((meta.get('data') or {}).get('file', '?'))}** · saved {md(meta.get('saved_at', '?'))}"
@@ -47,7 +61,9 @@ def page() -> None:
     cols[0].metric("Mode", meta.get("mode", "?"))
     cols[1].metric("Steps", f"{meta.get('steps', '?')} / {meta.get('total_steps', '?')}")
     cols[2].metric("Held-out accuracy", fmt((metrics.get("eval") or {}).get("eval_accuracy")))
-    cols[3].metric("Size", f"{size / 1e6:.0f} MB")
+    cols[3].metric("Size on disk", megabytes(size.own),
+                   help=f"What this model alone uses; its trunk shard ({megabytes(size.shared)}) is shared"
+                   if size.shared else "What this model uses on disk")
     if meta.get("stopped"):
         st.caption("Training was stopped early: this is the model at that step; `checkpoint/` can resume it.")
     steps, evals = metrics_history(folder)
@@ -72,11 +88,15 @@ def page() -> None:
         key="download_zip",
     )
     st.caption(
-        "A standard Hugging Face folder: model.safetensors, config.json and the tokenizer, plus rmcore.json "
+        "A standard Hugging Face folder, self-contained (every weight as its own bytes, a shared trunk shard "
+        "included): the safetensors weights, config.json and the tokenizer, plus rmcore.json "
         "(how it was trained) and metrics.jsonl (the curves)"
         + (", and held_out.jsonl (the held-out prompts, for evaluating it elsewhere)."
            if (folder / "held_out.jsonl").is_file() else ".")
     )
+
+    with st.expander("Model card (README.md, in the folder and the zip)", icon=":material/description:"):
+        st.markdown(model_card_text(folder, meta))
 
     st.subheader("Use it with transformers")
     st.write(
@@ -85,7 +105,11 @@ def page() -> None:
         "training (the chat template with the answer as the assistant turn), which `RewardModel.render` does:"
     )
     st.code(usage_code(choice.name), language="python")
-    with st.expander("What `render` produces for that example"):
+    policies_section()
+    render_example = st.expander("What `render` produces for that example")
+    with st.container():  # below the example, but drawn first: the tokenizer may take seconds to load
+        models_section()
+    with render_example:
         tokenizer = resources.tokenizer(str(folder))
         st.code(
             render_text(

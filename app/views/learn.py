@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from app import charts, settings
 from app.ui import md
+from rmcore.ranking import pair_loss, preference_probability
 
 
 def page() -> None:
@@ -20,8 +19,8 @@ def page() -> None:
     r1 = c1.slider("r₁, reward of answer 1", -6.0, 6.0, 1.5, 0.1, key="learn_r1")
     r2 = c2.slider("r₂, reward of answer 2", -6.0, 6.0, 0.5, 0.1, key="learn_r2")
     d = r1 - r2
-    p = 1 / (1 + math.exp(-d))
-    loss = math.log1p(math.exp(-d)) if d > -30 else -d
+    p = preference_probability(d)
+    loss = pair_loss(d)
     m1, m2, m3 = st.columns(3)
     m1.metric("r₁ − r₂", f"{d:+.2f}")
     m2.metric("P(1 preferred over 2)", f"{p:.3f}")

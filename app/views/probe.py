@@ -9,9 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, resources, settings
+from app.jobs import read_held_out
 from app.ui import md, pick_model, user_errors
-from rmcore.data import read_preferences_bytes
+from rmcore.data import demo_data_path, read_preferences, read_preferences_bytes
 from rmcore.errors import DataError
+from rmcore.probes import reward_spread, run_probes, verdict
 from rmcore.scoring import scored_records
 
 MIN_CANDIDATES, MAX_CANDIDATES = 2, 9
@@ -63,6 +65,9 @@ def inputs_section() -> tuple[str, list[str]]:
     for n, cid in enumerate(ids):
         left, right = st.columns([12, 1], vertical_alignment="center")
         left.text_area(f"Candidate #{n + 1}", key=f"cand_{cid}", height=68)
+        limit, cut = st.session_state.get("probe_cut", (0, []))
+        if st.session_state.get(f"cand_{cid}") in cut:
+            left.caption(f":material/content_cut: cut at the {limit}-token limit: it stops mid-answer")
         right.button(
             "",
             icon=":material/delete:",
@@ -94,7 +99,10 @@ def generate_section(prompt: str) -> None:
         )
         c1, c2, c3, c4 = st.columns(4)
         n = c1.slider("n", 2, MAX_CANDIDATES, 4, key="gen_n")
-        max_new = c2.slider("Max new tokens", 16, 256, 80, 16, key="gen_tokens")
+        max_new = c2.slider(
+            "Max new tokens", 16, 512, 160, 16, key="gen_tokens",
+            help="Answers stop here even mid-sentence (they are marked as cut); more tokens take longer",
+        )
         temperature = c3.slider("Temperature", 0.1, 1.5, 0.8, 0.1, key="gen_temperature")
         seed = c4.number_input("Seed", 0, 10**6, 0, key="gen_seed")
         if st.button(
@@ -115,7 +123,15 @@ def generate_section(prompt: str) -> None:
                 pending = [t if t.strip() else "(empty answer)" for t in texts]
                 st.session_state["probe_pending"] = pending
                 st.session_state["probe_generated"] = tuple(pending)
+                st.session_state["probe_cut"] = (int(max_new), cut_at_limit(generator.tokenizer, pending, max_new))
+                st.session_state["probe_live"] = True  # generating asks for the best of n: score at once
                 st.rerun()
+
+
+def cut_at_limit(tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:
+    """The answers that used up the token limit, so probably stopped mid-sentence (an answer that
+    ended by itself is shorter: its end-of-turn token counts as one of the new tokens)."""
+    return [t for t in texts if len(tokenizer(t, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1]
 
 
 def score(choice, prompt: str, candidates: list[str]):
@@ -148,6 +164,14 @@ def results_section(choice, prompt: str, candidates: list[str], numbers: list[in
         )
     best = result.best
     generated = st.session_state.get("probe_generated") == tuple(candidates)
+    limit, cut = st.session_state.get("probe_cut", (0, []))
+    cut_numbers = [f"#{numbers[i]}" for i, text in enumerate(candidates) if text in cut]
+    if cut_numbers:
+        st.warning(
+            f"Cut at the {limit}-token limit: {', '.join(cut_numbers)} stopped mid-answer. Raise "
+            "“Max new tokens” under Generate to let them finish; a cut answer's reward is for the cut text.",
+            icon=":material/content_cut:",
+        )
     st.success(
         f"{'Best of ' + str(len(candidates)) + ': ' if generated else 'Highest reward: '}"
         f"candidate #{numbers[best]} (r = {result.rewards[best]:+.3f})",
@@ -185,6 +209,12 @@ def token_section(model, prompt: str, candidates: list[str], numbers: list[int],
     )
     trace = model.token_rewards(prompt, candidates[index])
     st.plotly_chart(charts.token_trace(trace.tokens, trace.rewards), key="token_trace")
+    st.caption(
+        "How to read the tokens: the model reads text in pieces (tokens), often a word with the space before "
+        "it; `·` stands for that space and `⏎` for a line break. `<|im_end|>` (or the model's own end marker) "
+        "is the end-of-turn token the chat template puts after every answer: the reward is read there, so the "
+        "last bar is the answer's reward."
+    )
 
 
 def page() -> None:
@@ -200,8 +230,14 @@ def page() -> None:
     generate_section(prompt)
     numbers = [n for n, c in enumerate(candidates, start=1) if c.strip()]
     filled = [candidates[n - 1] for n in numbers]
+    weak_model_note(choice)
     if not prompt.strip() or len(filled) < MIN_CANDIDATES:
         st.info("Write an instruction and at least two non-empty candidates.", icon=":material/info:")
+    elif not st.session_state.get("probe_live"):
+        # the model loads on the first press (seconds to half a minute), never before the user can type
+        st.button("Score the candidates", type="primary", icon=":material/play_arrow:", key="probe_score",
+                  on_click=lambda: st.session_state.update(probe_live=True))
+        st.caption("After the first score, edits are scored as you make them.")
     else:
         empty = [f"#{n}" for n in range(1, len(candidates) + 1) if n not in numbers]
         if empty:
@@ -209,7 +245,102 @@ def page() -> None:
                        f"{'are' if len(empty) > 1 else 'is'} empty and left out.")
         with user_errors("Cannot score"):
             results_section(choice, prompt, filled, numbers)
+        with user_errors("Cannot probe"):
+            probes_section(choice, prompt, filled, numbers)
     file_section(choice)
+
+
+WEAK_PROMPTS = 200  # fewer training instructions than this: say the model's picks are rough
+
+
+def weak_model_note(choice) -> None:
+    """Say plainly when a trained model learned from little data (read from its rmcore.json, no load)."""
+    if choice is None or choice.kind != "trained":
+        return
+    try:
+        meta = json.loads((settings.model_path(choice.name) / "rmcore.json").read_text())
+    except (OSError, ValueError):
+        return
+    data = meta.get("data") or {}
+    prompts, comparisons = data.get("train_prompts"), data.get("train_comparisons")
+    if isinstance(prompts, int) and prompts < WEAK_PROMPTS:
+        st.info(
+            f"This reward model learned from only {prompts} instructions ({comparisons} comparisons): that is "
+            "few examples of good and bad answers, so its rewards are rough guesses for anything unlike them, "
+            "and a best-of-n pick can be a poor answer. Train on more data for picks you can trust.",
+            icon=":material/info:",
+        )
+
+
+def spread_of(choice, model) -> tuple[float | None, str]:
+    """The reward's standard deviation on the model's held-out prompts (or the demo set), once per model."""
+    memo = st.session_state.setdefault("probe_spread", {})
+    if choice.key not in memo:
+        groups = read_held_out(settings.model_path(choice.name)) if choice.kind == "trained" else None
+        if groups:
+            groups = groups[:SPREAD_PROMPTS]
+            where = f"the answers to {len(groups)} held-out instructions saved with {choice.name}"
+        else:
+            groups = read_preferences(demo_data_path()).groups[:SPREAD_PROMPTS]
+            where = f"the answers to the first {len(groups)} instructions of the demo set"
+        with st.spinner("Measuring the reward's spread…"):
+            memo[choice.key] = (reward_spread(model, groups, SPREAD_PROMPTS), where)
+    return memo[choice.key]
+
+
+SPREAD_PROMPTS = 40
+
+
+def probes_section(choice, prompt: str, candidates: list[str], numbers: list[int]) -> None:
+    """Counterfactual edits of one answer and how far each moves its reward (rmcore.probes)."""
+    st.subheader("What is it really rewarding?")
+    st.caption(
+        "Edits that make an answer no better (a pleasantry, flattery, repetition, filler, bullet points) should "
+        "barely move its reward; edits that make it worse (cut in half, wrong facts) should lower it. A reward "
+        "that rises for the first kind is one a policy trained on it will learn to exploit."
+    )
+    index = st.selectbox(
+        "Answer to edit", range(len(candidates)), key="probe_edit_index",
+        format_func=lambda i: f"#{numbers[i]}: {' '.join(candidates[i].split())[:80]}",
+    )
+    original = candidates[min(index, len(candidates) - 1)]
+    wrong_key = f"probe_wrong_{hashlib.sha1(original.encode()).hexdigest()[:12]}"
+    if wrong_key not in st.session_state:
+        st.session_state[wrong_key] = original
+    wrong = st.text_area(
+        "Your version with wrong facts, in a confident tone", key=wrong_key, height=90,
+        help="Change facts so the answer is wrong but sounds just as sure. Left unchanged, it is not probed.",
+    )
+    if not st.button("Run the probes", icon=":material/science:", key="run_probes"):
+        stored = st.session_state.get("probe_report")
+        if stored is None or stored[0] != (choice.key, prompt, original, wrong):
+            return
+        report = stored[1]
+    else:
+        model = resources.reward_model(choice)
+        spread, where = spread_of(choice, model)
+        with st.spinner("Scoring the edits…"):
+            report = run_probes(model, prompt, original, wrong, spread, where)
+        st.session_state["probe_report"] = ((choice.key, prompt, original, wrong), report)
+    unit = "spreads" if report.spread else "reward"
+    st.caption(
+        f"Original reward {report.original_reward:+.3f}. One spread = {report.spread:.3f}, the standard deviation "
+        f"of this model's rewards over {report.spread_source}." if report.spread else
+        f"Original reward {report.original_reward:+.3f}; changes in raw reward ({report.spread_source})."
+    )
+    st.plotly_chart(charts.probe_deltas(report.rows, unit), key="probe_deltas")
+    st.dataframe(
+        pd.DataFrame([{"edit": r["label"], f"change ({unit})": r["delta_units"], "change (reward)": r["delta"],
+                       "reward": r["reward"], "reading": verdict(r), "edited answer": r["text"]}
+                      for r in report.rows]),
+        hide_index=True, key="probe_table", row_height=60,
+        column_config={f"change ({unit})": st.column_config.NumberColumn(format="%+.2f"),
+                       "change (reward)": st.column_config.NumberColumn(format="%+.3f"),
+                       "reward": st.column_config.NumberColumn(format="%+.3f"),
+                       "edited answer": st.column_config.TextColumn(width="large")},
+    )
+    if report.truncated:
+        st.caption(f"Cut to fit the model's max length: {', '.join(report.truncated)}.")
 
 
 def file_section(choice) -> None:

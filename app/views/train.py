@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from app import charts, resources, settings, state
-from app.jobs import JobBusy, JobRequest, manager
+from app.jobs import JobBusy, JobRequest, manager, resumable, resume_request
 from app.ui import duration, fmt, md, user_errors
+from rmcore.config import (
+    APP_DEFAULT_TIME_BUDGET_MIN,
+    APP_TIME_BUDGETS_MIN,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    MODES,
+    TrainConfig,
+    default,
+    help_text,
+)
 from rmcore.data import split_groups
-from rmcore.estimate import estimate_training_time
-from rmcore.train import DEFAULT_LR, MODES, TrainConfig
 
 LEARNING_RATES = [
     "default",
@@ -74,18 +84,37 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             f"folder ({settings.models_dir()})",
         )
         mode = st.radio(
-            "Mode", MODES, horizontal=True, key="train_mode", captions=[MODE_HELP[m] for m in MODES]
+            "Mode", MODES, index=MODES.index(default("mode")), horizontal=True, key="train_mode",
+            captions=[MODE_HELP[m] for m in MODES],
+        )
+        how = st.radio(
+            "How long",
+            ["time budget", "epochs"],
+            horizontal=True,
+            key="train_how",
+            help="A time budget fits the number of steps to the minutes you give, from the measured time per "
+            "step, and ends on time with a finished, evaluated model. Epochs run a fixed number of passes.",
         )
         c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input(
-            "Epochs",
-            1,
-            500,
-            10,
+        budget_min = None
+        if how == "time budget":
+            budget_min = c1.selectbox(
+                "Time budget",
+                APP_TIME_BUDGETS_MIN,
+                index=APP_TIME_BUDGETS_MIN.index(APP_DEFAULT_TIME_BUDGET_MIN),
+                format_func=lambda m: f"{m} min",
+                key="train_budget",
+                help="The whole run, loading and saving included",
+            )
+        epochs = (c2 if how == "time budget" else c1).number_input(
+            "At most epochs" if how == "time budget" else "Epochs",
+            min_value=1,
+            max_value=500,
+            value=DEFAULT_EPOCHS[default("mode")],
             key="train_epochs",
-            help="Passes over the training prompts. Head mode: cheap after the first.",
+            help=help_text("epochs") + ". Head mode: cheap after the first.",
         )
-        lr = c2.selectbox(
+        lr = (c3 if how == "time budget" else c2).selectbox(
             "Learning rate",
             LEARNING_RATES,
             key="train_lr",
@@ -93,45 +122,45 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             help=f"The default for {mode} mode, {DEFAULT_LR[mode]:g}, suits most runs. Defaults: "
             + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()),
         )
-        batch = c3.number_input(
+        batch = (c4 if how == "time budget" else c3).number_input(
             "Batch size",
-            1,
-            256,
-            8,
+            min_value=1,
+            max_value=256,
+            value=default("batch_size"),
             key="train_batch",
-            help="Instructions per step; each brings all of its responses",
+            help=help_text("batch_size"),
         )
-        max_length = c4.number_input(
+        max_length = (c1 if how == "time budget" else c4).number_input(
             "Max length",
-            32,
-            4096,
-            512,
+            min_value=32,
+            max_value=4096,
+            value=default("max_length"),
             step=32,
             key="train_max_length",
-            help="Tokens of prompt + one response; longer ones lose prompt tokens from "
-            "the left first, then the end of the response",
+            help=help_text("max_length") + ", then the end of the response",
         )
         held_out = st.slider(
             "Held-out fraction",
-            0.0,
-            0.5,
-            0.15,
-            0.05,
+            min_value=0.0,
+            max_value=0.5,
+            value=default("eval_fraction"),
+            step=0.05,
             key="train_held_out",
             help="Share of instructions kept out of training to measure accuracy on unseen prompts",
         )
         with st.expander("More options"):
             a1, a2, a3 = st.columns(3)
-            seed = a1.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
-            lora_r = a2.number_input("LoRA rank", 1, 256, 16, key="train_lora_r", disabled=mode != "lora")
+            seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default("seed"), key="train_seed")
+            lora_r = a2.number_input("LoRA rank", min_value=1, max_value=256, value=default("lora_r"),
+                                     key="train_lora_r", disabled=mode != "lora", help=help_text("lora_r"))
             center = a3.number_input(
                 "Reward centering",
-                0.0,
-                1.0,
-                0.0,
-                0.01,
+                min_value=0.0,
+                max_value=1.0,
+                value=default("center_coefficient"),
+                step=0.01,
                 key="train_center",
-                help="c x mean(r^2) in the loss keeps rewards near 0",
+                help=help_text("center_coefficient"),
             )
         name = st.text_input(
             "Name of the new model",
@@ -150,6 +179,7 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
         seed=int(seed),
         lora_r=int(lora_r),
         center_coefficient=float(center),
+        time_budget_s=60.0 * budget_min if budget_min else 0.0,
     )
     with right:
         estimate_box(data, config, busy)
@@ -172,7 +202,10 @@ def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> Non
         steps = -(-len(train_groups) // config.batch_size)
         st.write(
             f"{count(len(train_groups), 'instruction')} to train on ({count(comparisons, 'comparison')}), "
-            f"{len(eval_groups)} held out; {count(config.epochs, 'epoch')} of {count(steps, 'step')}."
+            f"{len(eval_groups)} held out; "
+            + (f"as many steps as fit in {duration(config.time_budget_s)}, at most {count(config.epochs, 'epoch')}"
+               f" of {count(steps, 'step')}." if config.time_budget_s
+               else f"{count(config.epochs, 'epoch')} of {count(steps, 'step')}.")
         )
         if busy:
             st.caption("The time estimate waits until the running job ends (timing now would slow it down).")
@@ -187,9 +220,12 @@ def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> Non
             config.eval_fraction,
             config.seed,
             config.lora_r,
+            config.time_budget_s,
         )
         cached = st.session_state.get("train_estimate")
         if cached is None or cached[0] != key:
+            from rmcore.estimate import estimate_training_time  # torch: only once a page needs a model
+
             try:
                 with st.spinner("Timing one batch on this machine…"):
                     rates = resources.step_rates(
@@ -249,6 +285,33 @@ def start(data: state.LoadedData, config: TrainConfig) -> None:
     st.session_state.pop("train_name", None)  # the next run gets a fresh default name
     st.session_state["train_polling"] = True
     st.rerun()
+
+
+def resume(model_dir: Path) -> None:
+    """Start a job that continues the stopped run saved in `model_dir`."""
+    with user_errors("Not resumed"):
+        try:
+            manager().start(resume_request(model_dir), state.session_id())
+        except JobBusy as exc:
+            st.warning(f"Not resumed: {md(exc)}.", icon=":material/hourglass:")
+            return
+        st.session_state["train_polling"] = True
+        st.rerun()
+
+
+def stopped_runs_box(busy: bool) -> None:
+    """Stopped runs in the models folder that can be continued (also after a server restart)."""
+    runs = [entry for entry in settings.list_models() if resumable(settings.model_path(entry.name))]
+    job = manager().current()
+    if job is not None:  # the panel below already offers the current job's resume
+        runs = [entry for entry in runs if settings.model_path(entry.name) != Path(job.snapshot().out_dir)]
+    if not runs:
+        return
+    with st.expander(f"Continue a stopped run ({len(runs)})"):
+        name = st.selectbox("Stopped run", [entry.name for entry in runs], key="train_resume_pick")
+        if st.button("Resume", key="resume_stopped", disabled=busy,
+                     help="Continues from its checkpoint with the data and settings it was started with"):
+            resume(settings.model_path(name))
 
 
 def live_panel() -> None:
@@ -326,6 +389,11 @@ def live_panel() -> None:
             manager().stop(state.session_id())
             st.rerun(scope="fragment")
     if not snap.active and mine:
+        if snap.status == "stopped" and resumable(Path(snap.out_dir)):
+            if st.button("Resume this run", icon=":material/resume:", key="resume_job",
+                         help="Continue from the checkpoint with the same data and settings, to the model an "
+                         "uninterrupted run would have trained"):
+                resume(Path(snap.out_dir))
         c1, c2, c3, c4 = st.columns(4)
         if snap.saved:
             c1.page_link("views/probe.py", label="Probe it", icon=":material/science:")
@@ -365,6 +433,7 @@ def page() -> None:
                 with user_errors("Not started"):
                     config.check()
                     start(data, config)
+    stopped_runs_box(busy)
     st.session_state["train_polling"] = busy
     st.fragment(run_every=1.0 if busy else None)(live_panel)()
 

@@ -1,0 +1,277 @@
+"""Best-of-n & RLHF: put the reward model to work on a policy, and watch where it starts to be gamed."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import policy_charts, resources, settings, state
+from app.policy_jobs import PolicyJobBusy, PolicyJobRequest, policy_manager
+from app.ui import duration, fmt, md, pick_model, user_errors
+
+PROMPT_SOURCES = ("demo instructions", "the loaded data's prompts", "type them")
+GOODHART = (
+    "**What the curves mean.** The reward model is a *proxy* for what people prefer. Picking the best of n "
+    "samples, or fine-tuning the policy toward the reward, raises the proxy reward by construction: that curve "
+    "always rises. Whether the answers really get better shows on a second, independent judge (the *gold* "
+    "model, never optimised): as long as gold rises with the proxy, the policy is improving; when gold flattens "
+    "or falls while the proxy keeps climbing, the policy has found what the proxy over-rates (longer answers, "
+    "flattery, repetition). That is Goodhart's law: *when a measure becomes a target, it ceases to be a good "
+    "measure.* The KL from the starting policy says how far the policy has moved to get there: best-of-n costs "
+    "exactly log n - (n-1)/n nats, and RLHF reports the KL it measured on held-out prompts."
+)
+
+
+def prompts_from(source: str) -> list:
+    from rmcore.data import demo_data_path
+    from rmcore.sampling import read_prompts, unique_prompts
+
+    if source == PROMPT_SOURCES[0]:
+        return read_prompts(demo_data_path())
+    if source == PROMPT_SOURCES[1]:
+        data = state.get_data()
+        return unique_prompts([g.prompt for g in data.groups]) if data is not None else []
+    typed = st.session_state.get("policy_typed", "")
+    return [line.strip() for line in typed.splitlines() if line.strip()]
+
+
+def pick_models():
+    left, right = st.columns(2)
+    with left:
+        proxy = pick_model("Reward model (the proxy that picks and is optimised)", key="policy_rm",
+                           include_untrained=False)
+    others = [e.name for e in settings.list_models(reward_only=True) if proxy is None or e.name != proxy.name]
+    names = ["(none)", *others]
+    with right:
+        gold = st.selectbox("Gold model (an independent judge, optional)", names, key="policy_gold",
+                            help="A second reward model, trained on other data, that only judges. It reveals "
+                                 "when the proxy is being gamed.")
+    return proxy, None if gold == "(none)" else gold
+
+
+def prompt_picker() -> list:
+    data_loaded = state.get_data() is not None
+    source = st.radio("Prompts", PROMPT_SOURCES, horizontal=True, key="policy_source",
+                      captions=["the demo set's instructions", "load data on the Data page" if not data_loaded
+                                else "each prompt of the loaded data once", "one instruction per line"])
+    if source == PROMPT_SOURCES[2]:
+        st.text_area("Instructions, one per line", key="policy_typed", height=120,
+                     placeholder="How do I boil an egg?\nExplain why the sky is blue.")
+    prompts = prompts_from(source)
+    st.caption(f"{len(prompts)} prompts available.")
+    return prompts
+
+
+# ----------------------------------------------------------------------------- best-of-n
+
+
+def bon_section(proxy, gold_name: str | None, prompts: list) -> None:
+    st.subheader("Best-of-n curve")
+    st.write("Sample N answers per prompt with the policy, score them, and compute for every n <= N the expected "
+             "reward of the best-of-n pick exactly (all subsets of the N samples, no resampling noise).")
+    c1, c2, c3 = st.columns(3)
+    count = c1.number_input("Prompts to sample", 1, max(1, len(prompts)), min(4, max(1, len(prompts))),
+                            key="bon_prompts")
+    n = c2.selectbox("Samples per prompt (N)", [4, 8, 16, 32], index=1, key="bon_n")
+    max_new = c3.selectbox("Max new tokens", [32, 48, 64, 96], index=1, key="bon_max_new")
+    if st.button("Sample and draw the curve", type="primary", icon=":material/show_chart:", key="bon_run",
+                 disabled=not prompts or proxy is None):
+        with user_errors("Best-of-n failed"):
+            run_bon(proxy, gold_name, prompts[: int(count)], int(n), int(max_new))
+    result = st.session_state.get("bon_result")
+    if result:
+        show_bon(result)
+
+
+def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -> None:
+    from rmcore.best_of_n import curve_from_records, score_samples
+    from rmcore.sampling import sample
+
+    generator = resources.generator(settings.generator_model())
+    bar = st.progress(0.0, text="sampling…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / total), text=f"sampling: {int(done)}/{total} prompts")
+
+    groups = sample(generator.model, generator.tokenizer, prompts, n, max_new, 1.0, seed=0, on_progress=progress)
+    records = [{"prompt": p, "responses": [s.text for s in g], "num_tokens": [s.num_tokens for s in g],
+                "hit_limit": [s.hit_limit for s in g]} for p, g in zip(prompts, groups)]
+    bar.progress(1.0, text="scoring…")
+    proxy_rewards = score_samples(records, resources.reward_model(proxy))
+    gold_rewards = None
+    if gold_name:
+        from app.resources import ModelChoice
+
+        gold_rewards = score_samples(records, resources.reward_model(ModelChoice("trained", gold_name)))
+    bar.empty()
+    curve = curve_from_records(records, proxy_rewards, gold_rewards)
+    st.session_state["bon_result"] = {"records": records, "proxy": proxy_rewards, "gold": gold_rewards,
+                                      "curve": curve, "gold_name": gold_name}
+
+
+def show_bon(result: dict) -> None:
+    from rmcore.best_of_n import bon_figure
+
+    curve = result["curve"]
+    st.plotly_chart(bon_figure(curve), key="bon_curve")
+    st.caption(f"{curve.prompts} prompts x {curve.samples_per_prompt} samples. Gain is in standard deviations of "
+               "one sample's reward (proxy and gold each in their own); bars are standard errors over prompts.")
+    st.dataframe(policy_charts.bon_table(curve.rows()), hide_index=True, key="bon_table")
+    with st.expander("The best and the worst answer of each prompt, by the proxy"):
+        for i, record in enumerate(result["records"]):
+            pair = policy_charts.best_and_random(record, result["proxy"][i], result["gold"][i] if result["gold"]
+                                                 else None)
+            st.markdown(f"**{md(pair['prompt'])}**")
+            left, right = st.columns(2)
+            for column, label in ((left, "best"), (right, "worst")):
+                item = pair[label]
+                extra = f", gold {fmt(item['gold'])}" if item["gold"] is not None else ""
+                column.caption(f"{label}: reward {fmt(item['reward'])}{extra}")
+                column.text(item["text"] or "(empty)")
+
+
+# ----------------------------------------------------------------------------- RLHF job
+
+
+def rlhf_section(proxy, gold_name: str | None, prompts: list, busy: bool) -> None:
+    st.subheader("Fine-tune the policy (rejection sampling)")
+    st.write("Rounds of: sample n answers to each training prompt, keep the reward model's favourite, fine-tune "
+             "the policy on those (LoRA). Held-out prompts measure the reward, the KL to the starting policy and "
+             "the answer length after each round. On a CPU keep it small: a round takes minutes.")
+    c1, c2, c3, c4 = st.columns(4)
+    count = c1.number_input("Prompts (a third held out)", 3, max(3, len(prompts)), min(12, max(3, len(prompts))),
+                            key="rlhf_prompts")
+    rounds = c2.number_input("Rounds", 1, 10, 1, key="rlhf_rounds")
+    n = c3.selectbox("n (best of)", [2, 4, 8, 16], index=1, key="rlhf_n")
+    max_new = c4.selectbox("Max new tokens", [24, 48, 64, 96], index=1, key="rlhf_max_new")
+    with st.expander("More options"):
+        a1, a2, a3 = st.columns(3)
+        lr = a1.selectbox("Learning rate", [1e-4, 3e-4, 1e-3], index=1, key="rlhf_lr", format_func=lambda v: f"{v:g}")
+        kl_coef = a2.number_input("KL coefficient (beta)", 0.0, 10.0, 0.05, 0.01, key="rlhf_kl",
+                                  help="Picks maximise reward - beta x log(pi/pi_ref): a pick the policy already "
+                                       "over-prefers counts for less")
+        eval_samples = a3.number_input("Answers per held-out prompt", 1, 8, 2, key="rlhf_eval_samples")
+    name = st.text_input("Name of the new policy", key="rlhf_name", max_chars=80, placeholder=unused_policy_name())
+    mine_busy = busy and policy_manager().current().owner == state.session_id()
+    if st.button("Fine-tuning…" if mine_busy else "Start fine-tuning", type="primary", icon=":material/play_arrow:",
+                 key="rlhf_start", disabled=busy or proxy is None or len(prompts) < 2):
+        with user_errors("Not started"):
+            start_job(proxy, gold_name, prompts[: int(count)], int(rounds), int(n), int(max_new), float(lr),
+                      float(kl_coef), int(eval_samples), settings.clean_model_name(name) or unused_policy_name())
+
+
+def unused_policy_name(base: str = "policy-rs") -> str:
+    name, n = base, 1
+    while settings.model_path(name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def start_job(proxy, gold_name, prompts, rounds, n, max_new, lr, kl_coef, eval_samples, name) -> None:
+    from rmcore.rlhf import RLHFConfig, split_prompts
+
+    train_prompts, eval_prompts = split_prompts(prompts, 0.33, 0)
+    config = RLHFConfig(
+        reward_model=str(settings.model_path(proxy.name)), policy=settings.generator_model(), method="rs",
+        gold_model=str(settings.model_path(gold_name)) if gold_name else None, rounds=rounds, n=n,
+        max_new_tokens=max_new, lr=lr, kl_coef=kl_coef, eval_samples=eval_samples, sft_epochs=2,
+    )
+    config.check()
+    request = PolicyJobRequest(config, train_prompts, eval_prompts, settings.model_path(name), name)
+    try:
+        policy_manager().start(request, state.session_id())
+    except PolicyJobBusy as exc:
+        st.warning(f"Not started: {md(exc)}.", icon=":material/hourglass:")
+        return
+    st.session_state.pop("rlhf_name", None)
+    st.rerun()
+
+
+def live_panel() -> None:
+    """Polled every second while a job runs; any session sees the server's job."""
+    job = policy_manager().current()
+    if job is None:
+        return
+    snap = job.snapshot()
+    mine = snap.owner == state.session_id()
+    if not snap.active and not mine:
+        return
+    if not snap.active and st.session_state.get("rlhf_polling"):
+        st.session_state["rlhf_polling"] = False
+        st.rerun()
+    header = {"starting": "Preparing", "running": "Fine-tuning", "stopping": "Stopping", "done": "Finished",
+              "stopped": "Stopped", "failed": "Failed"}[snap.status]
+    st.markdown(f"#### {header}: {md(snap.name)}")
+    text = snap.phase
+    if snap.active:
+        text += f" · {duration(snap.elapsed_s)} elapsed" + (f" · ETA {duration(snap.eta_s)}" if snap.eta_s else "")
+    st.progress(min(1.0, snap.progress), text=text)
+    if snap.status == "failed":
+        st.error(f"Fine-tuning failed: {md(snap.error)}", icon=":material/error:")
+    elif snap.saved and not snap.active:
+        st.success(f"{snap.phase.capitalize()}: `models/{snap.name}` (download it on Export).",
+                   icon=":material/check_circle:")
+    if snap.evals:
+        first, last = snap.evals[0], snap.evals[-1]
+        cols = st.columns(4)
+        cols[0].metric("Held-out reward", fmt(last.get("reward_mean")),
+                       delta=fmt(last["reward_mean"] - first["reward_mean"]) if len(snap.evals) > 1 else None)
+        cols[1].metric("Gold reward", fmt(last.get("gold_mean")),
+                       delta=fmt(last["gold_mean"] - first["gold_mean"]) if len(snap.evals) > 1
+                       and "gold_mean" in last else None)
+        cols[2].metric("KL to the start", fmt(last.get("kl")), help="nats, measured on held-out samples")
+        cols[3].metric("Answer length", fmt(last.get("length_mean"), 1),
+                       delta=fmt(last["length_mean"] - first["length_mean"], 1) if len(snap.evals) > 1 else None)
+        st.plotly_chart(policy_charts.rlhf_curves(snap.evals), key="rlhf_curves")
+    if snap.active and mine:
+        if st.button("Stop (keeps a checkpoint and the policy so far)", icon=":material/stop_circle:",
+                     key="rlhf_stop", disabled=snap.status == "stopping"):
+            policy_manager().stop(state.session_id())
+            st.rerun(scope="fragment")
+    if not snap.active and mine:
+        if snap.status == "stopped" and not snap.before_after:
+            st.caption("Stopped before the end of a round: the held-out answers after training come with the "
+                       "evaluation at the end of each round.")
+        show_before_after(snap.before_after)
+        if st.button("Clear", key="rlhf_forget", help="Hide this finished run (the policy stays saved)"):
+            policy_manager().forget(state.session_id())
+            st.rerun()
+
+
+def show_before_after(rows: list[dict]) -> None:
+    if not rows:
+        return
+    st.markdown("#### Held-out answers before and after")
+    for row in rows:
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+        st.markdown(f"**{md(prompt)}**")
+        left, right = st.columns(2)
+        for column, when in ((left, "before"), (right, "after")):
+            gold = f", gold {fmt(row.get(f'gold_{when}'))}" if f"gold_{when}" in row else ""
+            column.caption(f"{when}: reward {fmt(row[f'reward_{when}'])}{gold}, {row[f'tokens_{when}']} tokens")
+            column.text(row[when] or "(empty)")
+
+
+def page() -> None:
+    st.title("Best-of-n & RLHF")
+    st.info(GOODHART, icon=":material/lightbulb:")
+    proxy, gold_name = pick_models()
+    if proxy is None:
+        st.info(f"No trained reward model yet in the models folder ({settings.models_dir()}). Train one first.",
+                icon=":material/info:")
+        st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
+        return
+    with user_errors():
+        prompts = prompt_picker()
+    job = policy_manager().current()
+    busy = job is not None and job.snapshot().active
+    tab_bon, tab_rlhf = st.tabs(["Best-of-n curve", "Fine-tune (RLHF)"])
+    with tab_bon:
+        bon_section(proxy, gold_name, prompts)
+    with tab_rlhf:
+        rlhf_section(proxy, gold_name, prompts, busy)
+        st.session_state["rlhf_polling"] = busy
+        st.fragment(run_every=1.0 if busy else None)(live_panel)()
+
+
+page()

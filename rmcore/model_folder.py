@@ -1,0 +1,165 @@
+"""What in a model folder is rmcore's, so that saving replaces only that and loses nothing of the user's.
+
+A save writes a hidden sibling folder `.NAME.tmp-XXXX`, renames the existing folder to
+`.NAME.old-XXXX`, renames the new one into place, moves every entry rmcore did not write (a user's
+notes, the data file they trained from) from the old folder into the new one, and deletes the old
+folder only when nothing of the user's is left in it. `rmcore.json` lists the files a save wrote
+(`files`); folders saved before that list existed are read with the names rmcore has always written.
+
+A save killed half-way (kill -9, out of memory, a second Ctrl-C) leaves those hidden folders behind.
+The next save into the same folder recovers them: a temporary folder holds only what rmcore wrote
+and is deleted (after moving back a training checkpoint it had carried); an old folder is put back
+when the model folder is missing, or else its user entries are moved over before it is deleted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+from pathlib import Path
+
+from rmcore.errors import ModelError
+
+METADATA_FILE = "rmcore.json"
+CHECKPOINT_DIR = "checkpoint"
+# What rmcore wrote into a model folder before rmcore.json listed its files, and what a save may write.
+RMCORE_NAMES = (
+    METADATA_FILE, "metrics.jsonl", "README.md", CHECKPOINT_DIR, ".checkpoint.*", "config.json",
+    "generation_config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+    "chat_template.json", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model",
+)
+
+
+def owned_entries(folder: Path) -> set[str]:
+    """Names of the entries of `folder` that rmcore wrote (its checkpoint included)."""
+    folder = Path(folder)
+    entries = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    listed = _listed_files(folder)
+    if listed is not None:
+        return {name for name in entries
+                if name in listed or name == CHECKPOINT_DIR or name.startswith(f".{CHECKPOINT_DIR}.")}
+    return {name for name in entries if any(fnmatch.fnmatchcase(name, pattern) for pattern in RMCORE_NAMES)}
+
+
+def user_entries(folder: Path) -> set[str]:
+    """Names of the entries of `folder` that rmcore did not write: never replaced, never deleted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return set()
+    return {p.name for p in folder.iterdir()} - owned_entries(folder)
+
+
+def _listed_files(folder: Path) -> set[str] | None:
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    files = metadata.get("files") if isinstance(metadata, dict) else None
+    return set(files) if isinstance(files, list) and all(isinstance(f, str) for f in files) else None
+
+
+def check_output_folder(out_dir: Path, resume: bool) -> bool:
+    """Refuse, before any work, an output folder where training or saving would lose something.
+
+    Returns True when the folder holds a finished model that this run replaces. The folder must be
+    new, empty, an rmcore model, or a stopped or killed run's folder (only continued with `resume`);
+    a user's file whose name a save would write is refused, other user files are kept.
+    """
+    from rmcore.outputs import check_writable_folder
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"{out_dir}: is a file; the output must be a folder (it is created if missing)")
+    check_writable_folder(out_dir.parent, str(out_dir), create=True)
+    if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ModelError(f"{out_dir}: the folder cannot be written")
+    _recover_checkpoint(out_dir)
+    entries = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    has_checkpoint = (out_dir / CHECKPOINT_DIR / "state.json").is_file()
+    has_model = METADATA_FILE in entries
+    if resume and not has_checkpoint:
+        raise ModelError(f"{out_dir}: no checkpoint to resume (a stopped run leaves one in {CHECKPOINT_DIR}/; "
+                         "a finished run does not). Leave out --resume to train from the start")
+    if has_checkpoint and not resume:
+        raise ModelError(f"{out_dir}: holds the checkpoint of a stopped run; add --resume to continue it, or "
+                         "choose another output folder (delete this one to start over)")
+    users = user_entries(out_dir)
+    if users and not (has_model or has_checkpoint):
+        shown = ", ".join(sorted(users)[:3]) + (", ..." if len(users) > 3 else "")
+        raise ModelError(f"{out_dir}: the folder is not empty and holds no rmcore model ({shown}). "
+                         "Choose a new or empty folder")
+    clashes = sorted(name for name in users if any(fnmatch.fnmatchcase(name, p) for p in RMCORE_NAMES))
+    if clashes:
+        raise ModelError(f"{out_dir / clashes[0]}: not written by rmcore, and saving the model would replace it; "
+                         "move it elsewhere or choose another output folder")
+    return has_model and not has_checkpoint
+
+
+def _recover_checkpoint(out_dir: Path) -> None:
+    """A run killed between the two renames of a checkpoint save leaves it as `.checkpoint.old`: put it back."""
+    current, previous = out_dir / CHECKPOINT_DIR, out_dir / f".{CHECKPOINT_DIR}.old"
+    if (previous / "state.json").is_file() and not (current / "state.json").is_file():
+        if current.is_dir():
+            shutil.rmtree(current)
+        os.rename(previous, current)
+
+
+def recover_interrupted_saves(out: Path) -> list[str]:
+    """Clean up after saves into `out` that were killed half-way; returns what was done, in words."""
+    out = Path(out)
+    notes: list[str] = []
+    if not out.parent.is_dir():
+        return notes
+    for leftover in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if not leftover.is_dir() or leftover.is_symlink():
+            continue
+        if not out.exists():
+            os.rename(leftover, out)
+            notes.append(f"put back {out} from {leftover.name}, left by an interrupted save")
+        else:
+            notes.extend(_retire_old_folder(leftover, out))
+    for leftover in sorted(out.parent.glob(f".{out.name}.tmp-*")):
+        if not leftover.is_dir() or leftover.is_symlink():
+            continue
+        carried = leftover / CHECKPOINT_DIR
+        if carried.is_dir() and out.is_dir() and not (out / CHECKPOINT_DIR).exists():
+            os.rename(carried, out / CHECKPOINT_DIR)
+        size = _size(leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+        notes.append(f"removed {leftover.name} ({size / 2**20:.0f} MB), left by an interrupted save")
+    return notes
+
+
+def swap_in(tmp: Path, out: Path, keep: tuple[str, ...] = ()) -> list[str]:
+    """Put the finished folder `tmp` in the place of `out`, carrying `keep` and every user entry over."""
+    for name in keep:
+        if (out / name).exists():
+            os.rename(out / name, tmp / name)
+    old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")  # unique: never a user's folder
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    return _retire_old_folder(old, out) if old.exists() else []
+
+
+def _retire_old_folder(old: Path, out: Path) -> list[str]:
+    """Move the user's entries of a replaced folder into `out`, then delete it if nothing of theirs is left."""
+    notes = []
+    for name in sorted(user_entries(old)):
+        if (out / name).exists() or (out / name).is_symlink():
+            continue
+        os.rename(old / name, out / name)
+    left = user_entries(old)
+    if left:
+        notes.append(f"kept {old} because it holds {', '.join(sorted(left)[:3])}, which rmcore did not write and "
+                     f"{out} already has")
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+    return notes
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())

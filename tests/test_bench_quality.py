@@ -1,0 +1,135 @@
+"""The quality benchmark and the recipe sweep still run (tiny model, seconds), and their statistics are right."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import quality  # noqa: E402  (bench/ holds scripts, not a package)
+import sweep  # noqa: E402
+
+from rmcore import RankedGroup  # noqa: E402
+
+
+def group(first_turn: str, responses: list[str], ranks: list[int | None], source: str = "") -> RankedGroup:
+    return RankedGroup([{"role": "user", "content": first_turn}], responses, ranks, source=source)
+
+
+def test_split_keeps_every_prompt_on_one_side_and_is_deterministic():
+    # 30 prompts, each asked in 1-3 dialogues (the same first turn): a prompt may not straddle parts
+    groups = [group(f"question {i % 30}", [f"a{i}", f"b{i}"], [1, 2], f"f:{i}") for i in range(60)]
+    split = quality.split_by_prompt("x", groups, n_test=10, n_val=6, seed=0)
+    keys = [{quality.prompt_key(g) for g in part} for part in (split.train, split.val, split.test)]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    assert len(split.train) + len(split.val) + len(split.test) == 60
+    assert quality.comparisons(split.test) >= 10 and quality.comparisons(split.val) >= 6
+    again = quality.split_by_prompt("x", list(reversed(groups)), n_test=10, n_val=6, seed=0)
+    assert {g.source for g in again.test} == {g.source for g in split.test}  # order of the file does not matter
+    other = quality.split_by_prompt("x", groups, n_test=10, n_val=6, seed=1)
+    assert {g.source for g in other.test} != {g.source for g in split.test}
+
+
+def test_split_skips_groups_without_comparisons():
+    groups = [group("q1", ["a", "b"], [1, 1]), group("q2", ["a", "b"], [1, 2])]
+    split = quality.split_by_prompt("x", groups, n_test=1, n_val=0)
+    assert [g.prompt_text for g in split.test] == ["q2"] and not split.train
+
+
+def test_length_baseline_counts_longer_wins_and_half_ties():
+    groups = [
+        group("q1", ["long answer", "short"], [1, 2]),  # longer preferred: right
+        group("q2", ["tiny", "much longer"], [1, 2]),  # shorter preferred: wrong
+        group("q3", ["same", "size"], [1, 2]),  # equal length: half
+        group("q4", ["ccc", "bb", "a"], [1, 2, 3]),  # three pairs, all right
+    ]
+    assert quality.length_baseline(groups) == pytest.approx((1 + 0 + 0.5 + 3) / 6)
+    assert quality.length_baseline([]) is None
+
+
+def test_standard_error_is_the_binomial_one():
+    assert quality.standard_error(0.5, 100) == pytest.approx(0.05)
+    assert quality.standard_error(0.7, 300) == pytest.approx(math.sqrt(0.7 * 0.3 / 300))
+    assert quality.standard_error(None, 10) is None and quality.standard_error(0.5, 0) is None
+
+
+def test_parse_duration():
+    assert quality.parse_duration("10m") == 600 and quality.parse_duration("90s") == 90
+    assert quality.parse_duration("1h") == 3600 and quality.parse_duration("45") == 45
+    with pytest.raises(Exception, match="not a duration"):
+        quality.parse_duration("ten minutes")
+
+
+def test_targets_name_each_miss():
+    rows = [{"set": "helpful", "rmcore": 0.66, "trl": 0.60, "length_only": 0.59, "target": 0.65},
+            {"set": "oasst", "rmcore": 0.70, "trl": 0.72, "length_only": 0.71, "target": 0.65}]
+    met = {c["what"]: c["met"] for c in quality.check_targets(rows)}
+    assert met == {"helpful: accuracy": True, "helpful: above length-only": True, "helpful: above TRL": True,
+                   "oasst: accuracy": True, "oasst: above length-only": False, "oasst: above TRL": False}
+
+
+def test_plan_fills_the_budget_with_whole_batches_or_more_passes(tiny_model_dir):
+    groups = [group(f"question number {i}", [f"answer {i} " * 3, f"reply {i}"], [1, 2]) for i in range(40)]
+    recipe = quality.Recipe(mode="full", lr=1e-4, batch_size=4, max_length=64)
+    import time
+
+    config = recipe.train_config(str(tiny_model_dir))
+    chosen, plan = quality.plan_groups(config, groups, time.perf_counter() + 1e-4)
+    assert len(chosen) == 1 and not plan["pool_exhausted"]  # at least one group, even with no time left
+    config = recipe.train_config(str(tiny_model_dir))
+    chosen, plan = quality.plan_groups(config, groups, time.perf_counter() + 3600)
+    assert chosen == groups and plan["pool_exhausted"] and config.epochs > 1  # a small set: more passes
+
+
+@pytest.mark.slow  # three trainings and nine evaluations of the tiny model: ~30 s on an idle 2-core machine
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL is a bench requirement")
+def test_smoke_quality_benchmark_writes_the_table(shared_data, tmp_path, capsys):
+    code = quality.main(["--smoke", "--budget", "8s", "--in-process", "--out-dir", str(tmp_path)])
+    assert code == 0
+    [result_file] = tmp_path.glob("*_quality_tiny.json")
+    report = json.loads(result_file.read_text())
+    markdown = (tmp_path / result_file.name.replace(".json", ".md")).read_text()
+    assert [row["set"] for row in report["rows"]] == ["helpful", "harmless", "oasst"]
+    for row in report["rows"]:
+        for trainer in ("rmcore", "trl", "untrained"):
+            assert 0 <= row[trainer] <= 1 and row[f"{trainer}_se"] >= 0
+        assert 0 <= row["length_only"] <= 1 and row["comparisons"] >= 4
+    for trainers in report["results"].values():
+        assert trainers["rmcore"]["steps"] >= 1 and trainers["trl"]["steps"] >= 1
+        # TRL's defaults plan 3 epochs; the budget callback ended it long before
+        assert trainers["trl"]["steps"] < trainers["trl"]["planned_steps"]
+    assert "| helpful |" in markdown and "above TRL" in markdown
+    assert "helpful" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sweep_smoke_records_each_trial(shared_data, tmp_path):
+    log = tmp_path / "sweep.jsonl"
+    code = sweep.main(["--smoke", "--model", "tiny", "--budget", "6s", "--baseline", "--log", str(log),
+                       "--trial", json.dumps({"mode": "full", "lr": 1e-4, "batch_size": 2, "max_length": 64})])
+    assert code == 0
+    baseline, trial = [json.loads(line) for line in log.read_text().splitlines()]
+    assert set(baseline["val"]) == {"helpful", "harmless"}
+    assert 0 <= baseline["val"]["helpful"]["length_only"] <= 1
+    assert trial["steps"] >= 1 and trial["comparisons_seen"] >= 2 and 0 <= trial["val_mean"] <= 1
+    assert trial["options"]["lr"] == 1e-4 and trial["recipe"]["max_length"] == 64
+
+
+def test_sweep_summary_lists_baselines_and_trials():
+    baseline = {"trainer": "baseline", "val": {
+        "helpful": {"untrained": {"accuracy": 0.58, "se": 0.07}, "length_only": 0.62},
+        "harmless": {"untrained": {"accuracy": 0.46, "se": 0.07}, "length_only": 0.42}}}
+    trial = {"trainer": "rmcore", "options": {"mode": "full", "lr": 1e-4}, "budget_s": 240, "clock": "cpu",
+             "steps": 8, "comparisons_seen": 64, "loop_cpu_s": 135.2, "val_mean": 0.46,
+             "val": {"helpful": {"accuracy": 0.34, "se": 0.067}, "harmless": {"accuracy": 0.58, "se": 0.07}},
+             "progressive_accuracy": 0.5625, "progressive_comparisons": 32}
+    table = sweep.summary_markdown([baseline, trial]).splitlines()
+    assert table[2] == "| untrained start | | | | | 0.580 ± 0.070 | 0.460 ± 0.070 | | |"
+    assert table[3] == "| length-only | | | | | 0.620 | 0.420 | | |"
+    assert table[4] == ("| mode full, lr 0.0001 | 4 min cpu | 8 | 64 | 135 | 0.340 ± 0.067 | 0.580 ± 0.070 | "
+                        "0.460 | 0.562 (32) |")

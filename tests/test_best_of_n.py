@@ -1,0 +1,134 @@
+"""The best-of-n curve: the exact order-statistics estimator, its KL, and `rmcore bon`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from rmcore.best_of_n import (
+    best_of_n_expectation,
+    bon_curve,
+    bon_figure,
+    brute_force_best_of_n,
+    kl_best_of_n,
+    order_statistic_weights,
+    powers_of_two,
+    win_rate_bound,
+)
+from rmcore.cli import main
+
+
+@pytest.mark.parametrize("total", [1, 2, 5, 32])
+def test_weights_are_a_distribution_over_the_ranks(total):
+    for n in range(1, total + 1):
+        weights = order_statistic_weights(total, n)
+        assert weights.sum() == pytest.approx(1.0)
+        assert (weights >= 0).all()
+        assert weights[: n - 1].sum() == 0  # the max of n draws is at least the n-th smallest
+
+
+def test_exact_for_one_and_for_all_samples():
+    rewards = np.random.default_rng(0).normal(size=17)
+    assert best_of_n_expectation(rewards, 1) == pytest.approx(rewards.mean())
+    assert best_of_n_expectation(rewards, 17) == pytest.approx(rewards.max())
+
+
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_equals_brute_force_resampling_within_its_standard_error(n):
+    rng = np.random.default_rng(n)
+    proxy = rng.normal(size=20)
+    gold = proxy + rng.normal(scale=2.0, size=20)  # an imperfect judge: the pick is judged by another measure
+    for values in (None, gold):
+        exact = best_of_n_expectation(proxy, n, values)
+        mean, se = brute_force_best_of_n(proxy, n, 4000, rng, values)
+        assert abs(exact - mean) < 4 * se, (exact, mean, se)
+
+
+def test_brute_force_check_can_fail():
+    """The comparison above has teeth: a wrong estimator (the plain mean) is many standard errors off."""
+    rng = np.random.default_rng(1)
+    proxy = rng.normal(size=20)
+    mean, se = brute_force_best_of_n(proxy, 8, 4000, rng)
+    assert abs(proxy.mean() - mean) > 10 * se
+
+
+def test_kl_and_win_rate_formulas():
+    assert kl_best_of_n(1) == 0.0
+    assert kl_best_of_n(2) == pytest.approx(math.log(2) - 0.5)
+    assert kl_best_of_n(np.array([4, 32])) == pytest.approx([math.log(4) - 0.75, math.log(32) - 31 / 32])
+    assert win_rate_bound(1) == 0.5 and win_rate_bound(3) == 0.75
+    # KL of best-of-n from the exact distribution on N equally likely distinct outcomes tends to the formula
+    total, n = 4000, 8
+    p_pick = order_statistic_weights(total, n)
+    p_pick = p_pick[p_pick > 0]
+    kl = float((p_pick * np.log(p_pick * total)).sum())
+    assert kl == pytest.approx(kl_best_of_n(n), abs=0.01)
+
+
+def test_powers_of_two():
+    assert powers_of_two(32) == [1, 2, 4, 8, 16, 32]
+    assert powers_of_two(12) == [1, 2, 4, 8, 12]
+    assert powers_of_two(1) == [1]
+
+
+def test_curve_averages_prompts_and_uses_proxy_order_for_gold_and_length():
+    proxy = [[0.0, 1.0, 2.0], [3.0, 1.0, 2.0]]
+    gold = [[5.0, 4.0, 3.0], [0.0, 0.0, 9.0]]  # gold disagrees: the proxy's best is gold's worst in prompt 1
+    lengths = [[10, 20, 30], [1, 2, 3]]
+    curve = bon_curve(proxy, lengths, gold, ns=[1, 3])
+    assert curve.proxy_mean == pytest.approx([(1.0 + 2.0) / 2, (2.0 + 3.0) / 2])
+    assert curve.gold_mean == pytest.approx([(4.0 + 3.0) / 2, (3.0 + 0.0) / 2])
+    assert curve.length_mean == pytest.approx([(20 + 2) / 2, (30 + 1) / 2])
+    assert curve.kl == pytest.approx([0.0, math.log(3) - 2 / 3])
+    figure = bon_figure(curve)
+    assert len(figure.data) == 5  # proxy and gold against n and against KL, and the length
+
+
+def test_curve_recomputes_in_under_a_second():
+    rng = np.random.default_rng(0)
+    proxy = rng.normal(size=(64, 64)).tolist()
+    started = time.perf_counter()
+    bon_curve(proxy, rng.integers(1, 96, size=(64, 64)).tolist(), proxy)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_models(tmp_path_factory):
+    from rmcore.tiny import build_tiny_reward_model
+
+    root = tmp_path_factory.mktemp("rms")
+    return build_tiny_reward_model(root / "rm", seed=1), build_tiny_reward_model(root / "gold", seed=2)
+
+
+def samples_file(tmp_path, n=8):
+    path = tmp_path / "samples.jsonl"
+    rows = [{"prompt": f"question {i}", "responses": [f"answer {j} " * (j + 1) for j in range(n)]} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bon_cli_prints_the_curve_as_json_and_writes_the_plot(tmp_path, tiny_reward_models, capsys):
+    rm, gold = tiny_reward_models
+    plot = tmp_path / "bon.html"
+    code = main(["bon", str(samples_file(tmp_path)), "--model", str(rm), "--gold", str(gold), "--json",
+                 "--plot", str(plot)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    curve = json.loads(out)
+    assert [row["n"] for row in curve["rows"]] == [1, 2, 4, 8]
+    assert curve["proxy_mean"] == sorted(curve["proxy_mean"])  # the proxy curve rises by construction
+    assert curve["gold_mean"] is not None and curve["curve_s"] < 1.0
+    assert "<html>" in plot.read_text() and "plotly" in plot.read_text()
+    # the plot is never written over
+    assert main(["bon", str(samples_file(tmp_path)), "--model", str(rm), "--plot", str(plot)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_bon_cli_refuses_a_model_that_is_not_a_reward_model(tmp_path, tiny_model_dir, capsys):
+    code = main(["bon", str(samples_file(tmp_path)), "--model", str(tiny_model_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a reward model folder" in err[0]
