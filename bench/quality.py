@@ -216,7 +216,7 @@ def plan_groups(config, pool, loop_end: float, time_scale: float = 1.0,
     per_token = (rates.forward_s_per_token if head else rates.train_s_per_token * config.epochs) * share * time_scale
     tokenizer = load_tokenizer(resolve_model_path(config.model)[0])
     encoded = encode_groups(tokenizer, pool, config.max_length)
-    seconds = max(1.0, loop_end - now(clock))
+    seconds = max(0.0, loop_end - now(clock))  # no time left: still one group (the loop below)
     spent, chosen = 0.0, 0
     for group in encoded:
         cost = group.num_tokens * per_token

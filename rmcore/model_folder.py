@@ -23,10 +23,11 @@ from pathlib import Path
 from rmcore.errors import ModelError
 
 METADATA_FILE = "rmcore.json"
+POLICY_METADATA_FILE = "rmcore_policy.json"  # a policy fine-tuned by `rmcore rlhf` (rmcore.rlhf)
 CHECKPOINT_DIR = "checkpoint"
 # What rmcore wrote into a model folder before rmcore.json listed its files, and what a save may write.
 RMCORE_NAMES = (
-    METADATA_FILE, "metrics.jsonl", "README.md", CHECKPOINT_DIR, ".checkpoint.*", "config.json",
+    METADATA_FILE, POLICY_METADATA_FILE, "metrics.jsonl", "README.md", CHECKPOINT_DIR, ".checkpoint.*", "config.json",
     "generation_config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "chat_template.json", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model",
@@ -54,14 +55,16 @@ def user_entries(folder: Path) -> set[str]:
 
 def _listed_files(folder: Path) -> set[str] | None:
     try:
-        metadata = json.loads((folder / METADATA_FILE).read_text())
+        name = METADATA_FILE if (folder / METADATA_FILE).is_file() else POLICY_METADATA_FILE
+        metadata = json.loads((folder / name).read_text())
     except (OSError, ValueError):
         return None
     files = metadata.get("files") if isinstance(metadata, dict) else None
     return set(files) if isinstance(files, list) and all(isinstance(f, str) for f in files) else None
 
 
-def check_output_folder(out_dir: Path, resume: bool) -> bool:
+def check_output_folder(out_dir: Path, resume: bool, metadata_file: str = METADATA_FILE,
+                        what: str = "model") -> bool:
     """Refuse, before any work, an output folder where training or saving would lose something.
 
     Returns True when the folder holds a finished model that this run replaces. The folder must be
@@ -79,7 +82,7 @@ def check_output_folder(out_dir: Path, resume: bool) -> bool:
     _recover_checkpoint(out_dir)
     entries = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
     has_checkpoint = (out_dir / CHECKPOINT_DIR / "state.json").is_file()
-    has_model = METADATA_FILE in entries
+    has_model = metadata_file in entries
     if resume and not has_checkpoint:
         raise ModelError(f"{out_dir}: no checkpoint to resume (a stopped run leaves one in {CHECKPOINT_DIR}/; "
                          "a finished run does not). Leave out --resume to train from the start")
@@ -89,11 +92,11 @@ def check_output_folder(out_dir: Path, resume: bool) -> bool:
     users = user_entries(out_dir)
     if users and not (has_model or has_checkpoint):
         shown = ", ".join(sorted(users)[:3]) + (", ..." if len(users) > 3 else "")
-        raise ModelError(f"{out_dir}: the folder is not empty and holds no rmcore model ({shown}). "
+        raise ModelError(f"{out_dir}: the folder is not empty and holds no rmcore {what} ({shown}). "
                          "Choose a new or empty folder")
     clashes = sorted(name for name in users if any(fnmatch.fnmatchcase(name, p) for p in RMCORE_NAMES))
     if clashes:
-        raise ModelError(f"{out_dir / clashes[0]}: not written by rmcore, and saving the model would replace it; "
+        raise ModelError(f"{out_dir / clashes[0]}: not written by rmcore, and saving the {what} would replace it; "
                          "move it elsewhere or choose another output folder")
     return has_model and not has_checkpoint
 

@@ -3,7 +3,8 @@
 A bar redrawn with carriage returns is noise in a log file or CI output, and tqdm stays silent there
 (`disable=None`), so a long `score --data` or `eval` said nothing for minutes. Off a terminal, a line
 like `[rmcore] eval: 40% of tokens, 12 s so far, about 18 s left` goes to stderr every
-RMCORE_PROGRESS_SECONDS seconds (default 5) until the work is done.
+RMCORE_PROGRESS_SECONDS seconds (default 5) until the work is done, and one closing line with the
+time it took (so even a short run leaves a trace in the log).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class LineProgress:
         while not self._closed.wait(self.every_s):
             print(self.line(time.perf_counter() - self.started), file=self.stream, flush=True)
 
-    def line(self, elapsed: float) -> str:
+    def line(self, elapsed: float, done: bool = False) -> str:
         from rmcore.estimate import format_duration  # the process has torch by now (it is scoring)
 
         share = min(1.0, self.n / self.total) if self.total else 1.0
@@ -60,17 +61,19 @@ class LineProgress:
             text = f"[rmcore] {self.desc}: {self.n}{self.unit}, "
         else:
             text = f"[rmcore] {self.desc}: {self.n}/{self.total} {self.unit} ({share:.0%}), "
-        text += f"{format_duration(elapsed)} so far"
-        if 0 < share < 1:
+        text += f"{format_duration(elapsed)} {'in all' if done else 'so far'}"
+        if 0 < share < 1 and not done:
             text += f", about {format_duration(elapsed * (1 - share) / share)} left"
         return text
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         self._closed.set()
         self._thread.join()
+        if finished:
+            print(self.line(time.perf_counter() - self.started, done=True), file=self.stream, flush=True)
 
     def __enter__(self) -> LineProgress:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(finished=exc_type is None)

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from rmcore.errors import ModelError, TrainingError
+from rmcore.model_folder import POLICY_METADATA_FILE, check_output_folder, recover_interrupted_saves, swap_in
 
-POLICY_METADATA_FILE = "rmcore_policy.json"
 CHECKPOINT_DIR = "checkpoint"
 METHODS = ("rs", "grpo")
 DEFAULT_LR = {"rs": 3e-4, "grpo": 1e-5}  # LoRA learning rates; GRPO's per-sample updates want a smaller one
@@ -289,23 +289,10 @@ def eval_event(metrics: dict[str, Any], step: int, total_steps: int, **extra) ->
 
 
 def check_policy_output(out_dir: Path, resume: bool) -> bool:
-    """Refuse an output folder where saving would lose something; True when it holds a finished policy."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ModelError(f"{out_dir}: is a file; the output must be a folder (it is created if missing)")
-    entries = [p.name for p in out_dir.iterdir()] if out_dir.is_dir() else []
-    has_checkpoint = (out_dir / CHECKPOINT_DIR / "state.json").is_file()
-    if resume and not has_checkpoint:
-        raise ModelError(f"{out_dir}: no checkpoint to resume (a stopped run leaves one in {CHECKPOINT_DIR}/; "
-                         "a finished run does not). Leave out --resume to start from the beginning")
-    if has_checkpoint and not resume:
-        raise ModelError(f"{out_dir}: holds the checkpoint of a stopped run; add --resume to continue it, or "
-                         "choose another output folder")
-    if entries and POLICY_METADATA_FILE not in entries:
-        raise ModelError(f"{out_dir}: the folder is not empty and holds no rmcore policy; saving would replace "
-                         f"what is in it ({', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}). "
-                         "Choose a new or empty folder")
-    return bool(entries) and not has_checkpoint
+    """Refuse an output folder where saving would lose something; True when it holds a finished policy.
+
+    The same rules as a reward model's folder (rmcore.model_folder): only what rmcore wrote is replaced."""
+    return check_output_folder(out_dir, resume, metadata_file=POLICY_METADATA_FILE, what="policy")
 
 
 def save_policy(model, tokenizer, out_dir: str | os.PathLike, metadata: dict[str, Any],
@@ -317,22 +304,17 @@ def save_policy(model, tokenizer, out_dir: str | os.PathLike, metadata: dict[str
 
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_saves(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         plain = merged_copy(model)
         plain.config.pad_token_id = tokenizer.pad_token_id
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / POLICY_METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-        for name in keep:
-            if (out / name).exists():
-                os.rename(out / name, tmp / name)
+        files = sorted({p.name for p in tmp.iterdir()} | {POLICY_METADATA_FILE})
+        (tmp / POLICY_METADATA_FILE).write_text(json.dumps({**metadata, "files": files}, indent=2, default=str))
         _apply_umask(tmp)
-        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, out, keep)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

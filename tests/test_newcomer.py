@@ -143,14 +143,17 @@ def test_line_progress_prints_lines_off_a_terminal():
     bar = progress(10, "prompts", "score", stream=stream)
     assert isinstance(bar, LineProgress)
     bar.close()
+    closing = stream.getvalue().splitlines()
+    assert len(closing) == 1 and closing[0].startswith("[rmcore] score: 0/10 prompts") and "in all" in closing[0]
+    stream = io.StringIO()
     with LineProgress(10, "prompts", "score", stream, every_s=0.05) as bar:
         bar.update(4)
         import time
 
         time.sleep(0.3)
     lines = stream.getvalue().splitlines()
-    assert lines and all(line.startswith("[rmcore] score: 4/10 prompts (40%)") for line in lines), lines
-    assert "left" in lines[-1]
+    assert len(lines) > 2 and all(line.startswith("[rmcore] score: 4/10 prompts (40%)") for line in lines), lines
+    assert "left" in lines[-2] and "in all" in lines[-1]  # every few seconds, then one closing line
     with LineProgress(100, "% of tokens", "eval", io.StringIO(), 60) as percent:
         assert percent.line(2.0) == "[rmcore] eval: 0% of tokens, 2 s so far"
         percent.update(25)

@@ -142,3 +142,16 @@ def test_cli_runs_rejection_sampling(models, tmp_path, capsys):
     assert code == 0, err
     assert "held-out reward" in err and "KL to the start" in err
     assert (tmp_path / "out" / POLICY_METADATA_FILE).is_file()
+
+
+def test_a_second_run_into_a_policy_folder_keeps_the_users_files(models, tmp_path):
+    out = tmp_path / "policy"
+    train_policy(config(models, rounds=1), TRAIN, HELD_OUT, out)
+    (out / "notes.txt").write_text("mine")
+    result = train_policy(config(models, rounds=1, seed=1), TRAIN, HELD_OUT, out)
+    assert not result.stopped and (out / "notes.txt").read_text() == "mine"
+    assert "notes.txt" not in json.loads((out / POLICY_METADATA_FILE).read_text())["files"]
+    (out / "config.json").unlink()
+    (out / "README.md").write_text("my notes")  # a name rmcore may write, not listed as rmcore's
+    with pytest.raises(ModelError, match="README.md: not written by rmcore"):
+        train_policy(config(models, rounds=1), TRAIN, HELD_OUT, out)

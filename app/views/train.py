@@ -87,7 +87,8 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             "Mode", MODES, index=MODES.index(default("mode")), horizontal=True, key="train_mode",
             captions=[MODE_HELP[m] for m in MODES],
         )
-        how = st.radio(
+        h1, h2 = st.columns([3, 2], vertical_alignment="bottom")
+        how = h1.radio(
             "How long",
             ["time budget", "epochs"],
             horizontal=True,
@@ -95,10 +96,9 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             help="A time budget fits the number of steps to the minutes you give, from the measured time per "
             "step, and ends on time with a finished, evaluated model. Epochs run a fixed number of passes.",
         )
-        c1, c2, c3, c4 = st.columns(4)
         budget_min = None
         if how == "time budget":
-            budget_min = c1.selectbox(
+            budget_min = h2.selectbox(
                 "Time budget",
                 APP_TIME_BUDGETS_MIN,
                 index=APP_TIME_BUDGETS_MIN.index(APP_DEFAULT_TIME_BUDGET_MIN),
@@ -106,15 +106,17 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
                 key="train_budget",
                 help="The whole run, loading and saving included",
             )
-        epochs = (c2 if how == "time budget" else c1).number_input(
-            "At most epochs" if how == "time budget" else "Epochs",
+        c1, c2, c3, c4 = st.columns(4)
+        epochs = c1.number_input(
+            "Epochs",
             min_value=1,
             max_value=500,
             value=DEFAULT_EPOCHS[default("mode")],
             key="train_epochs",
-            help=help_text("epochs") + ". Head mode: cheap after the first.",
+            help=help_text("epochs") + ". Head mode: cheap after the first."
+            + (" With a time budget: at most this many." if how == "time budget" else ""),
         )
-        lr = (c3 if how == "time budget" else c2).selectbox(
+        lr = c2.selectbox(
             "Learning rate",
             LEARNING_RATES,
             key="train_lr",
@@ -122,7 +124,7 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             help=f"The default for {mode} mode, {DEFAULT_LR[mode]:g}, suits most runs. Defaults: "
             + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()),
         )
-        batch = (c4 if how == "time budget" else c3).number_input(
+        batch = c3.number_input(
             "Batch size",
             min_value=1,
             max_value=256,
@@ -130,7 +132,7 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             key="train_batch",
             help=help_text("batch_size"),
         )
-        max_length = (c1 if how == "time budget" else c4).number_input(
+        max_length = c4.number_input(
             "Max length",
             min_value=32,
             max_value=4096,

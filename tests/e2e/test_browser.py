@@ -144,6 +144,8 @@ def test_upload_train_probe_evaluate_in_a_browser(page, server, tmp_path):
     go(page, "Train")
     page.get_by_text("Estimated time").first.wait_for()
     page.get_by_text("full", exact=True).click()
+    page.get_by_text("epochs", exact=True).click()  # a fixed number of epochs, not the default time budget
+    page.wait_for_timeout(600)
     for label, value in (("Epochs", "50"), ("Batch size", "2")):
         box = page.get_by_label(label, exact=True)
         box.fill(value)
@@ -177,6 +179,7 @@ def test_upload_train_probe_evaluate_in_a_browser(page, server, tmp_path):
 
     # 3. Probe: the new model scores the example candidates; the heatmap of P[i][j] appears
     go(page, "Probe")
+    page.get_by_role("button", name="Score the candidates").click()  # nothing is scored before the user asks
     page.get_by_text("Reward token by token").first.wait_for()
     wait_for_plots(page, 3)
     types = page.evaluate(
