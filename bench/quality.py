@@ -216,7 +216,7 @@ def plan_groups(config, pool, loop_end: float, time_scale: float = 1.0,
     per_token = (rates.forward_s_per_token if head else rates.train_s_per_token * config.epochs) * share * time_scale
     tokenizer = load_tokenizer(resolve_model_path(config.model)[0])
     encoded = encode_groups(tokenizer, pool, config.max_length)
-    seconds = max(0.0, loop_end - now(clock))  # no time left: still one group (the loop below)
+    seconds = max(0.0, loop_end - now(clock))  # no time left: still one batch (below)
     spent, chosen = 0.0, 0
     for group in encoded:
         cost = group.num_tokens * per_token
@@ -224,6 +224,9 @@ def plan_groups(config, pool, loop_end: float, time_scale: float = 1.0,
             break
         spent += cost
         chosen += 1
+    if chosen < min(config.batch_size, len(encoded)):  # at least one whole batch, even with no time left
+        chosen = min(config.batch_size, len(encoded))
+        spent = sum(g.num_tokens for g in encoded[:chosen]) * per_token
     if chosen == len(pool) and not head and spent > 0:
         # the whole pool fits: more passes over it fill the budget (small sets such as OASST)
         passes = max(1, int(seconds / spent))
