@@ -16,6 +16,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from rmcore.cli import _coefficient, _fraction, _int_at_least  # cli imports this module lazily
 from rmcore.errors import DataError, ModelError, RmcoreError
 
 POLICY_HELP = ("the policy that writes answers: 'embedded' (SmolLM2-135M-Instruct, the default) "
@@ -25,34 +26,13 @@ PROMPTS_HELP = ("prompts: a .txt file with one instruction per line, or any data
 
 
 def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
+    return _int_at_least(minimum, f"must be at least {minimum}")
 
 
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
@@ -129,7 +109,7 @@ def add_commands(sub) -> None:
     p.add_argument("--temperature", type=_positive_float, default=defaults["temperature"],
                    help=f"sampling temperature (default {defaults['temperature']})")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: rs 3e-4, grpo 1e-5)")
-    p.add_argument("--kl-coef", type=_non_negative_float, default=defaults["kl_coef"],
+    p.add_argument("--kl-coef", type=_coefficient, default=defaults["kl_coef"],
                    help=f"beta of the KL term to the starting policy (default {defaults['kl_coef']})")
     p.add_argument("--batch-size", type=_at_least(1), default=defaults["batch_size"],
                    help=f"answers per optimizer step (default {defaults['batch_size']})")

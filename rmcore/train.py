@@ -128,6 +128,7 @@ class _Run:
         self.last_eval: dict[str, Any] | None = None
         self.groups_seen: list[int] = []
         self.features = self.eval_features = None
+        self._batches_epoch, self._batches = -1, []
         set_seed(config.seed)
         if self.world > 1:
             self.phase(f"training on {self.world} processes ({self.device}), sharing out the batches; "
@@ -278,7 +279,7 @@ class _Run:
         gradient is the mean over the real batches only.
         """
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-        if epoch != getattr(self, "_batches_epoch", None):  # the order is fixed by (seed, epoch)
+        if epoch != self._batches_epoch:  # the order is fixed by (seed, epoch): built once per epoch
             self._batches_epoch = epoch
             self._batches = length_bucketed_batches(self.lengths, self.config.batch_size, self.config.seed, epoch)
         first = in_epoch * self.world
