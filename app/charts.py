@@ -177,26 +177,37 @@ def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) ->
 
 
 def reward_bars(candidates: list[str], rewards: list[float], best: int | None = None,
-                numbers: list[int] | None = None) -> go.Figure:
-    """Rewards as horizontal bars, highest on top; the best candidate in green."""
+                numbers: list[int] | None = None, spread: list[float] | None = None) -> go.Figure:
+    """Rewards as horizontal bars, highest on top; the best candidate in green. With `spread` (an
+    ensemble's), each bar is the members' mean and its error bar one standard deviation across them."""
     order = sorted(range(len(rewards)), key=lambda i: rewards[i])  # plotly draws the first bar at the bottom
     labels = candidate_labels(candidates, numbers=numbers)
     colors = [GOOD if i == best else TRAIN for i in order]
-    fig = go.Figure(
-        go.Bar(
-            x=[rewards[i] for i in order],
-            y=[labels[i] for i in order],
-            orientation="h",
-            marker_color=colors,
-            text=[f"{rewards[i]:+.3f}" for i in order],
-            textposition="auto",
-            customdata=[plain(candidates[i], 200) for i in order],
-            hovertemplate="reward %{x:.4f}<br>%{customdata}<extra></extra>",
-        )
+    bar = go.Bar(
+        x=[rewards[i] for i in order],
+        y=[labels[i] for i in order],
+        orientation="h",
+        marker_color=colors,
+        text=[f"{rewards[i]:+.3f}" for i in order],
+        textposition="auto",
+        customdata=[plain(candidates[i], 200) for i in order],
+        hovertemplate="reward %{x:.4f}<br>%{customdata}<extra></extra>",
     )
+    if spread is not None:
+        bar.update(
+            error_x=dict(type="data", array=[spread[i] for i in order], color="#333333", thickness=2, width=6),
+            text=[f"{rewards[i]:+.3f} ± {spread[i]:.3f}" for i in order],
+            textposition="inside",
+            insidetextanchor="start",  # at the bar's base, clear of the error bar at its end
+            customdata=[[plain(candidates[i], 200), spread[i]] for i in order],
+            hovertemplate="mean reward %{x:.4f} ± %{customdata[1]:.4f} (members' spread)<br>"
+                          "%{customdata[0]}<extra></extra>",
+        )
+    fig = go.Figure(bar)
+    title = "Rewards, sorted" if spread is None else "Mean reward of the members, sorted (error bar: their spread)"
     fig.update_xaxes(title="reward r (one number per response)", zeroline=True, zerolinecolor=GREY)
     fig.update_yaxes(automargin=True)
-    return _layout(fig, 90 + 42 * len(rewards), title="Rewards, sorted")
+    return _layout(fig, 90 + 42 * len(rewards), title=title)
 
 
 def preference_heatmap(probabilities: list[list[float]], candidates: list[str],
@@ -451,6 +462,33 @@ def accuracy_with_baselines(summary: dict[str, Any]) -> go.Figure:
     fig.add_vline(x=0.5, line=dict(color=GREY, dash="dot"))
     fig.update_xaxes(title="pairwise accuracy (bars: ± one standard error; dotted: chance)", range=[0, 1.05])
     return _layout(fig, 240, title="Accuracy against length alone")
+
+
+def accuracy_by_disagreement(bins: list[dict[str, Any]], overall: float | None = None) -> go.Figure:
+    """An ensemble's accuracy in bins of how much its members disagree on a pair, least disputed first
+    (rmcore.ensemble.accuracy_by_disagreement): a useful spread falls from left to right."""
+    labels = [f"{b['low']:.2f}–{b['high']:.2f}" for b in bins]
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=[b["accuracy"] for b in bins],
+            marker_color=TRAIN,
+            customdata=[b["comparisons"] for b in bins],
+            text=[f"{b['accuracy']:.2f}<br>n={b['comparisons']}" for b in bins],
+            textposition="inside",
+            textangle=0,
+            hovertemplate="members' spread of r_w − r_l %{x}: accuracy %{y:.3f} on %{customdata} pairs"
+                          "<extra></extra>",
+        )
+    )
+    fig.add_hline(y=0.5, line=dict(color=GREY, dash="dot"))
+    if overall is not None:
+        fig.add_hline(y=overall, line=dict(color=HELD_OUT, dash="dash"),
+                      annotation_text=f"all pairs {overall:.3f}", annotation_position="top left")
+    fig.update_xaxes(title="how much the members disagree on the pair (spread of their margins r_w − r_l)",
+                     type="category")
+    fig.update_yaxes(title="pairwise accuracy of the mean", range=[0, 1.05])
+    return _layout(fig, 320, title="By how much the members disagree (dotted line: chance; dashed: all pairs)")
 
 
 def accuracy_difference(comparison: dict[str, Any]) -> go.Figure:

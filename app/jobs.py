@@ -1,10 +1,12 @@
-"""Background training: one job per server, in a worker thread that makes no Streamlit calls.
+"""Background jobs: one per server, in a worker thread that makes no Streamlit calls.
 
-The Train page starts a job and polls `manager().current().snapshot()` from a fragment that reruns
-every second; switching pages or closing the tab does not stop the thread. A second session that
-asks to train while a job runs gets `JobBusy` (with the running job's snapshot to show), never a
-second run competing for the same CPU. Stop sets a `threading.Event` that rmcore's trainer checks
-at every step boundary: it saves a checkpoint and the model so far.
+Two kinds share this machinery: training a reward model (`TrainingJob`, the Train page) and
+fine-tuning a policy toward one (`app.policy_jobs.PolicyJob`, the Best-of-n & RLHF page). A page
+starts a job and polls `manager().current().snapshot()` from a fragment that reruns every second;
+switching pages or closing the tab does not stop the thread. While a job of either kind runs, a
+second one (from any session, of any kind) gets `JobBusy` with the running job's snapshot to show,
+never a second run competing for the same CPU. Stop sets a `threading.Event` that rmcore checks at
+every step boundary: it saves a checkpoint and the model so far.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.resources import ensure_ml
 from rmcore.data import RankedGroup, write_ranked_jsonl
-from rmcore.errors import RmcoreError
+from rmcore.errors import ModelError, RmcoreError
 
 if TYPE_CHECKING:  # rmcore.train imports torch: only a job that runs needs it (the app paints first)
     from rmcore.train import TrainConfig
@@ -33,12 +35,12 @@ ACTIVE = ("starting", "running", "stopping")
 
 
 class JobBusy(RuntimeError):
-    """Another training job is running on this server."""
+    """A job (of either kind) is already running on this server."""
 
-    def __init__(self, snapshot: JobSnapshot):
-        self.snapshot = snapshot
+    def __init__(self, job: Job):
+        self.snapshot = snapshot = job.snapshot()
         super().__init__(
-            f"a training job ('{snapshot.model_name}') is already running on this server "
+            f"{job.what} ('{snapshot.model_name}') is already running on this server "
             f"({snapshot.progress:.0%} done); one job runs at a time"
         )
 
@@ -53,6 +55,9 @@ class JobRequest:
     data_name: str = ""
     data_summary: dict[str, Any] = field(default_factory=dict)
     resume: bool = False  # continue the stopped run saved in out_dir (same data and settings)
+
+    def new_job(self, owner: str) -> TrainingJob:
+        return TrainingJob(self, owner)
 
 
 @dataclass
@@ -93,6 +98,94 @@ class JobSnapshot:
         return self.evals[-1] if self.evals else {}
 
 
+class Job:
+    """What every background job shares: the worker thread, its status, the stop request.
+
+    A kind of job says what it is (`what`, `thread_name`, `stopping`), turns rmcore's events into its
+    state (`_on_event`, under the lock), runs rmcore (`_work`, returning its final status and phase)
+    and takes a snapshot. `request` holds at least `out_dir`, `model_name` and `config`.
+    """
+
+    what = "a job"  # in "... is already running on this server"
+    thread_name = "job"
+    stopping = "stopping after this step; saving a checkpoint"
+
+    def __init__(self, request, owner: str):
+        self.id = uuid.uuid4().hex[:12]
+        self.owner = owner
+        self.request = request
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._status = "starting"
+        self._phase = "starting"
+        self._progress = 0.0
+        self._steps: list[dict[str, Any]] = []
+        self._evals: list[dict[str, Any]] = []
+        self._error: str | None = None
+        self._started = time.time()
+        self._finished: float | None = None
+        self._saved = False
+        self.thread = threading.Thread(target=self._run, name=f"rmcore-{self.thread_name}-{self.id}", daemon=True)
+
+    # -- the worker thread (no st.* calls here)
+    def _on_event(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _work(self) -> tuple[str, str]:
+        """Run rmcore with `_on_event` and `stop_event`; (status: done or stopped, phase in words)."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        out_dir = self.request.out_dir
+        try:
+            status, phase = self._work()
+            error = None
+        except RmcoreError as exc:
+            status, phase, error = "failed", "failed", str(exc)
+        except Exception as exc:  # a bug: keep the server alive, log the traceback, tell the user in one line
+            log.error("%s %s failed:\n%s", self.what, self.id, traceback.format_exc())
+            status, phase, error = "failed", "failed", f"{type(exc).__name__}: {exc}"
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing was saved: free the reserved name
+        with self._lock:
+            self._status, self._phase, self._error = status, phase, error
+            self._saved = (out_dir / "config.json").is_file()
+            self._finished = time.time()
+            if status == "done":
+                self._progress = 1.0
+
+    # -- any session
+    def start(self) -> None:
+        ensure_ml()  # in the starting session's thread, before the job's thread loads a model
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._status in ("starting", "running"):
+                self._status = "stopping"
+                self._phase = self.stopping
+        self.stop_event.set()
+
+    def snapshot(self):
+        raise NotImplementedError
+
+    def _common(self) -> dict[str, Any]:
+        """The snapshot fields every kind has (call with the lock held)."""
+        last = self._steps[-1] if self._steps else {}
+        return dict(id=self.id, owner=self.owner, model_name=self.request.model_name,
+                    out_dir=str(self.request.out_dir), config=asdict(self.request.config), status=self._status,
+                    phase=self._phase, progress=self._progress, step=int(last.get("step", 0)),
+                    total_steps=int(last.get("total_steps", 0)),
+                    eta_s=last.get("eta_s") if self._status in ACTIVE else None,
+                    elapsed_s=(self._finished or time.time()) - self._started, steps=list(self._steps),
+                    evals=list(self._evals), error=self._error, saved=self._saved)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker ends (tests); True when it did."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
 def _phase_text(event: dict[str, Any]) -> str:
     """A phase event in words, with the time left when the phase knows it."""
     text = str(event.get("phase", ""))
@@ -103,26 +196,16 @@ def _phase_text(event: dict[str, Any]) -> str:
     return text
 
 
-class TrainingJob:
-    def __init__(self, request: JobRequest, owner: str):
-        self.id = uuid.uuid4().hex[:12]
-        self.owner = owner
-        self.request = request
-        self.stop_event = threading.Event()
-        self._lock = threading.Lock()
-        self._status = "starting"
-        self._phase = "starting"
-        self._progress = 0.0
-        self._phase_progress: float | None = None
-        self._steps: list[dict[str, Any]] = []
-        self._evals: list[dict[str, Any]] = []
-        self._error: str | None = None
-        self._started = time.time()
-        self._finished: float | None = None
-        self._saved = False
-        self.thread = threading.Thread(target=self._run, name=f"rmcore-train-{self.id}", daemon=True)
+class TrainingJob(Job):
+    """Training a reward model with rmcore.train (the Train page)."""
 
-    # -- the worker thread (no st.* calls here)
+    what = "a training job"
+    thread_name = "train"
+
+    def __init__(self, request: JobRequest, owner: str):
+        super().__init__(request, owner)
+        self._phase_progress: float | None = None
+
     def _on_event(self, event: dict[str, Any]) -> None:
         with self._lock:
             kind = event.get("event")
@@ -139,112 +222,61 @@ class TrainingJob:
             elif kind == "eval":
                 self._evals.append({k: v for k, v in event.items() if k != "event"})
 
-    def _run(self) -> None:
+    def _work(self) -> tuple[str, str]:
+        from rmcore.train import train
+
         request = self.request
-        try:
-            from rmcore.train import train
-
-            result = train(
-                request.config,
-                request.train_groups,
-                request.out_dir,
-                eval_groups=request.eval_groups,
-                on_step=self._on_event,
-                stop_event=self.stop_event,
-                resume=request.resume,
-                data_summary=request.data_summary,
-            )
-            saved = (request.out_dir / "config.json").is_file()
-            if request.eval_groups and saved:
-                _write_atomically(request.out_dir / HELD_OUT_FILE, write_ranked_jsonl(request.eval_groups))
-            _keep_training_data(request, resumable=result.stopped and saved)
-            status = "stopped" if result.stopped else "done"
-            if not saved:
-                phase = "stopped before the first training step; nothing was saved"
-            elif result.stopped:
-                phase = f"stopped at step {result.steps} of {result.total_steps}; model and checkpoint saved"
-            else:
-                phase = "finished; model saved"
-            error = None
-        except RmcoreError as exc:
-            status, phase, error = "failed", "failed", str(exc)
-        except Exception as exc:  # a bug: keep the server alive, log the traceback, tell the user in one line
-            log.error("training job %s failed:\n%s", self.id, traceback.format_exc())
-            status, phase, error = "failed", "failed", f"{type(exc).__name__}: {exc}"
-        if request.out_dir.is_dir() and not any(request.out_dir.iterdir()):
-            request.out_dir.rmdir()  # nothing was saved: free the reserved name
-        with self._lock:
-            self._status, self._phase, self._error = status, phase, error
-            self._saved = (request.out_dir / "config.json").is_file()
-            self._finished = time.time()
-            if status == "done":
-                self._progress = 1.0
-
-    # -- any session
-    def start(self) -> None:
-        ensure_ml()  # in the starting session's thread, before the job's thread loads a model
-        self.thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._status in ("starting", "running"):
-                self._status = "stopping"
-                self._phase = "stopping after this step; saving a checkpoint"
-        self.stop_event.set()
+        result = train(request.config, request.train_groups, request.out_dir, eval_groups=request.eval_groups,
+                       on_step=self._on_event, stop_event=self.stop_event, resume=request.resume,
+                       data_summary=request.data_summary)
+        saved = (request.out_dir / "config.json").is_file()
+        if request.eval_groups and saved:
+            _write_atomically(request.out_dir / HELD_OUT_FILE, write_ranked_jsonl(request.eval_groups))
+        _keep_training_data(request, resumable=result.stopped and saved)
+        if not saved:
+            phase = "stopped before the first training step; nothing was saved"
+        elif result.stopped:
+            phase = f"stopped at step {result.steps} of {result.total_steps}; model and checkpoint saved"
+        else:
+            phase = "finished; model saved"
+        return ("stopped" if result.stopped else "done"), phase
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:
-            last = self._steps[-1] if self._steps else {}
-            end = self._finished or time.time()
-            return JobSnapshot(
-                id=self.id,
-                owner=self.owner,
-                model_name=self.request.model_name,
-                out_dir=str(self.request.out_dir),
-                data_name=self.request.data_name,
-                config=asdict(self.request.config),
-                status=self._status,
-                phase=self._phase,
-                phase_progress=self._phase_progress,
-                progress=self._progress,
-                step=int(last.get("step", 0)),
-                total_steps=int(last.get("total_steps", 0)),
-                eta_s=last.get("eta_s") if self._status in ACTIVE else None,
-                elapsed_s=end - self._started,
-                steps=list(self._steps),
-                evals=list(self._evals),
-                error=self._error,
-                train_prompts=len(self.request.train_groups),
-                eval_prompts=len(self.request.eval_groups),
-                saved=self._saved,
-            )
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the worker ends (tests); True when it did."""
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
+            return JobSnapshot(**self._common(), data_name=self.request.data_name,
+                               phase_progress=self._phase_progress,
+                               train_prompts=len(self.request.train_groups),
+                               eval_prompts=len(self.request.eval_groups))
 
 
 class JobManager:
-    """Holds the server's one training job (the running one, or the last one that ended)."""
+    """Holds the server's one job, of either kind (the running one, or the last one that ended)."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._job: TrainingJob | None = None
+        self._job: Job | None = None
 
-    def current(self) -> TrainingJob | None:
-        return self._job
+    def current(self, kind: type[Job] | None = None) -> Job | None:
+        """The job, or None; with `kind`, only a job of that kind (a page shows its own kind)."""
+        job = self._job
+        return job if job is not None and (kind is None or isinstance(job, kind)) else None
 
-    def start(self, request: JobRequest, owner: str) -> TrainingJob:
+    def running(self) -> Job | None:
+        """The job while it runs (any kind): nothing else may start until it ends."""
+        job = self._job
+        return job if job is not None and job.snapshot().active else None
+
+    def start(self, request, owner: str) -> Job:
+        """Start `request.new_job(owner)`: refused with JobBusy while any job runs, and refused when
+        the output folder holds something (unless the request resumes the run saved there)."""
         with self._lock:
             if self._job is not None and self._job.snapshot().active and self._job.thread.is_alive():
-                raise JobBusy(self._job.snapshot())
-            if not request.resume and request.out_dir.exists() and any(request.out_dir.iterdir()):
-                raise FileExistsError(
-                    f"a model named '{request.model_name}' already exists; choose another name"
-                )
-            request.out_dir.mkdir(parents=True, exist_ok=True)  # reserve the name
-            job = TrainingJob(request, owner)
+                raise JobBusy(self._job)
+            out_dir = request.out_dir
+            if not request.resume and out_dir.exists() and any(out_dir.iterdir()):
+                raise FileExistsError(f"a model named '{request.model_name}' already exists; choose another name")
+            out_dir.mkdir(parents=True, exist_ok=True)  # reserve the name
+            job = request.new_job(owner)
             self._job = job
         job.start()
         return job
@@ -289,9 +321,12 @@ def resume_request(model_dir: Path) -> JobRequest:
     """What continues the stopped run in `model_dir`: its settings, training and held-out prompts."""
     from rmcore.config import TrainConfig
     from rmcore.data import read_preferences
+    from rmcore.model_folder import METADATA_FILE, read_metadata
 
     model_dir = Path(model_dir)
-    metadata = json.loads((model_dir / "rmcore.json").read_text())
+    metadata = read_metadata(model_dir)
+    if not isinstance(metadata.get("config"), dict):
+        raise ModelError(f"{model_dir}: no settings in {METADATA_FILE} to resume with; start the run again")
     known = {f for f in TrainConfig.__dataclass_fields__}
     config = TrainConfig(**{k: v for k, v in metadata.get("config", {}).items() if k in known})
     train_groups = read_preferences(model_dir / TRAIN_DATA_FILE).groups

@@ -61,7 +61,7 @@ def ensure_ml() -> None:
 class ModelChoice:
     """What a model picker returns: a trained model in the models folder, or a base model's untrained head."""
 
-    kind: str  # "trained" or "untrained"
+    kind: str  # "trained", "ensemble" (rmcore.ensemble, on the Probe and Evaluate pages) or "untrained"
     name: str  # the folder name in the models folder, or the base model ("embedded" or a folder)
 
     @property
@@ -75,7 +75,7 @@ class ModelChoice:
         return self.name
 
     def path(self) -> Path | None:
-        return settings.model_path(self.name) if self.kind == "trained" else None
+        return settings.model_path(self.name) if self.kind in ("trained", "ensemble") else None
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -92,6 +92,23 @@ def reward_model(choice: ModelChoice) -> RewardModel:
         return _load_reward_model(choice.name, 0.0)
     path = settings.model_path(choice.name)
     return _load_reward_model(str(path), (path / "config.json").stat().st_mtime)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _load_ensemble(source: str, stamp: float):
+    """`stamp` (ensemble.json's mtime) makes a replaced ensemble load afresh."""
+    ensure_ml()
+    from rmcore.ensemble import Ensemble
+
+    return Ensemble.load(source)
+
+
+def ensemble(choice: ModelChoice):
+    """The rmcore.ensemble.Ensemble of an "ensemble" choice, loaded once per server."""
+    from rmcore.ensemble import ENSEMBLE_FILE
+
+    path = settings.model_path(choice.name)
+    return _load_ensemble(str(path), (path / ENSEMBLE_FILE).stat().st_mtime)
 
 
 @st.cache_resource(show_spinner=False, max_entries=1)

@@ -14,7 +14,6 @@ Environment variables (all optional):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -105,7 +104,9 @@ def list_models(reward_only: bool = False) -> list[ModelEntry]:
     A folder counts when it holds config.json and safetensors weights; folders being written
     (hidden temp names), half-finished runs and anything outside the models folder are left out.
     """
-    from rmcore.model import METADATA_FILE, is_reward_model_folder
+    from rmcore.errors import ModelError
+    from rmcore.model import is_reward_model_folder
+    from rmcore.model_folder import read_metadata
 
     root = models_dir()
     entries = []
@@ -118,12 +119,10 @@ def list_models(reward_only: bool = False) -> list[ModelEntry]:
             continue
         if not path.is_dir() or not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
             continue
-        meta = {}
-        if (path / METADATA_FILE).is_file():
-            try:
-                meta = json.loads((path / METADATA_FILE).read_text())
-            except (OSError, ValueError):
-                meta = {}
+        try:
+            meta = read_metadata(path)
+        except ModelError:
+            meta = {}  # a damaged rmcore.json: listed by its config alone, loading it says what is wrong
         try:
             reward = bool(meta) or is_reward_model_folder(str(path))
         except (OSError, ValueError):
@@ -146,13 +145,13 @@ def delete_model(name: str) -> int:
     import uuid
 
     from app.jobs import HELD_OUT_FILE, TRAIN_DATA_FILE  # what the app itself writes beside a model
-    from rmcore.model_folder import user_entries
+    from rmcore.model_folder import METADATA_FILE, user_entries
     from rmcore.shared_trunk import folder_size
 
     path = model_path(name)
     if path.is_symlink() or not path.is_dir():
         raise ValueError(f"{name!r} is not a folder in the models folder {models_dir()}")
-    if not (path / "rmcore.json").is_file():
+    if not (path / METADATA_FILE).is_file():
         raise ValueError(f"{name!r} was not saved by rmcore (no rmcore.json): delete it yourself if you mean to")
     mine = sorted(user_entries(path) - {HELD_OUT_FILE, TRAIN_DATA_FILE})
     if mine:

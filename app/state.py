@@ -7,8 +7,6 @@ groups, so one person's edits never show up in another's tab.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from rmcore.data import (
     PreferenceData,
     RankedGroup,
     demo_data_path,
+    groups_fingerprint,
     read_preferences_bytes,
     summarize,
 )
@@ -59,10 +58,7 @@ class LoadedData:
 
     def fingerprint(self) -> str:
         """Changes whenever the active data changes (a key for caches of estimates and splits)."""
-        digest = hashlib.sha256()
-        for group in self.active():
-            digest.update(json.dumps(group.to_record(), sort_keys=True).encode())
-        return digest.hexdigest()[:16]
+        return groups_fingerprint(self.active())
 
     @property
     def stem(self) -> str:

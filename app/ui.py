@@ -63,18 +63,24 @@ def duration(seconds: float | None) -> str:
     return "–" if seconds is None else format_duration(seconds)
 
 
-def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
+def model_choices(include_untrained: bool = True, include_ensembles: bool = False) -> list[ModelChoice]:
     choices = [ModelChoice("trained", entry.name) for entry in settings.list_models(reward_only=True)]
+    if include_ensembles:
+        from rmcore.ensemble import ensemble_folders
+
+        choices += [ModelChoice("ensemble", folder.name) for folder in ensemble_folders(settings.models_dir())
+                    if _inside_models_folder(folder.name)]
     if include_untrained:
         choices.append(ModelChoice("untrained", settings.base_model()))
     return choices
 
 
 def pick_model(
-    label: str, key: str, include_untrained: bool = True, help: str | None = None
+    label: str, key: str, include_untrained: bool = True, help: str | None = None, include_ensembles: bool = False
 ) -> ModelChoice | None:
-    """A selectbox of the models folder's trained models (newest first), plus the untrained head."""
-    choices = model_choices(include_untrained)
+    """A selectbox of the models folder's trained models (newest first), its ensembles when asked, plus the
+    untrained head."""
+    choices = model_choices(include_untrained, include_ensembles)
     if not choices:
         return None
     by_key = {c.key: c for c in choices}
@@ -84,12 +90,33 @@ def pick_model(
         choice = by_key[k]
         if choice.kind == "trained" and choice.name in entries:
             return entries[choice.name].label
+        if choice.kind == "ensemble":
+            return ensemble_label(choice.name)
         return choice.label
 
     if st.session_state.get(key) not in by_key:
         st.session_state.pop(key, None)  # a model that disappeared: fall back to the newest
     picked = st.selectbox(label, list(by_key), format_func=label_of, key=key, help=help)
     return by_key[picked]
+
+
+def _inside_models_folder(name: str) -> bool:
+    try:
+        settings.model_path(name)  # refuses names and symlinks that lead out of the models folder
+    except ValueError:
+        return False
+    return True
+
+
+def ensemble_label(name: str) -> str:
+    """"NAME (ensemble of 4 head models)", read from its ensemble.json."""
+    from rmcore.ensemble import read_info
+
+    try:
+        info = read_info(settings.model_path(name))
+    except (RmcoreError, ValueError, OSError):
+        return f"{name} (ensemble, unreadable ensemble.json)"
+    return f"{name} (ensemble of {len(info['members'])} {info.get('mode', '?')} models)"
 
 
 def data_status() -> None:

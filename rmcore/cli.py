@@ -258,6 +258,9 @@ def _add_probe(sub) -> None:
     p.add_argument("--spread-limit", type=_positive_int, default=40, metavar="N",
                    help="prompts of --spread-data to score (default 40)")
     p.add_argument("--json", action="store_true", help="print the rewards and changes as JSON")
+    p.add_argument("--no-record", action="store_true",
+                   help="do not add the results to the model folder's rmcore.json and model card (by default a "
+                        "model rmcore saved keeps its last 20 probed answers there)")
     p.add_argument("--max-length", type=_max_length, default=None, help="default: the model's training max length")
     p.add_argument("--dtype", **DTYPE_OPTION)
 
@@ -413,7 +416,7 @@ def _train_ensemble(args, config, train_groups, eval_groups, summary) -> int:
     finally:
         printers[-1].close()
     held = ", ".join("n/a" if m["held_out"] is None else f"{m['held_out']:.3f}" for m in info["members"])
-    seconds = ", ".join(f"{s:.0f}" for s in info["seconds"])
+    seconds = ", ".join(f"{s:.1f}" for s in info["seconds"])
     print(f"saved an ensemble of {len(info['members'])} members in {args.out} (members/<i>, ensemble.json); "
           f"held-out accuracy per member: {held}; seconds per member: {seconds}", file=sys.stderr)
     return 130 if info.get("stopped") else 0
@@ -661,19 +664,26 @@ def cmd_serve(args) -> int:
 
 
 def cmd_probe(args) -> int:
+    from rmcore.ensemble import Ensemble, is_ensemble
     from rmcore.model import RewardModel
     from rmcore.probes import reward_spread, run_probes, verdict
 
     if not args.response.strip():
         raise ValueError("--response is empty; give the answer to edit")
     spread_file = _spread_data(args)
-    model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
+    ensemble = is_ensemble(args.model)  # an ensemble's reward is its members' mean
+    model = Ensemble.load(args.model) if ensemble else RewardModel.load(args.model, max_length=args.max_length,
+                                                                        dtype=args.dtype)
     spread_data = _read(str(spread_file))
     spread = reward_spread(model, spread_data.groups, args.spread_limit)
     source = f"{spread_file} ({min(len(spread_data.groups), args.spread_limit)} prompts)"
     report = run_probes(model, args.prompt, args.response, args.wrong, spread, source)
+    recorded, notes = _record_probes(args, report, ensemble)
     if args.json:
-        print(json.dumps({**report.to_dict(), "model": model.name, "trained": model.trained}, indent=2))
+        print(json.dumps({**report.to_dict(), "model": model.name, "trained": model.trained,
+                          "recorded": recorded}, indent=2))
+        for note in notes:
+            print(note, file=sys.stderr)
         return 0
     if not model.trained:
         print("note: this model's reward head is untrained (random); train one with `rmcore train`.")
@@ -684,7 +694,23 @@ def cmd_probe(args) -> int:
         print(f"  {row['delta_units']:+6.2f}  ({row['delta']:+.3f})  {row['label']:<45} {verdict(row)}")
     if report.truncated:
         print(f"note: cut to fit --max-length {model.max_length}: {', '.join(report.truncated)}")
+    for note in notes:
+        print(f"note: {note}")
     return 0
+
+
+def _record_probes(args, report, ensemble: bool) -> tuple[bool, list[str]]:
+    """rmcore.probes.record_probes into the model's folder when it is one rmcore saved: whether it was, and
+    what happened, in words."""
+    from rmcore.model_folder import METADATA_FILE
+    from rmcore.probes import record_probes
+
+    if args.no_record:
+        return False, []
+    if ensemble or not (Path(args.model) / METADATA_FILE).is_file():
+        what = "an ensemble (each member has its own card)" if ensemble else "not a model folder rmcore saved"
+        return False, [f"not recorded: {args.model} is {what}"]
+    return True, record_probes(args.model, report, args.prompt, args.response)
 
 
 def _spread_data(args) -> Path:

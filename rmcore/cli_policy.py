@@ -44,9 +44,15 @@ def _defaults():
 
 def add_commands(sub) -> None:
     """Register `sample`, `bon` and `rlhf` on the CLI's subparsers."""
+    defaults = _defaults()
+    _add_sample(sub, defaults)
+    _add_bon(sub)
+    _add_rlhf(sub, defaults)
+
+
+def _add_sample(sub, defaults: dict) -> None:
     from rmcore.sampling import SEQUENCES_PER_CALL
 
-    defaults = _defaults()
     p = sub.add_parser(
         "sample", help="sample n answers per prompt from a policy (resumable)",
         description="Sample N answers per prompt with the policy, batched with the KV cache, and append them to "
@@ -67,6 +73,8 @@ def add_commands(sub) -> None:
     p.add_argument("--sequences-per-call", type=_at_least(1), default=SEQUENCES_PER_CALL,
                    help=f"sequences generated together (default {SEQUENCES_PER_CALL}; lower it if memory is short)")
 
+
+def _add_bon(sub) -> None:
     p = sub.add_parser(
         "bon", help="best-of-n curve of a samples file: reward, gold reward and length of the pick against n",
         description="For n = 1, 2, 4, ..., N: the expected reward of the best-of-n pick, computed exactly from the "
@@ -80,6 +88,8 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.add_argument("--batch-size", type=_at_least(1), default=8, help="prompts per scoring pass (default 8)")
 
+
+def _add_rlhf(sub, defaults: dict) -> None:
     p = sub.add_parser(
         "rlhf", help="fine-tune the policy toward a reward model (rejection sampling or GRPO)",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -59,6 +59,10 @@ class TrainConfig:
     lora_r: int = field(default=16, metadata=_help("LoRA rank (mode lora)", minimum=1))
     lora_alpha: int | None = field(default=None, metadata=_help(
         "LoRA scaling alpha (mode lora); default 2 x rank, so the update's scale does not depend on the rank"))
+    trainable_layers: int = field(default=0, metadata=_help(
+        "full and lora: train only the top N transformer blocks (with the final norm and the reward neuron); "
+        "the blocks below run without gradients, so a step costs little more than a forward pass (0 = all)",
+        minimum=0))
     checkpoint_every: int = field(default=0, metadata=_help(
         "steps between checkpoints; 0 = at the end of each epoch only", minimum=0))
     eval_every: int = field(default=0, metadata=_help(

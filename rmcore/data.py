@@ -722,6 +722,17 @@ def write_ranked_jsonl(groups: list[RankedGroup], path: str | Path | None = None
     return text
 
 
+def groups_fingerprint(groups: list[RankedGroup]) -> str:
+    """16 hex digits that change whenever any group changes (text, ranks, order): a key for results
+    computed from the groups, such as the app's estimates, splits and evaluations."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for group in groups:
+        digest.update(json.dumps(group.to_record(), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
 def demo_data_path() -> Path:
     """The project's own demo set (written by the rmcore authors): ranked lists, K = 3..6."""
     return Path(__file__).parent / "demo" / "demo_ranked.jsonl"

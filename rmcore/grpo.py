@@ -151,15 +151,6 @@ def train_grpo(config: RLHFConfig, train_prompts: list, eval_prompts: list, out_
     train_kl, train_length_mean, loss; plus the last held-out reward_mean, gold_mean, kl and
     length_mean), "eval" (held-out, before training and after each pass), "done".
     """
-    from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import GRPOTrainer
-
-    from rmcore.device import autodetect_device
-    from rmcore.model import resolve_model_path
-    from rmcore.sampling import load_policy
-
     config.check()
     if config.n < 2:
         raise TrainingError("GRPO compares the answers to a prompt with each other: n must be at least 2, "
@@ -168,101 +159,137 @@ def train_grpo(config: RLHFConfig, train_prompts: list, eval_prompts: list, out_
         raise TrainingError("no training prompts")
     out_dir = Path(out_dir)
     replacing = check_policy_output(out_dir, resume)
-    emit = on_step or (lambda event: None)
-    trl_dir = out_dir / CHECKPOINT_DIR
-
-    def phase(text: str, progress: float | None = None) -> None:
-        emit({"event": "phase", "phase": text, "progress": progress})
-
+    run = _Run(config, train_prompts, eval_prompts, out_dir, on_step, stop_event)
     if replacing:
-        phase(f"{out_dir} holds a finished policy; it is replaced when this run saves")
-
+        run.phase(f"{out_dir} holds a finished policy; it is replaced when this run saves")
     # 1. the models: the policy (TRL adds the LoRA adapters), the proxy reward model, the gold judge
-    phase("loading the policy and the reward models")
-    device = autodetect_device()
-    reward_model = load_reward_model(config.reward_model, "reward model")
-    gold_model = load_reward_model(config.gold_model, "gold model")
-    policy_path, policy_name = resolve_model_path(config.policy)
-    policy, tokenizer, _ = load_policy(config.policy, device=device)
-    key = run_key(config, policy_path, train_prompts, eval_prompts)
-    state: dict[str, Any] = {"run_key": key, "history": [], "before": None, "last_eval": None}
-    checkpoint = None
-    if resume:
-        state = json.loads((trl_dir / STATE_FILE).read_text())
-        if state.get("run_key") != key:
-            raise TrainingError(f"{trl_dir}: this checkpoint was made with another policy, reward model, prompts or "
-                                "options; resume with the same ones, or use a new --out folder")
-        checkpoint = get_last_checkpoint(str(trl_dir))
-        if checkpoint is None:
-            raise TrainingError(f"{trl_dir}: TRL's checkpoint (checkpoint-N/) is missing; start again without --resume")
-    history: list[dict[str, Any]] = state["history"]
-
-    # 2. the reward functions: the proxy drives the advantages; the gold judge is only logged (weight 0)
-    reward_funcs = [RewardFunction(reward_model, name="reward")]
-    if gold_model is not None:
-        reward_funcs.append(RewardFunction(gold_model, name="gold"))
-    batch_prompts = min(config.batch_size, len(train_prompts))  # a step needs that many whole prompt groups
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)  # TRL's field
-    args = grpo_arguments(config, trl_dir, device=device, batch_prompts=batch_prompts)
-    args.reward_weights = [1.0] + [0.0] * (len(reward_funcs) - 1)
-    dataset = Dataset.from_list([{"prompt": as_messages(p)} for p in train_prompts])
-    torch.manual_seed(config.seed)  # the LoRA A matrices
-    trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=lora_config(config))
-    total_steps = len(train_prompts) // batch_prompts * config.rounds  # TRL drops an incomplete last batch
-    run = _Run(config, trainer, tokenizer, eval_prompts, reward_model, gold_model, state, emit, stop_event,
-               total_steps)
-    trainer.add_callback(run.callback(TrainerCallback))
-    trainer.remove_callback(PrinterCallback)  # our events replace its raw dicts on stdout
-
-    # 3. the starting policy on the held-out prompts, then TRL's training loop
-    if state["before"] is None and eval_prompts:
-        state["before"] = state["last_eval"] = run.evaluate(0, 0)
-    if resume:
-        phase(f"resuming from {Path(checkpoint).name}")
-    with _Interrupt() as interrupt:
-        run.interrupt = interrupt.event
-        try:
-            trainer.train(resume_from_checkpoint=checkpoint)
-        except torch.OutOfMemoryError:
-            raise TrainingError(f"out of memory with {config.n} answers of up to {config.max_new_tokens} tokens per "
-                                f"prompt; try --n {max(2, config.n // 2)} or --max-new-tokens "
-                                f"{max(16, config.max_new_tokens // 2)}") from None
-    steps = trainer.state.global_step
-    stopped = run.stopped
-
-    # 4. save the merged policy with what produced it (and, when stopped, the checkpoint to resume)
-    phase("saving the policy")
-    if stopped:
-        run.write_state()
-    trained_eval = state["last_eval"] if state["last_eval"] != state["before"] else None  # after a pass
-    rows = before_after(state["before"], trained_eval)
-    metadata = policy_metadata(config, policy_name, steps=steps, total_steps=total_steps, stopped=stopped,
-                               history=history, before_after_rows=rows, train_prompts=len(train_prompts),
-                               eval_prompts=len(eval_prompts), kl_handling=GRPO_KL_HANDLING)
-    metadata["trl"] = {"trainer": "GRPOTrainer", "version": _trl_version(), "num_generations": config.n,
-                       "prompts_per_step": batch_prompts, "beta": config.kl_coef,
-                       "loss_type": args.loss_type, "scale_rewards": args.scale_rewards}
-    save_policy(trainer.model, tokenizer, out_dir, metadata, keep=(CHECKPOINT_DIR,) if stopped else ())
-    emit({"event": "done", "step": steps, "total_steps": total_steps, "stopped": stopped, "out_dir": str(out_dir),
-          "progress": steps / max(total_steps, 1), "eta_s": 0.0})
-    return RLHFResult(out_dir, steps, stopped, history, rows)
+    run.load_models()
+    # 2. where we are: a fresh run, or rmcore's state and TRL's checkpoint-N/ to continue from
+    checkpoint = run.restore(resume)
+    # 3. the reward functions and TRL's trainer, whose callback sends our events and honours a stop
+    run.build_trainer()
+    # 4. the starting policy on the held-out prompts, then TRL's training loop
+    run.train(checkpoint)
+    # 5. save the merged policy with what produced it (and, when stopped, the checkpoint to resume)
+    return run.save()
 
 
 class _Run:
-    """The state one GRPO run shares with its TrainerCallback: events, evaluations, the stop request."""
+    """The state of one GRPO run, shared by the steps of `train_grpo` and by its TrainerCallback:
+    events, evaluations, the stop request. `state` is rmcore's half of a checkpoint (STATE_FILE)."""
 
-    def __init__(self, config, trainer, tokenizer, eval_prompts, reward_model, gold_model, state, emit,
-                 stop_event, total_steps):
-        self.config, self.trainer, self.tokenizer = config, trainer, tokenizer
-        self.eval_prompts, self.reward_model, self.gold_model = eval_prompts, reward_model, gold_model
-        self.state, self.emit, self.stop_event = state, emit, stop_event
-        self.total_steps = total_steps
+    def __init__(self, config: RLHFConfig, train_prompts: list, eval_prompts: list, out_dir: Path,
+                 on_step: StepCallback | None, stop_event: threading.Event | None):
+        self.config = config
+        self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
+        self.out_dir = out_dir
+        self.trl_dir = out_dir / CHECKPOINT_DIR
+        self.emit = on_step or (lambda event: None)
+        self.stop_event = stop_event
         self.interrupt: threading.Event | None = None
         self.stopped = False
         self.started = time.perf_counter()
         self.first_step = 0
 
+    def phase(self, text: str, progress: float | None = None) -> None:
+        self.emit({"event": "phase", "phase": text, "progress": progress})
+
+    # -- 1, 2: models and the run's state
+    def load_models(self) -> None:
+        from rmcore.device import autodetect_device
+        from rmcore.model import resolve_model_path
+        from rmcore.sampling import load_policy
+
+        config = self.config
+        self.phase("loading the policy and the reward models")
+        self.device = autodetect_device()
+        self.reward_model = load_reward_model(config.reward_model, "reward model")
+        self.gold_model = load_reward_model(config.gold_model, "gold model")
+        self.policy_path, self.policy_name = resolve_model_path(config.policy)
+        self.policy, self.tokenizer, _ = load_policy(config.policy, device=self.device)
+
+    def restore(self, resume: bool) -> str | None:
+        """Set `state` (fresh, or the checkpoint's); the TRL checkpoint folder to resume from, or None."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        key = run_key(self.config, self.policy_path, self.train_prompts, self.eval_prompts)
+        self.state: dict[str, Any] = {"run_key": key, "history": [], "before": None, "last_eval": None}
+        if not resume:
+            return None
+        trl_dir = self.trl_dir
+        self.state = json.loads((trl_dir / STATE_FILE).read_text())
+        if self.state.get("run_key") != key:
+            raise TrainingError(f"{trl_dir}: this checkpoint was made with another policy, reward model, prompts or "
+                                "options; resume with the same ones, or use a new --out folder")
+        checkpoint = get_last_checkpoint(str(trl_dir))
+        if checkpoint is None:
+            raise TrainingError(f"{trl_dir}: TRL's checkpoint (checkpoint-N/) is missing; start again without --resume")
+        return checkpoint
+
+    # -- 3: TRL's trainer
+    def build_trainer(self) -> None:
+        """The proxy reward drives the advantages; the gold judge is only logged (weight 0)."""
+        from datasets import Dataset
+        from transformers import PrinterCallback, TrainerCallback
+        from trl import GRPOTrainer
+
+        config, prompts = self.config, self.train_prompts
+        reward_funcs = [RewardFunction(self.reward_model, name="reward")]
+        if self.gold_model is not None:
+            reward_funcs.append(RewardFunction(self.gold_model, name="gold"))
+        self.batch_prompts = min(config.batch_size, len(prompts))  # a step needs that many whole prompt groups
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)  # TRL's
+        self.args = grpo_arguments(config, self.trl_dir, device=self.device, batch_prompts=self.batch_prompts)
+        self.args.reward_weights = [1.0] + [0.0] * (len(reward_funcs) - 1)
+        dataset = Dataset.from_list([{"prompt": as_messages(p)} for p in prompts])
+        torch.manual_seed(config.seed)  # the LoRA A matrices
+        self.trainer = GRPOTrainer(model=self.policy, reward_funcs=reward_funcs, args=self.args,
+                                   train_dataset=dataset, processing_class=self.tokenizer,
+                                   peft_config=lora_config(config))
+        self.total_steps = len(prompts) // self.batch_prompts * config.rounds  # TRL drops an incomplete batch
+        self.started = time.perf_counter()
+        self.trainer.add_callback(self.callback(TrainerCallback))
+        self.trainer.remove_callback(PrinterCallback)  # our events replace its raw dicts on stdout
+
+    # -- 4: train
+    def train(self, checkpoint: str | None) -> None:
+        state, config = self.state, self.config
+        if state["before"] is None and self.eval_prompts:
+            state["before"] = state["last_eval"] = self.evaluate(0, 0)
+        if checkpoint is not None:
+            self.phase(f"resuming from {Path(checkpoint).name}")
+        with _Interrupt() as interrupt:
+            self.interrupt = interrupt.event
+            try:
+                self.trainer.train(resume_from_checkpoint=checkpoint)
+            except torch.OutOfMemoryError:
+                raise TrainingError(f"out of memory with {config.n} answers of up to {config.max_new_tokens} tokens "
+                                    f"per prompt; try --n {max(2, config.n // 2)} or --max-new-tokens "
+                                    f"{max(16, config.max_new_tokens // 2)}") from None
+
+    # -- 5: save
+    def save(self) -> RLHFResult:
+        config, state, stopped = self.config, self.state, self.stopped
+        steps, total_steps = self.trainer.state.global_step, self.total_steps
+        self.phase("saving the policy")
+        if stopped:
+            self.write_state()
+        trained_eval = state["last_eval"] if state["last_eval"] != state["before"] else None  # after a pass
+        rows = before_after(state["before"], trained_eval)
+        metadata = policy_metadata(config, self.policy_name, steps=steps, total_steps=total_steps, stopped=stopped,
+                                   history=state["history"], before_after_rows=rows,
+                                   train_prompts=len(self.train_prompts), eval_prompts=len(self.eval_prompts),
+                                   kl_handling=GRPO_KL_HANDLING)
+        metadata["trl"] = {"trainer": "GRPOTrainer", "version": _trl_version(), "num_generations": config.n,
+                           "prompts_per_step": self.batch_prompts, "beta": config.kl_coef,
+                           "loss_type": self.args.loss_type, "scale_rewards": self.args.scale_rewards}
+        save_policy(self.trainer.model, self.tokenizer, self.out_dir, metadata,
+                    keep=(CHECKPOINT_DIR,) if stopped else ())
+        self.emit({"event": "done", "step": steps, "total_steps": total_steps, "stopped": stopped,
+                   "out_dir": str(self.out_dir), "progress": steps / max(total_steps, 1), "eta_s": 0.0})
+        return RLHFResult(self.out_dir, steps, stopped, state["history"], rows)
+
+    # -- what the callback calls
     def stop_requested(self) -> bool:
         return any(e is not None and e.is_set() for e in (self.stop_event, self.interrupt))
 

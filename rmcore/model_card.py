@@ -72,12 +72,48 @@ def _accuracy_line(metrics: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _probe_rows(probes: list[dict[str, Any]]) -> list[str]:
-    rows = ["| edit | change in reward | in spreads |", "|---|---|---|"]
-    for row in probes:
-        rows.append(f"| {row.get('label', row.get('name'))} | {_number(row.get('delta'))} | "
-                    f"{_number(row.get('delta_units'), 2)} |")
-    return rows
+def probe_section(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> list[str]:
+    """The counterfactual-probe table: what `rmcore probe` recorded in rmcore.json, summed up per edit."""
+    from rmcore.probes import recorded_runs, summarize_runs, verdict
+
+    runs = recorded_runs(metadata)
+    if not runs:
+        return ["## What it rewards (counterfactual probes)", "",
+                f"No probe was recorded yet. `rmcore probe --model {folder_name} --prompt ... --response ...` measures "
+                "how the reward moves when an answer gets a pleasantry, flattery, repetition, filler or bullet points "
+                "(no better) or is cut in half (worse), and adds the results here.", ""]
+    rows, unit = summarize_runs(runs)
+    lines = ["## What it rewards (counterfactual probes)", "",
+             f"The reward change when an answer is edited in ways that make it no better (or worse), measured with "
+             f"`rmcore probe` on {len(runs)} answer{'s' if len(runs) != 1 else ''}, in {unit}"
+             + (" (one spread is the standard deviation of the model's rewards over a data set's answers)"
+                if unit == "spreads" else "") + ". A rise for an edit that makes the answer no better is something a "
+             "policy trained on this reward would learn to exploit.", "",
+             f"| edit | should | mean change ({unit}) | lowest to highest | answers | reading |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        should = "not rise" if row["kind"] == "no better" else "drop"
+        reading = verdict({"kind": row["kind"], "delta_units": row["mean"]})
+        lines.append(f"| {_cell(row['label'] or row['name'])} | {should} | {row['mean']:+.2f} | "
+                     f"{row['low']:+.2f} to {row['high']:+.2f} | {row['answers']} | {reading} |")
+    lines += ["", "Answers probed:", ""]
+    for run in runs:
+        prompt = run.get("prompt")
+        text = prompt if isinstance(prompt, str) else " / ".join(
+            str(m.get("content", "")) for m in prompt or [] if isinstance(m, dict))
+        lines.append(f"- {_cell(_short(text))} -> {_cell(_short(str(run.get('response', ''))))} "
+                     f"(reward {_number(run.get('original_reward'))}, {run.get('measured_at', 'date not recorded')})")
+    return lines + [""]
+
+
+def _short(text: str, limit: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cell(text: str) -> str:
+    """User text made safe inside a markdown table cell (no column breaks, no HTML)."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render_card(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> str:
@@ -118,12 +154,7 @@ def render_card(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> s
         *_accuracy_line(metrics),
         "",
     ]
-    probes = metadata.get("probes")
-    if probes:
-        lines += ["## What it rewards (counterfactual probes)", "",
-                  "The reward change when one answer is edited in ways that make it no better (or worse); a "
-                  "rise for the first kind is something a policy trained on this reward would learn to exploit.",
-                  "", *_probe_rows(probes), ""]
+    lines += probe_section(metadata, folder_name)
     lines += [
         "## Intended use and limits",
         "",

@@ -19,12 +19,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from rmcore.errors import ModelError
 
 METADATA_FILE = "rmcore.json"
 POLICY_METADATA_FILE = "rmcore_policy.json"  # a policy fine-tuned by `rmcore rlhf` (rmcore.rlhf)
 CHECKPOINT_DIR = "checkpoint"
+MAX_METADATA_BYTES = 64 << 20  # rmcore.json is a few kilobytes; a file far larger is not one
 # What rmcore wrote into a model folder before rmcore.json listed its files, and what a save may write.
 RMCORE_NAMES = (
     METADATA_FILE, POLICY_METADATA_FILE, "metrics.jsonl", "README.md", CHECKPOINT_DIR, ".checkpoint.*", "config.json",
@@ -53,13 +55,34 @@ def user_entries(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()} - owned_entries(folder)
 
 
+def read_metadata(folder: str | os.PathLike, metadata_file: str = METADATA_FILE) -> dict[str, Any]:
+    """What rmcore saved beside a model (`rmcore.json`) or a policy (`POLICY_METADATA_FILE`), as a dict;
+    {} when the folder has no such file. A damaged file raises ModelError, one line naming it.
+
+    For the library and the app alike: it needs no torch, so the app can list folders before any model loads."""
+    file = Path(folder) / metadata_file
+    if not file.is_file():
+        return {}
+    try:
+        if file.stat().st_size > MAX_METADATA_BYTES:
+            raise ModelError(f"{file}: {file.stat().st_size / 2**20:.0f} MB is far too large for this file")
+        value = json.loads(file.read_bytes())
+    except OSError as exc:
+        raise ModelError(f"{file}: cannot read the file ({exc.strerror})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ModelError(f"{file}: not valid JSON ({exc}); the file is damaged") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{file}: expected a JSON object, found {type(value).__name__}; the file is damaged")
+    return value
+
+
 def _listed_files(folder: Path) -> set[str] | None:
     try:
         name = METADATA_FILE if (folder / METADATA_FILE).is_file() else POLICY_METADATA_FILE
-        metadata = json.loads((folder / name).read_text())
-    except (OSError, ValueError):
+        metadata = read_metadata(folder, name)
+    except ModelError:
         return None
-    files = metadata.get("files") if isinstance(metadata, dict) else None
+    files = metadata.get("files")
     return set(files) if isinstance(files, list) and all(isinstance(f, str) for f in files) else None
 
 

@@ -11,6 +11,7 @@ data set), so "+0.8" means "as much as 0.8 of the usual difference between answe
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from collections.abc import Callable
@@ -131,3 +132,85 @@ def verdict(row: dict[str, Any]) -> str:
             return "rewarded: a policy could learn this"
         return "not rewarded" if moved > -0.25 else "penalised"
     return "dropped, as it should" if moved <= -0.25 else "barely dropped: the model misses it"
+
+
+# ----------------------------------------------------------------------------- recorded on the model card
+
+MAX_RECORDED_RUNS = 20  # a model's rmcore.json keeps its last 20 probed answers
+
+
+def probe_run(report: ProbeReport, prompt, response: str) -> dict[str, Any]:
+    """One probed answer as rmcore.json keeps it: the answer, the unit and each edit's change (no edited texts:
+    the edits can be made again from the answer, and only the user's wrong-facts version could not)."""
+    import time
+
+    return {"prompt": prompt, "response": response, "original_reward": report.original_reward,
+            "spread": report.spread, "spread_source": report.spread_source,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rows": [{key: row[key] for key in ("name", "label", "kind", "reward", "delta", "delta_units")}
+                     for row in report.rows]}
+
+
+def record_probes(folder, report: ProbeReport, prompt, response: str) -> list[str]:
+    """Add a probe run to the rmcore model in `folder`: its rmcore.json (`probes`, the last
+    MAX_RECORDED_RUNS answers; probing an answer again replaces its run) and its model card.
+
+    Both files are replaced atomically (rmcore.outputs), rmcore.json first, as the card is made from
+    it. The card is rewritten only when rmcore wrote it (rmcore.model_folder); a README.md of the
+    user's is left alone. Returns what was written, in words; raises ModelError for a folder that is
+    not an rmcore model.
+    """
+    from pathlib import Path
+
+    from rmcore.errors import ModelError
+    from rmcore.model_card import CARD_FILE, render_card
+    from rmcore.model_folder import METADATA_FILE, owned_entries, read_metadata
+    from rmcore.outputs import atomic_write_text
+
+    folder = Path(folder)
+    if not (folder / METADATA_FILE).is_file():
+        raise ModelError(f"{folder}: no {METADATA_FILE}, so not a model rmcore saved; the probes were not recorded")
+    metadata = read_metadata(folder)
+    card_is_ours = CARD_FILE in owned_entries(folder) or not (folder / CARD_FILE).exists()
+    runs = [run for run in recorded_runs(metadata) if (run.get("prompt"), run.get("response")) != (prompt, response)]
+    metadata["probes"] = (runs + [probe_run(report, prompt, response)])[-MAX_RECORDED_RUNS:]
+    files = metadata.get("files")
+    if card_is_ours and isinstance(files, list) and CARD_FILE not in files:  # a card written now is rmcore's
+        metadata["files"] = sorted({*files, CARD_FILE})
+    atomic_write_text(folder / METADATA_FILE, json.dumps(metadata, indent=2, default=str))
+    count = len(metadata["probes"])
+    notes = [f"recorded in {folder / METADATA_FILE} ({count} probed answer{'s' if count != 1 else ''})"]
+    if card_is_ours:
+        atomic_write_text(folder / CARD_FILE, render_card(metadata, folder.name))
+        notes.append(f"the model card {folder / CARD_FILE} shows them")
+    else:
+        notes.append(f"{folder / CARD_FILE} is not rmcore's card, so it was left as it is")
+    return notes
+
+
+def recorded_runs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The probe runs of an rmcore.json (those with a list of rows; anything else is ignored)."""
+    runs = metadata.get("probes")
+    if not isinstance(runs, list):
+        return []
+    return [run for run in runs if isinstance(run, dict) and isinstance(run.get("rows"), list)]
+
+
+def summarize_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Each edit's change over the recorded answers: mean, lowest and highest, and the answers it was
+    measured on, in spreads (only the runs that measured a spread count, when any did), and the unit."""
+    with_spread = [run for run in runs if run.get("spread")]
+    used, unit = (with_spread, "spreads") if with_spread else (runs, "reward")
+    by_name: dict[str, dict[str, Any]] = {}
+    for run in used:
+        for row in run["rows"]:
+            entry = by_name.setdefault(row.get("name"), {"name": row.get("name"), "label": row.get("label"),
+                                                          "kind": row.get("kind"), "changes": []})
+            entry["changes"].append(row.get("delta_units") if unit == "spreads" else row.get("delta"))
+    summary = []
+    for entry in by_name.values():
+        changes = [c for c in entry.pop("changes") if isinstance(c, (int, float))]
+        if changes:
+            summary.append({**entry, "mean": statistics.fmean(changes), "low": min(changes), "high": max(changes),
+                            "answers": len(changes)})
+    return summary, unit

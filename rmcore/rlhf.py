@@ -418,154 +418,213 @@ def train_rejection_sampling(config: RLHFConfig, train_prompts: list, eval_promp
     """Rounds of: sample n answers per training prompt -> keep the best by the KL-regularised reward ->
     fine-tune the LoRA adapters on the picks (loss on the answer tokens only). Held-out evaluation
     before the first round and after each one; saves the merged policy with the before/after answers."""
-    from rmcore.model import resolve_model_path
-    from rmcore.sampling import load_policy, prompt_token_ids, sample
-
     config.check()
     out_dir = Path(out_dir)
     replacing = check_policy_output(out_dir, resume)
     for path, what in ((config.reward_model, "reward model"), (config.gold_model, "gold model")):
         if path is not None:
             check_reward_model_folder(path, what)  # before anything is loaded or said
-    emit = on_step or (lambda event: None)
-
-    def phase(text: str, progress: float | None = None) -> None:
-        emit({"event": "phase", "phase": text, "progress": progress})
-
+    run = _RejectionSampling(config, train_prompts, eval_prompts, out_dir, on_step, stop_event)
     if replacing:
-        phase(f"{out_dir} holds a finished policy; it is replaced when this run saves")
+        run.phase(f"{out_dir} holds a finished policy; it is replaced when this run saves")
     # 1. models: the policy with LoRA adapters, the proxy reward model, the gold judge
-    phase("loading the policy and the reward models")
-    torch.manual_seed(config.seed)
-    reward_model = load_reward_model(config.reward_model, "reward model")
-    gold_model = load_reward_model(config.gold_model, "gold model")
-    policy_path, policy_name = resolve_model_path(config.policy)
-    base, tokenizer, _ = load_policy(config.policy)
-    model = add_lora(base, config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate(), weight_decay=0.0)
-    steps_per_round = math.ceil(len(train_prompts) / config.batch_size) * config.sft_epochs
-    total_steps = steps_per_round * config.rounds
-    key = run_key(config, policy_path, train_prompts, eval_prompts)
-    sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature}
-
+    run.load_models()
     # 2. where we are: a fresh run, or a checkpoint's round, picks and step
-    state: dict[str, Any] = {"run_key": key, "round": 0, "step": 0, "picks": None, "history": [], "before": None,
-                             "last_eval": None}
-    if resume:
-        state = load_checkpoint(out_dir, model, optimizer, key)
-        phase(f"resumed at step {state['step']} (round {state['round'] + 1})")
-    history: list[dict[str, Any]] = state["history"]
+    run.restore(resume)
+    # 3-5. the starting policy's held-out answers, then rounds of: sample and keep the best (3),
+    # fine-tune on the picks (4), evaluate and checkpoint (5); a stop saves a checkpoint
+    stopped = run.loop()
+    # 6. save the merged policy with what produced it
+    return run.save(stopped)
 
-    def evaluate(step: int, round_done: int) -> dict[str, Any] | None:
-        phase(f"evaluating on {len(eval_prompts)} held-out prompts", step / total_steps)
-        metrics = evaluate_policy(model, tokenizer, eval_prompts, reward_model, gold_model,
-                                  samples_per_prompt=config.eval_samples, seed=config.seed + 7919,
-                                  stop_event=stop_event, **sampling)
-        if metrics is not None:
-            metrics["step"] = step
-            elapsed = time.perf_counter() - started
-            done_here = step - steps_at_start
-            eta = elapsed / done_here * (total_steps - step) if done_here > 0 else None
-            event = eval_event(metrics, step, total_steps, round=round_done, progress=step / total_steps,
-                               elapsed_s=elapsed, eta_s=eta)
-            history.append(event)
-            emit(event)
-        return metrics
 
-    stopped = False
-    started = time.perf_counter()
-    steps_at_start = state["step"]
-    if state["before"] is None and eval_prompts:
-        state["before"] = evaluate(0, 0)  # the starting policy, so curves start where training starts
-        state["last_eval"] = state["before"]
-    try:
-        while state["round"] < config.rounds and not stopped:
+class _RejectionSampling:
+    """The state of one rejection-sampling run, shared by the steps of `train_rejection_sampling`.
+
+    `state` is what a checkpoint holds: the round, the step, the round's picks (None until sampled),
+    the history of events and the held-out evaluations before training and after the last round.
+    """
+
+    def __init__(self, config: RLHFConfig, train_prompts: list, eval_prompts: list, out_dir: Path,
+                 on_step: StepCallback | None, stop_event: threading.Event | None):
+        self.config = config
+        self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
+        self.out_dir = out_dir
+        self.emit = on_step or (lambda event: None)
+        self.stop_event = stop_event
+        self.sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature}
+        self.steps_per_round = math.ceil(len(train_prompts) / config.batch_size) * config.sft_epochs
+        self.total_steps = self.steps_per_round * config.rounds
+
+    def phase(self, text: str, progress: float | None = None) -> None:
+        self.emit({"event": "phase", "phase": text, "progress": progress})
+
+    # -- 1, 2: models and the run's state
+    def load_models(self) -> None:
+        from rmcore.model import resolve_model_path
+        from rmcore.sampling import load_policy
+
+        config = self.config
+        self.phase("loading the policy and the reward models")
+        torch.manual_seed(config.seed)
+        self.reward_model = load_reward_model(config.reward_model, "reward model")
+        self.gold_model = load_reward_model(config.gold_model, "gold model")
+        self.policy_path, self.policy_name = resolve_model_path(config.policy)
+        base, self.tokenizer, _ = load_policy(config.policy)
+        self.model = add_lora(base, config)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate(), weight_decay=0.0)
+
+    def restore(self, resume: bool) -> None:
+        key = run_key(self.config, self.policy_path, self.train_prompts, self.eval_prompts)
+        self.state: dict[str, Any] = {"run_key": key, "round": 0, "step": 0, "picks": None, "history": [],
+                                      "before": None, "last_eval": None}
+        if resume:
+            self.state = load_checkpoint(self.out_dir, self.model, self.optimizer, key)
+            self.phase(f"resumed at step {self.state['step']} (round {self.state['round'] + 1})")
+        self.history: list[dict[str, Any]] = self.state["history"]
+        self.started = time.perf_counter()
+        self.steps_at_start = self.state["step"]
+
+    # -- 3-5: the rounds
+    def loop(self) -> bool:
+        """Every round still to run; True when a stop request or Ctrl-C ended the run (checkpoint saved)."""
+        state = self.state
+        if state["before"] is None and self.eval_prompts:
+            state["before"] = self.evaluate(0, 0)  # the starting policy, so curves start where training starts
+            state["last_eval"] = state["before"]
+        try:
+            stopped = self._rounds()
+        except KeyboardInterrupt:
+            stopped = True
+        if stopped:
+            self.phase(f"stopped at step {state['step']}; saving a checkpoint")
+            save_checkpoint(self.out_dir, self.model, self.optimizer, state)
+        return stopped
+
+    def _rounds(self) -> bool:
+        state, rounds = self.state, self.config.rounds
+        while state["round"] < rounds:
             round_index = state["round"]
-            # 3. sample n per prompt and keep the best by the KL-regularised reward
-            if state["picks"] is None:
-                phase(f"round {round_index + 1}/{config.rounds}: sampling {config.n} answers for each of "
-                      f"{len(train_prompts)} prompts", state["step"] / total_steps)
-                model.eval()
-                groups = sample(model, tokenizer, train_prompts, config.n, seed=config.seed + 1000 * (round_index + 1),
-                                stop_event=stop_event, **sampling)
-                if len(groups) < len(train_prompts):
-                    stopped = True
-                    break
-                state["picks"], pick_stats = _pick_best(model, tokenizer, reward_model, train_prompts, groups, config)
-                emit({"event": "phase", "phase": f"round {round_index + 1}: kept the best of {config.n} for each "
-                      "prompt", "progress": state["step"] / total_steps, **pick_stats})
-            # 4. supervised fine-tune on the picks: loss on the answer tokens only
-            model.train()
-            picks = state["picks"]
-            first_step_of_round = round_index * steps_per_round
-            batches_per_epoch = math.ceil(len(picks) / config.batch_size)
-            while state["step"] < first_step_of_round + steps_per_round:
-                in_round = state["step"] - first_step_of_round
-                epoch, batch = divmod(in_round, batches_per_epoch)
-                order = list(range(len(picks)))  # the epoch's order depends on (seed, round, epoch) only
-                random.Random(config.seed * 7 + round_index * 131 + epoch).shuffle(order)
-                chosen = [picks[i] for i in order[batch * config.batch_size : (batch + 1) * config.batch_size]]
-                t0 = time.perf_counter()
-                prompt_ids = [prompt_token_ids(tokenizer, p["prompt"]) for p in chosen]
-                nll = -answer_log_probs(model, prompt_ids, [p["tokens"] for p in chosen], reduce="mean",
-                                        batch_size=config.batch_size)
-                loss = nll.mean()
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"the loss became {loss.item()} at step {state['step'] + 1}; "
-                                        "try a smaller --lr")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                elapsed = time.perf_counter() - started
-                done_here = state["step"] - steps_at_start
-                last = state["last_eval"] or {}
-                event = {"event": "step", "step": state["step"], "total_steps": total_steps, "round": round_index + 1,
-                         "loss": loss.item(), "lr": config.learning_rate(),
-                         "tokens_per_s": sum(len(p["tokens"]) for p in chosen) / max(time.perf_counter() - t0, 1e-9),
-                         "progress": state["step"] / total_steps, "elapsed_s": elapsed,
-                         "eta_s": elapsed / done_here * (total_steps - state["step"]),
-                         **{k: last[k] for k in ("reward_mean", "gold_mean", "kl", "length_mean") if k in last}}
-                history.append(event)
-                emit(event)
-                if stop_event is not None and stop_event.is_set() and state["step"] < total_steps:
-                    stopped = True
-                    break
-            if stopped:
-                break
-            # 5. the end of a round: held-out evaluation, next round samples from the new policy
+            if state["picks"] is None and not self.sample_and_pick(round_index):
+                return True
+            if not self.fine_tune(round_index):
+                return True
+            # the end of a round: held-out evaluation, next round samples from the new policy
             state["round"] += 1
             state["picks"] = None
-            metrics = evaluate(state["step"], state["round"])
+            metrics = self.evaluate(state["step"], state["round"])
             if metrics is None:
-                stopped = True
-                break
+                return True
             state["last_eval"] = metrics
-            if state["round"] < config.rounds:
-                save_checkpoint(out_dir, model, optimizer, state)
-    except KeyboardInterrupt:
-        stopped = True
-    if stopped:
-        phase(f"stopped at step {state['step']}; saving a checkpoint")
-        save_checkpoint(out_dir, model, optimizer, state)
+            if state["round"] < rounds:
+                save_checkpoint(self.out_dir, self.model, self.optimizer, state)
+        return False
 
-    # 6. save the merged policy with what produced it
-    phase("saving the policy")
-    # after = the held-out answers of the policy as saved (a run stopped mid-round has none: no pairs)
-    last_eval = state["last_eval"]
-    current = last_eval is not None and last_eval.get("step") == state["step"] and state["step"] > 0
-    rows = before_after(state["before"], last_eval if current else None)
-    metadata = policy_metadata(config, policy_name, steps=state["step"], total_steps=total_steps, stopped=stopped,
-                               history=history, before_after_rows=rows, train_prompts=len(train_prompts),
-                               eval_prompts=len(eval_prompts), kl_handling=RS_KL_HANDLING)
-    save_policy(model, tokenizer, out_dir, metadata, keep=(CHECKPOINT_DIR,) if stopped else ())
-    if not stopped:
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-    emit({"event": "done", "step": state["step"], "total_steps": total_steps, "stopped": stopped,
-          "out_dir": str(out_dir), "progress": state["step"] / total_steps, "eta_s": 0.0})
-    return RLHFResult(out_dir, state["step"], stopped, history, rows)
+    def sample_and_pick(self, round_index: int) -> bool:
+        """3. Sample n answers per prompt and keep the best by the KL-regularised reward; False if stopped."""
+        from rmcore.sampling import sample
+
+        config, prompts = self.config, self.train_prompts
+        self.phase(f"round {round_index + 1}/{config.rounds}: sampling {config.n} answers for each of "
+                   f"{len(prompts)} prompts", self.state["step"] / self.total_steps)
+        self.model.eval()
+        groups = sample(self.model, self.tokenizer, prompts, config.n, seed=config.seed + 1000 * (round_index + 1),
+                        stop_event=self.stop_event, **self.sampling)
+        if len(groups) < len(prompts):
+            return False
+        self.state["picks"], pick_stats = _pick_best(self.model, self.tokenizer, self.reward_model, prompts, groups,
+                                                     config)
+        self.emit({"event": "phase", "phase": f"round {round_index + 1}: kept the best of {config.n} for each "
+                   "prompt", "progress": self.state["step"] / self.total_steps, **pick_stats})
+        return True
+
+    def fine_tune(self, round_index: int) -> bool:
+        """4. Supervised fine-tuning on the round's picks; False when a stop request came before the last step."""
+        self.model.train()
+        round_end = (round_index + 1) * self.steps_per_round
+        while self.state["step"] < round_end:
+            self.sft_step(round_index)
+            stop = self.stop_event is not None and self.stop_event.is_set()
+            if stop and self.state["step"] < self.total_steps:
+                return False
+        return True
+
+    def sft_step(self, round_index: int) -> None:
+        """One optimizer step on a batch of picks: the loss is the mean NLL of the answer tokens only."""
+        from rmcore.sampling import prompt_token_ids
+
+        config, state = self.config, self.state
+        chosen = self._batch_of_picks(round_index)
+        t0 = time.perf_counter()
+        prompt_ids = [prompt_token_ids(self.tokenizer, p["prompt"]) for p in chosen]
+        nll = -answer_log_probs(self.model, prompt_ids, [p["tokens"] for p in chosen], reduce="mean",
+                                batch_size=config.batch_size)
+        loss = nll.mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()} at step {state['step'] + 1}; try a smaller --lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        last = state["last_eval"] or {}
+        event = {"event": "step", "step": state["step"], "total_steps": self.total_steps, "round": round_index + 1,
+                 "loss": loss.item(), "lr": config.learning_rate(),
+                 "tokens_per_s": sum(len(p["tokens"]) for p in chosen) / max(time.perf_counter() - t0, 1e-9),
+                 "progress": state["step"] / self.total_steps, "elapsed_s": time.perf_counter() - self.started,
+                 "eta_s": self._eta(state["step"]),
+                 **{k: last[k] for k in ("reward_mean", "gold_mean", "kl", "length_mean") if k in last}}
+        self.history.append(event)
+        self.emit(event)
+
+    def _batch_of_picks(self, round_index: int) -> list[dict[str, Any]]:
+        """The picks of the current step; an epoch's order depends on (seed, round, epoch) only."""
+        config, picks = self.config, self.state["picks"]
+        batches_per_epoch = math.ceil(len(picks) / config.batch_size)
+        epoch, batch = divmod(self.state["step"] - round_index * self.steps_per_round, batches_per_epoch)
+        order = list(range(len(picks)))
+        random.Random(config.seed * 7 + round_index * 131 + epoch).shuffle(order)
+        return [picks[i] for i in order[batch * config.batch_size : (batch + 1) * config.batch_size]]
+
+    def evaluate(self, step: int, round_done: int) -> dict[str, Any] | None:
+        """5. Held-out reward, gold, KL and length; emits an "eval" event. None when stopped part-way."""
+        self.phase(f"evaluating on {len(self.eval_prompts)} held-out prompts", step / self.total_steps)
+        metrics = evaluate_policy(self.model, self.tokenizer, self.eval_prompts, self.reward_model, self.gold_model,
+                                  samples_per_prompt=self.config.eval_samples, seed=self.config.seed + 7919,
+                                  stop_event=self.stop_event, **self.sampling)
+        if metrics is not None:
+            metrics["step"] = step
+            event = eval_event(metrics, step, self.total_steps, round=round_done, progress=step / self.total_steps,
+                               elapsed_s=time.perf_counter() - self.started, eta_s=self._eta(step))
+            self.history.append(event)
+            self.emit(event)
+        return metrics
+
+    def _eta(self, step: int) -> float | None:
+        """Seconds left at the pace of the steps run in this process (None before the first)."""
+        done_here = step - self.steps_at_start
+        elapsed = time.perf_counter() - self.started
+        return elapsed / done_here * (self.total_steps - step) if done_here > 0 else None
+
+    # -- 6: save
+    def save(self, stopped: bool) -> RLHFResult:
+        state, out_dir, total_steps = self.state, self.out_dir, self.total_steps
+        self.phase("saving the policy")
+        # after = the held-out answers of the policy as saved (a run stopped mid-round has none: no pairs)
+        last_eval = state["last_eval"]
+        current = last_eval is not None and last_eval.get("step") == state["step"] and state["step"] > 0
+        rows = before_after(state["before"], last_eval if current else None)
+        metadata = policy_metadata(self.config, self.policy_name, steps=state["step"], total_steps=total_steps,
+                                   stopped=stopped, history=self.history, before_after_rows=rows,
+                                   train_prompts=len(self.train_prompts), eval_prompts=len(self.eval_prompts),
+                                   kl_handling=RS_KL_HANDLING)
+        save_policy(self.model, self.tokenizer, out_dir, metadata, keep=(CHECKPOINT_DIR,) if stopped else ())
+        if not stopped:
+            shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        self.emit({"event": "done", "step": state["step"], "total_steps": total_steps, "stopped": stopped,
+                   "out_dir": str(out_dir), "progress": state["step"] / total_steps, "eta_s": 0.0})
+        return RLHFResult(out_dir, state["step"], stopped, self.history, rows)
 
 
 def _pick_best(model, tokenizer, reward_model, prompts: list, groups, config: RLHFConfig

@@ -71,6 +71,7 @@ def train(
     resume: bool = False,
     data_summary: dict[str, Any] | None = None,
     started_at: float | None = None,
+    trunk=None,
 ) -> TrainResult:
     """Train and save a reward model to `out_dir`; see TrainConfig for the knobs.
 
@@ -78,12 +79,13 @@ def train(
     eta_s), after every step ("step": raw metrics), after every held-out evaluation ("eval") and
     once saved ("done"). Setting `stop_event`, or Ctrl-C, ends training at the next step boundary,
     saving a checkpoint and the model so far. `started_at` (time.monotonic()) is when the command
-    began, so a time budget covers reading the data too.
+    began, so a time budget covers reading the data too. `trunk` (head mode; rmcore.ensemble.SharedTrunk)
+    lends the base model, the trunk features and a cheaper save to the members of an ensemble.
     """
     config.check()
     out_dir = Path(out_dir)
     replacing = check_output_folder(out_dir, resume)
-    run = _Run(config, out_dir, on_step, started_at)
+    run = _Run(config, out_dir, on_step, started_at, trunk)
     if replacing:
         run.phase(f"{out_dir} holds a finished model; it is replaced when this run saves (files of yours are kept)")
 
@@ -109,7 +111,7 @@ class _Run:
     """The state of one training run, shared by the steps of `train()`."""
 
     def __init__(self, config: TrainConfig, out_dir: Path, on_step: StepCallback | None,
-                 started_at: float | None):
+                 started_at: float | None, trunk=None):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -118,6 +120,7 @@ class _Run:
         self.checkpoint = out_dir / CHECKPOINT_DIR
         self.emit = on_step or (lambda event: None)
         self.started_at = _clock() if started_at is None else started_at
+        self.trunk = trunk if config.mode == "head" else None  # shared by an ensemble's members, or None
         self.device = autodetect_device()
         self.accelerator = Accelerator(mixed_precision=mixed_precision_for(self.device), cpu=self.device == "cpu")
         self.is_main = self.accelerator.is_main_process
@@ -146,7 +149,10 @@ class _Run:
     def load_model(self) -> None:
         self.phase("loading the base model")
         self.model_path, self.model_name = resolve_model_path(self.config.model)
-        self.classifier, self.tokenizer, _ = load_sequence_classifier(self.model_path, seed=self.config.seed)
+        if self.trunk is not None:  # an ensemble member: the base model is loaded once for all of them
+            self.classifier, self.tokenizer = self.trunk.model_for(self.model_path, self.config.seed)
+        else:
+            self.classifier, self.tokenizer, _ = load_sequence_classifier(self.model_path, seed=self.config.seed)
         self.pad_id = self.tokenizer.pad_token_id
 
     def tokenize(self, train_groups: list[RankedGroup], eval_groups: list[RankedGroup]) -> None:
@@ -166,8 +172,9 @@ class _Run:
         if self.config.mode != "head":
             return True
         self.packed.to(self.accelerator.device)
+        compute = self.trunk.features if self.trunk is not None else trunk_features
         try:
-            self.features, self.eval_features = trunk_features(
+            self.features, self.eval_features = compute(
                 self.config, self.model_path, self.packed, self.encoded, self.encoded_eval, self.pad_id,
                 self.accelerator, self.phase, stop.is_set)
         except FeaturesStopped:
@@ -401,9 +408,10 @@ class _Run:
             classifier_out = classifier_to_save(self.config, self.packed)
             history_text = "".join(_json_line(h) for h in self.history)
             metadata = self._metadata(stopped, data_summary)
-            save_reward_model(classifier_out.float(), self.tokenizer, self.out_dir, metadata,
-                              extra_files={"metrics.jsonl": history_text},
-                              keep=(CHECKPOINT_DIR,) if stopped else (), on_note=self.phase)
+            save = self.trunk.save if self.trunk is not None else save_reward_model
+            save(classifier_out.float(), self.tokenizer, self.out_dir, metadata,
+                 extra_files={"metrics.jsonl": history_text}, keep=(CHECKPOINT_DIR,) if stopped else (),
+                 on_note=self.phase)
             self.emit({"event": "done", "step": self.step, "total_steps": self.schedule.total_steps,
                        "stopped": stopped, "out_dir": str(self.out_dir)})
         accelerator.wait_for_everyone()

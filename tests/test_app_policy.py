@@ -32,9 +32,8 @@ def app_env(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("RMCORE_MODELS_DIR", str(models))
     monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("RMCORE_DEVICE", "cpu")
-    monkeypatch.setattr(jobs, "_MANAGER", jobs.JobManager())
-    manager = policy_jobs.PolicyJobManager()
-    monkeypatch.setattr(policy_jobs, "_MANAGER", manager)
+    manager = jobs.JobManager()  # the server's one manager, of training and policy jobs alike
+    monkeypatch.setattr(jobs, "_MANAGER", manager)
     yield models
     job = manager.current()
     if job is not None:
@@ -97,10 +96,10 @@ def test_rejection_sampling_job_runs_in_the_background_and_shows_before_after(wi
     at.run()
     at.button(key="rlhf_start").click().run()
     assert not at.exception, [e.message for e in at.exception]
-    job = policy_jobs.policy_manager().current()
+    job = jobs.manager().current(policy_jobs.PolicyJob)
     assert job is not None
-    with pytest.raises(policy_jobs.PolicyJobBusy):  # one job per server
-        policy_jobs.policy_manager().start(job.request, "someone-else")
+    with pytest.raises(jobs.JobBusy):  # one job per server
+        jobs.manager().start(job.request, "someone-else")
     assert job.wait(300), "the job did not finish"
     snap = job.snapshot()
     assert snap.status == "done", snap.error
@@ -122,12 +121,12 @@ def test_stop_ends_the_job_with_the_policy_and_a_checkpoint(with_reward_models):
     config = RLHFConfig(reward_model=str(models / "rm"), policy=os.environ["RMCORE_APP_GENERATOR"], rounds=3, n=2,
                         max_new_tokens=4, eval_samples=1, batch_size=1)
     request = policy_jobs.PolicyJobRequest(config, ["a", "b", "c", "d"], ["e"], models / "stopped", "stopped")
-    job = policy_jobs.policy_manager().start(request, "me")
+    job = jobs.manager().start(request, "me")
     for _ in range(600):
         if job.snapshot().steps:
             break
         job.wait(0.1)
-    assert policy_jobs.policy_manager().stop("me")
+    assert jobs.manager().stop("me")
     assert job.wait(120)
     snap = job.snapshot()
     assert snap.status == "stopped", snap.error

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import run as bench  # noqa: E402  (bench/run.py is a script, not a package)
+import report  # noqa: E402
+import run as bench  # noqa: E402  (bench/ holds scripts, not a package)
+import trials  # noqa: E402
 
 
 def test_smoke_benchmark_runs_every_part_and_writes_comparable_results(shared_data, tmp_path, capsys):
@@ -47,7 +49,7 @@ def test_smoke_benchmark_runs_every_part_and_writes_comparable_results(shared_da
 
 
 def test_oasst_groups_become_all_their_pairs_for_trl(shared_data):
-    train, held_out = bench.load_workload("oasst", 6, 3)
+    train, held_out = trials.load_workload("oasst", 6, 3)
     assert len(train) == 6 and len(held_out) == 3
     assert not {id(g) for g in train} & {id(g) for g in held_out}
     assert all(len(g.pairs()) == len(g.responses) * (len(g.responses) - 1) // 2 for g in train
@@ -58,10 +60,10 @@ def test_trl_gets_exactly_rmcores_number_of_optimizer_steps():
     import math
 
     for pairs, steps in [(197, 12), (128, 16), (29, 3), (24, 3), (7, 1)]:
-        micro, accumulate = bench.trl_batching(pairs, steps, 4)
+        micro, accumulate = trials.trl_batching(pairs, steps, 4)
         assert 1 <= micro <= 4
         assert math.ceil(math.ceil(pairs / micro) / accumulate) == steps
-    assert bench.trl_batching(128, 16, 4) == (4, 2)  # the largest forward that fits is preferred
+    assert trials.trl_batching(128, 16, 4) == (4, 2)  # the largest forward that fits is preferred
 
 
 def test_trl_can_read_the_pairs_in_rmcores_batch_order_over_several_seeds(shared_data, tmp_path):
@@ -90,3 +92,49 @@ def test_seed_lists_are_checked():
     for bad in ("", "0,0", "a"):
         with pytest.raises(Exception, match="integers"):
             bench._seeds(bad)
+
+
+def test_a_trial_spec_travels_to_the_worker_as_json():
+    spec = trials.TrialSpec(kind="trl", model_path="/m", workload="hh", batch_size=2, n_train=4, n_eval=2,
+                            seed=3, trl_order="rmcore", label="trl, seed 3")
+    again = trials.TrialSpec.from_json(spec.to_json())
+    assert again == spec and again.same_order and again.name == "trl, seed 3"
+    assert trials.TrialSpec(kind="head", model_path="/m").name == "head"
+    with pytest.raises(TypeError):
+        trials.TrialSpec.from_json(json.dumps({"kind": "rmcore", "model_path": "/m", "stesp": 3}))  # a typo fails
+
+
+@pytest.mark.slow  # a fresh Python process that imports torch and transformers
+def test_a_trial_runs_in_a_worker_process_of_its_own(shared_data, tmp_path):
+    model = trials.resolve_model("tiny", tmp_path)
+    spec = trials.TrialSpec(kind="untrained", model_path=model, max_length=64, workload="hh", n_train=2, n_eval=3)
+    result = bench.run_trial(spec, in_process=False)
+    assert 0 <= result["eval_accuracy"] <= 1 and result["eval_comparisons"] == 3
+    assert result["rmcore_file"].endswith("__init__.py")
+
+
+def test_the_report_pairs_ratios_by_repeat_and_checks_the_targets():
+    def trial(comparisons_per_s: float, seed: int = 0) -> dict:
+        return {"comparisons": 10, "time_s": 10 / comparisons_per_s, "real_tokens": 100, "padded_tokens": 120,
+                "params": 1000, "matmul_flops": 1e9, "peak_memory_bytes": 2**30, "steps": 2,
+                "eval_accuracy": 0.5, "seed": seed}
+
+    block = report.summarize_training("oasst", {"rmcore": [trial(4.0), trial(9.0)], "trl": [trial(1.0), trial(3.0)]})
+    assert block["ratios"]["rmcore/trl comparisons_per_s"] == pytest.approx(3.5)  # median of 4 and 3, paired
+    assert block["implementations"]["rmcore"]["comparisons_per_s"] == pytest.approx(6.5)
+    assert block["ratios"]["trl/rmcore padded tokens"] == pytest.approx(1.0)
+    checks = report.check_targets({"training": [block]})
+    assert checks["oasst: comparisons/s vs TRL"]["met"] and checks["oasst: held-out accuracy vs TRL"]["met"]
+    assert not checks["oasst: FLOP utilisation"]["met"]
+    assert "| target | value | wanted | met |" in "\n".join(report._target_table(checks, "embedded"))
+
+
+def test_the_benchmark_uses_only_rmcores_public_names():
+    import ast
+
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    for name in ("run.py", "trials.py", "report.py"):
+        for node in ast.walk(ast.parse((bench_dir / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rmcore"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"bench/{name} imports {private} from {node.module}"

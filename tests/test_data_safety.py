@@ -182,7 +182,12 @@ def test_ctrl_c_in_the_middle_of_a_step_resumes_to_the_uninterrupted_model(tiny_
         return schedule_call(self, step)
 
     monkeypatch.setattr(train_module._LinearSchedule, "__call__", interrupt_inside_step_three)
-    part = train(config, groups, tmp_path / "part")
+    # a shell's background job inherits SIGINT ignored, and train() leaves an ignored SIGINT alone
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        part = train(config, groups, tmp_path / "part")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert part.stopped and part.steps == 3
     resumed = train(config, groups, tmp_path / "part", resume=True)

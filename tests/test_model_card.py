@@ -16,7 +16,20 @@ METADATA = {
              "eval_prompts": 6, "train_comparisons": 344, "truncated_prompts": 2, "truncated_responses": 5,
              "eval_length_baseline": 0.6125},
     "metrics": {"eval": {"eval_loss": 0.3726, "eval_accuracy": 0.8249, "eval_margin": 1.25, "eval_comparisons": 40}},
-    "probes": [{"name": "hope", "label": 'append "I hope this helps!"', "delta": -0.48, "delta_units": -0.41}],
+    "probes": [  # two answers probed with `rmcore probe` (rmcore.probes.record_probes)
+        {"prompt": "How do I boil an egg?", "response": "Simmer it | then cool it.", "original_reward": 1.25,
+         "spread": 1.2, "spread_source": "demo", "measured_at": "2026-11-30T11:00:00+0000",
+         "rows": [{"name": "hope", "label": 'append "I hope this helps!"', "kind": "no better", "reward": 0.77,
+                   "delta": -0.48, "delta_units": -0.41},
+                  {"name": "half", "label": "cut it in half", "kind": "worse", "reward": 0.0, "delta": -1.2,
+                   "delta_units": -1.0}]},
+        {"prompt": [{"role": "user", "content": "Name a prime"}], "response": "Seven.", "original_reward": 0.5,
+         "spread": 0.5, "spread_source": "demo", "measured_at": "2026-11-30T11:05:00+0000",
+         "rows": [{"name": "hope", "label": 'append "I hope this helps!"', "kind": "no better", "reward": 0.9,
+                   "delta": 0.4, "delta_units": 0.8},
+                  {"name": "half", "label": "cut it in half", "kind": "worse", "reward": 0.45, "delta": -0.05,
+                   "delta_units": -0.1}]},
+    ],
     "steps": 140, "total_steps": 140, "stopped": False, "saved_at": "2026-11-30T10:55:52+0000",
 }
 
@@ -34,7 +47,10 @@ def test_the_card_has_hub_metadata_and_every_number_of_the_metadata():
     for text in ("| pairwise accuracy | 0.825 ± 0.060", "| 0.613 |", "| 40 (6) |", "0.373", "1.250",
                  "52 instructions and 344 comparisons", "6 instructions held out", "4 rows", "512 tokens",
                  "2 prompts and 5 answers were cut", "seed 3", "140 of 140 steps",
-                 '| append "I hope this helps!" | -0.480 | -0.41 |', "Trained on only 52 instructions",
+                 '| append "I hope this helps!" | not rise | +0.20 | -0.41 to +0.80 | 2 | not rewarded |',
+                 "| cut it in half | drop | -0.55 | -1.00 to -0.10 | 2 | dropped, as it should |",
+                 "on 2 answers, in spreads", r"Simmer it \| then cool it.", "Name a prime -> Seven.",
+                 "Trained on only 52 instructions",
                  'model="my-rm"', 'RewardModel.load("my-rm")'):
         assert text in card, text
 
@@ -42,6 +58,13 @@ def test_the_card_has_hub_metadata_and_every_number_of_the_metadata():
 def test_a_local_base_model_is_named_but_not_given_as_a_hub_id():
     card = render_card({**METADATA, "base_model": "/home/me/models/base"})
     assert "base_model" not in front(card) and "/home/me/models/base" in card
+
+
+def test_without_recorded_probes_the_card_says_how_to_add_them():
+    card = render_card({**METADATA, "probes": None}, "my-rm")
+    assert "No probe was recorded yet" in card and "rmcore probe --model my-rm" in card
+    raw = {**METADATA, "probes": [{**run, "spread": None} for run in METADATA["probes"]]}
+    assert "mean change (reward)" in render_card(raw), "without a measured spread the unit is the raw reward"
 
 
 def test_a_model_without_held_out_data_says_so():

@@ -73,3 +73,88 @@ def test_cli_probe_prints_json_with_the_spread_it_used(tiny_model_dir, demo_path
     assert report["spread"] > 0 and "(5 prompts)" in report["spread_source"]
     assert {p["name"] for p in report["probes"]} == {p.name for p in PROBES} | {"wrong_facts"}
     assert report["trained"] is False
+
+
+# ----------------------------------------------------------------------------- recorded in the model folder
+
+
+def _report(delta_units: float, spread: float | None = 0.5):
+    from rmcore.probes import ProbeReport
+
+    rows = [{"name": p.name, "label": p.label, "kind": p.kind, "text": "edited", "reward": 1.0 + delta_units,
+             "delta": delta_units * (spread or 1), "delta_units": delta_units} for p in PROBES]
+    return ProbeReport(1.0, spread, "test data", rows)
+
+
+def _model_folder(tmp_path, readme_is_ours: bool = True):
+    folder = tmp_path / "rm"
+    folder.mkdir()
+    files = ["config.json", "rmcore.json"] + (["README.md"] if readme_is_ours else [])
+    (folder / "rmcore.json").write_text(json.dumps({"base_model": "embedded", "mode": "head", "files": files}))
+    (folder / "README.md").write_text("my own notes\n")
+    return folder
+
+
+def test_probes_are_recorded_in_rmcore_json_and_the_card_shows_their_mean(tmp_path):
+    from rmcore.model_card import render_card
+    from rmcore.probes import MAX_RECORDED_RUNS, record_probes, recorded_runs
+
+    folder = _model_folder(tmp_path)
+    notes = record_probes(folder, _report(0.5), "Q1", "A1")
+    record_probes(folder, _report(-0.25), "Q2", "A2")
+    assert "2 probed answers" in record_probes(folder, _report(1.5), "Q1", "A1")[0], "the same answer is replaced"
+    assert "recorded in" in notes[0] and "model card" in notes[1]
+    metadata = json.loads((folder / "rmcore.json").read_text())
+    runs = recorded_runs(metadata)
+    assert [(r["prompt"], r["response"]) for r in runs] == [("Q2", "A2"), ("Q1", "A1")]
+    assert runs[1]["rows"][0]["delta_units"] == 1.5 and "text" not in runs[1]["rows"][0]
+    assert metadata["files"] == ["config.json", "rmcore.json", "README.md"], "the rest of rmcore.json is kept"
+    card = (folder / "README.md").read_text()
+    assert card == render_card(metadata, "rm"), "the card is made from rmcore.json as it now is"
+    assert '| append "I hope this helps!" | not rise | +0.62 | -0.25 to +1.50 | 2 | rewarded' in card
+    for i in range(MAX_RECORDED_RUNS + 3):
+        record_probes(folder, _report(0.1), f"q{i}", "a")
+    runs = recorded_runs(json.loads((folder / "rmcore.json").read_text()))
+    assert len(runs) == MAX_RECORDED_RUNS and runs[-1]["prompt"] == f"q{MAX_RECORDED_RUNS + 2}"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "no temporary file is left"
+
+
+def test_a_readme_rmcore_did_not_write_is_left_alone_and_a_non_model_folder_refused(tmp_path):
+    from rmcore.errors import ModelError
+    from rmcore.probes import record_probes
+
+    folder = _model_folder(tmp_path, readme_is_ours=False)
+    notes = record_probes(folder, _report(0.5), "Q", "A")
+    assert (folder / "README.md").read_text() == "my own notes\n" and "left as it is" in notes[1]
+    assert json.loads((folder / "rmcore.json").read_text())["probes"][0]["prompt"] == "Q"
+    with pytest.raises(ModelError, match="not a model rmcore saved"):
+        record_probes(tmp_path, _report(0.5), "Q", "A")
+    (folder / "README.md").unlink()  # no card at all: the one written now is listed as rmcore's
+    record_probes(folder, _report(0.5), "Q", "A")
+    assert "README.md" in json.loads((folder / "rmcore.json").read_text())["files"]
+    assert (folder / "README.md").read_text().startswith("---\n")
+
+
+@pytest.mark.slow
+def test_cli_probe_records_into_a_trained_model_unless_told_not_to(tiny_model_dir, demo_path, tmp_path, monkeypatch):
+    from rmcore.cli import main
+    from rmcore.model_card import render_card
+
+    monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "rm"
+    assert main(["train", str(demo_path), "--out", str(out), "--model", str(tiny_model_dir), "--mode", "head",
+                 "--epochs", "1", "--limit", "12", "--quiet"]) == 0
+    args = ["probe", "--model", str(out), "--prompt", "Name a prime", "--response", "Seven is prime. So is eleven.",
+            "--spread-data", str(demo_path), "--spread-limit", "4"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args + ["--json"]) == 0
+    report = json.loads(printed.getvalue())
+    assert report["recorded"] is True
+    metadata = json.loads((out / "rmcore.json").read_text())
+    assert metadata["probes"][0]["rows"][0]["delta"] == pytest.approx(report["probes"][0]["delta"])
+    assert (out / "README.md").read_text() == render_card(metadata, out.name)
+    assert "## What it rewards (counterfactual probes)" in (out / "README.md").read_text()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(args[:4] + ["Another question"] + args[5:] + ["--no-record"]) == 0
+    assert len(json.loads((out / "rmcore.json").read_text())["probes"]) == 1, "--no-record writes nothing"

@@ -68,6 +68,31 @@ def test_every_mode_trains_changes_its_parameters_and_saves(mode, lr, tiny_model
     assert model.trained and model.metadata["base_model"] == str(tiny_model_dir)
 
 
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_trainable_layers_trains_only_the_top_blocks(mode, tiny_model_dir, demo_split, tmp_path, private_cache):
+    train_groups, eval_groups = demo_split
+    config = TrainConfig(model=str(tiny_model_dir), mode=mode, epochs=1, lr=5e-3, batch_size=8, max_length=256,
+                         trainable_layers=1)
+    train(config, train_groups, tmp_path / "rm", eval_groups=eval_groups)
+    before, _, _ = load_sequence_classifier(str(tiny_model_dir), seed=0)
+    start = before.state_dict()
+    after = weights(tmp_path / "rm")
+    changed = {k for k in after if not torch.equal(after[k], start[k])}
+    top = before.config.num_hidden_layers - 1
+    linear = {k for k in after if k.endswith("proj.weight")}
+    assert "score.weight" in changed
+    assert {k for k in linear if f"layers.{top}." in k} <= changed  # the top block moved
+    assert not {k for k in changed if ".layers." in k and f"layers.{top}." not in k}  # nothing below it
+    assert "model.embed_tokens.weight" not in changed
+
+
+def test_more_trainable_layers_than_the_model_has_is_refused(tiny_model_dir, demo_split, tmp_path):
+    config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=1, trainable_layers=99)
+    with pytest.raises(TrainingError, match="more than the model's"):
+        train(config, demo_split[0], tmp_path / "rm")
+    assert not (tmp_path / "rm").exists()
+
+
 def test_head_mode_reuses_cached_trunk_features(tiny_model_dir, demo_split, tmp_path, private_cache):
     train_groups, eval_groups = demo_split
     config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=1)

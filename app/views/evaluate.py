@@ -13,6 +13,7 @@ from app import charts, resources, settings, state
 from app.jobs import read_held_out
 from app.ui import fmt, md, pick_model, user_errors
 from rmcore.data import read_preferences_bytes
+from rmcore.ensemble import evaluate_ensemble
 from rmcore.errors import DataError
 from rmcore.estimate import format_duration
 from rmcore.evaluate import categories_from_records, compare, compare_sentence, evaluate, worst_pairs
@@ -28,9 +29,9 @@ def choose_data(choice) -> tuple[str, list, list | None] | None:
     None with a message shown. Only uploads can have a category (or subset) column."""
     sources = []
     held_out = None
-    if choice.kind == "trained":
+    if choice.kind in ("trained", "ensemble"):
         with user_errors("Cannot read the held-out prompts"):
-            held_out = read_held_out(settings.model_path(choice.name))
+            held_out = read_held_out(choice.path())
         if held_out:
             sources.append(HELD_OUT)
     data = state.get_data()
@@ -125,6 +126,8 @@ def show(result) -> None:
     if s["length_warning"]:
         st.warning(s["length_warning"], icon=":material/straighten:")
     length_section(s)
+    if s.get("ensemble"):
+        ensemble_section(s)
     if s.get("by_category"):
         st.subheader("Accuracy per category")
         st.dataframe(
@@ -163,6 +166,28 @@ def show(result) -> None:
         ],
         key="worst_pairs",
     )
+
+
+def ensemble_section(s) -> None:
+    """An ensemble's accuracy as its members disagree more (rmcore.ensemble.evaluate_ensemble)."""
+    info = s["ensemble"]
+    st.subheader("Accuracy against ensemble disagreement")
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.plotly_chart(charts.accuracy_by_disagreement(info["accuracy_by_disagreement"], s["accuracy"]),
+                        key="by_disagreement")
+    with right:
+        alone = ", ".join(fmt(a) for a in info["member_accuracies"])
+        st.markdown(
+            f"The reward is the mean of **{info['members']}** members (each alone: {alone}). For every pair, the "
+            "members' disagreement is the spread of their margins r_winner − r_loser; the pairs are split into "
+            "four groups of equal size, from the least to the most disputed."
+        )
+        st.markdown(
+            "If the spread is worth reading, accuracy falls from left to right: the pairs the members agree on "
+            "are the ones to trust, and the disputed ones are where the model is guessing (and the ones worth "
+            "labelling next). A flat chart means the disagreement says little on this data."
+        )
 
 
 def length_section(s) -> None:
@@ -271,12 +296,14 @@ def page() -> None:
         "How often does the model agree with people on data it has not seen, how sure is it, "
         "and does it simply prefer longer answers?"
     )
-    choice = pick_model("Reward model", key="eval_model")
+    choice = pick_model("Reward model", key="eval_model", include_ensembles=True,
+                        help="Trained models in the models folder, its ensembles (accuracy against how much their "
+                             "members disagree), or an untrained head")
     choice_b = None
     if st.toggle("Compare with a second model", key="eval_compare",
                  help="Both score the same pairs: their accuracies, the difference with a bootstrap interval over "
                       "instructions, how often they agree, and the pairs where they disagree most"):
-        choice_b = pick_model("Second model (B; the first is A)", key="eval_model_b")
+        choice_b = pick_model("Second model (B; the first is A)", key="eval_model_b", include_ensembles=True)
     picked = choose_data(choice)
     if picked is None:
         return
@@ -322,14 +349,16 @@ def page() -> None:
 
 def run_one(choice, groups, categories, prefix: str):
     bar = st.progress(0.0, text=f"{prefix}loading the model")
-    model = resources.reward_model(choice)
+    ensemble = choice.kind == "ensemble"
+    model = resources.ensemble(choice) if ensemble else resources.reward_model(choice)
     started = time.perf_counter()
 
     def progress(share: float) -> None:
         left = (time.perf_counter() - started) * (1 - share) / share if share > 0 else 0.0
         bar.progress(share, text=f"{prefix}{share:.0%} of the tokens scored, about {format_duration(left)} left")
 
-    return evaluate(model, groups, on_progress=progress, categories=categories)
+    score = evaluate_ensemble if ensemble else evaluate
+    return score(model, groups, on_progress=progress, categories=categories)
 
 
 page()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import policy_charts, resources, settings, state
-from app.policy_jobs import PolicyJobBusy, PolicyJobRequest, policy_manager
+from app.jobs import JobBusy, manager
+from app.policy_jobs import PolicyJob, PolicyJobRequest
 from app.ui import duration, fmt, md, pick_model, user_errors
 
 PROMPT_SOURCES = ("demo instructions", "the loaded data's prompts", "type them")
@@ -151,7 +152,11 @@ def rlhf_section(proxy, gold_name: str | None, prompts: list, busy: bool) -> Non
                                        "over-prefers counts for less")
         eval_samples = a3.number_input("Answers per held-out prompt", 1, 8, 2, key="rlhf_eval_samples")
     name = st.text_input("Name of the new policy", key="rlhf_name", max_chars=80, placeholder=unused_policy_name())
-    mine_busy = busy and policy_manager().current().owner == state.session_id()
+    running = manager().running()
+    mine_busy = busy and isinstance(running, PolicyJob) and running.owner == state.session_id()
+    if running is not None and not isinstance(running, PolicyJob):
+        st.info(f"A reward model is training on this server (**{md(running.snapshot().model_name)}**): one job "
+                "runs at a time, so fine-tuning can start when it ends.", icon=":material/hourglass:")
     if st.button("Fine-tuning…" if mine_busy else "Start fine-tuning", type="primary", icon=":material/play_arrow:",
                  key="rlhf_start", disabled=busy or proxy is None or len(prompts) < 2):
         with user_errors("Not started"):
@@ -179,8 +184,8 @@ def start_job(proxy, gold_name, prompts, rounds, n, max_new, lr, kl_coef, eval_s
     config.check()
     request = PolicyJobRequest(config, train_prompts, eval_prompts, settings.model_path(name), name)
     try:
-        policy_manager().start(request, state.session_id())
-    except PolicyJobBusy as exc:
+        manager().start(request, state.session_id())
+    except JobBusy as exc:
         st.warning(f"Not started: {md(exc)}.", icon=":material/hourglass:")
         return
     st.session_state.pop("rlhf_name", None)
@@ -189,8 +194,11 @@ def start_job(proxy, gold_name, prompts, rounds, n, max_new, lr, kl_coef, eval_s
 
 def live_panel() -> None:
     """Polled every second while a job runs; any session sees the server's job."""
-    job = policy_manager().current()
+    job = manager().current(PolicyJob)
     if job is None:
+        if st.session_state.get("rlhf_polling") and manager().running() is None:
+            st.session_state["rlhf_polling"] = False
+            st.rerun()  # the training job that held the server ended: a full rerun re-enables Start
         return
     snap = job.snapshot()
     mine = snap.owner == state.session_id()
@@ -201,7 +209,7 @@ def live_panel() -> None:
         st.rerun()
     header = {"starting": "Preparing", "running": "Fine-tuning", "stopping": "Stopping", "done": "Finished",
               "stopped": "Stopped", "failed": "Failed"}[snap.status]
-    st.markdown(f"#### {header}: {md(snap.name)}")
+    st.markdown(f"#### {header}: {md(snap.model_name)}")
     text = snap.phase
     if snap.active:
         text += f" · {duration(snap.elapsed_s)} elapsed" + (f" · ETA {duration(snap.eta_s)}" if snap.eta_s else "")
@@ -209,7 +217,7 @@ def live_panel() -> None:
     if snap.status == "failed":
         st.error(f"Fine-tuning failed: {md(snap.error)}", icon=":material/error:")
     elif snap.saved and not snap.active:
-        st.success(f"{snap.phase.capitalize()}: `models/{snap.name}` (download it on Export).",
+        st.success(f"{snap.phase.capitalize()}: `models/{snap.model_name}` (download it on Export).",
                    icon=":material/check_circle:")
     if snap.evals:
         first, last = snap.evals[0], snap.evals[-1]
@@ -226,7 +234,7 @@ def live_panel() -> None:
     if snap.active and mine:
         if st.button("Stop (keeps a checkpoint and the policy so far)", icon=":material/stop_circle:",
                      key="rlhf_stop", disabled=snap.status == "stopping"):
-            policy_manager().stop(state.session_id())
+            manager().stop(state.session_id())
             st.rerun(scope="fragment")
     if not snap.active and mine:
         if snap.status == "stopped" and not snap.before_after:
@@ -234,7 +242,7 @@ def live_panel() -> None:
                        "evaluation at the end of each round.")
         show_before_after(snap.before_after)
         if st.button("Clear", key="rlhf_forget", help="Hide this finished run (the policy stays saved)"):
-            policy_manager().forget(state.session_id())
+            manager().forget(state.session_id())
             st.rerun()
 
 
@@ -263,8 +271,7 @@ def page() -> None:
         return
     with user_errors():
         prompts = prompt_picker()
-    job = policy_manager().current()
-    busy = job is not None and job.snapshot().active
+    busy = manager().running() is not None  # one job per server, of either kind
     tab_bon, tab_rlhf = st.tabs(["Best-of-n curve", "Fine-tune (RLHF)"])
     with tab_bon:
         bon_section(proxy, gold_name, prompts)

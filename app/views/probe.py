@@ -12,8 +12,10 @@ from app import charts, resources, settings
 from app.jobs import read_held_out
 from app.ui import md, pick_model, user_errors
 from rmcore.data import demo_data_path, read_preferences, read_preferences_bytes
-from rmcore.errors import DataError
-from rmcore.probes import reward_spread, run_probes, verdict
+from rmcore.ensemble import member_folders, reading
+from rmcore.errors import DataError, RmcoreError
+from rmcore.model_folder import read_metadata
+from rmcore.probes import record_probes, reward_spread, run_probes, verdict
 from rmcore.scoring import scored_records
 
 MIN_CANDIDATES, MAX_CANDIDATES = 2, 9
@@ -134,6 +136,11 @@ def cut_at_limit(tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:
     return [t for t in texts if len(tokenizer(t, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1]
 
 
+def loaded(choice):
+    """The model to score with: a RewardModel, or an rmcore.ensemble.Ensemble (the members' mean reward)."""
+    return resources.ensemble(choice) if choice.kind == "ensemble" else resources.reward_model(choice)
+
+
 def score(choice, prompt: str, candidates: list[str]):
     """Scores are remembered per session for the exact inputs, so reruns do not recompute them."""
     key = (choice.key, prompt, tuple(candidates))
@@ -141,13 +148,14 @@ def score(choice, prompt: str, candidates: list[str]):
     if key not in memo:
         with st.spinner("Scoring…"):
             memo.clear()
-            memo[key] = resources.reward_model(choice).score(prompt, candidates)
+            memo[key] = loaded(choice).score(prompt, candidates)
     return memo[key]
 
 
 def results_section(choice, prompt: str, candidates: list[str], numbers: list[int]) -> None:
     """`numbers` are the candidates' numbers in the form (empty ones are left out, not renumbered)."""
-    model = resources.reward_model(choice)
+    model = loaded(choice)
+    ensemble = choice.kind == "ensemble"
     if not model.trained:
         st.warning(
             "This head is untrained: its rewards are random numbers. Compare them with a trained model's.",
@@ -174,10 +182,14 @@ def results_section(choice, prompt: str, candidates: list[str], numbers: list[in
         )
     st.success(
         f"{'Best of ' + str(len(candidates)) + ': ' if generated else 'Highest reward: '}"
-        f"candidate #{numbers[best]} (r = {result.rewards[best]:+.3f})",
+        f"candidate #{numbers[best]} (r = {result.rewards[best]:+.3f}"
+        + (f" ± {result.spread[best]:.3f}, the members' mean and spread)" if ensemble else ")"),
         icon=":material/emoji_events:",
     )
-    st.plotly_chart(charts.reward_bars(candidates, result.rewards, best, numbers), key="reward_bars")
+    st.plotly_chart(charts.reward_bars(candidates, result.rewards, best, numbers,
+                                       spread=result.spread if ensemble else None), key="reward_bars")
+    if ensemble:
+        disagreement_section(result, len(model), numbers)
     left, right = st.columns([3, 2], gap="large")
     with left:
         st.plotly_chart(charts.preference_heatmap(result.probabilities, candidates, numbers), key="pref_heatmap")
@@ -190,14 +202,48 @@ def results_section(choice, prompt: str, candidates: list[str], numbers: list[in
         )
         st.latex(r"\mathcal{L} = -\log \sigma(r_{w} - r_{l})")
         st.caption("Training lowers this loss for every pair (w preferred over l) that people ranked.")
-    token_section(model, prompt, candidates, numbers, best)
+    token_section(model.members[0] if ensemble else model, prompt, candidates, numbers, best,
+                  f"member 1 of the {len(model)}: the trace is drawn for one model" if ensemble else "")
 
 
-def token_section(model, prompt: str, candidates: list[str], numbers: list[int], best: int) -> None:
+def disagreement_section(result, members: int, numbers: list[int]) -> None:
+    """What the ensemble's spread says, in words, and the conservative pick (rmcore.ensemble)."""
+    st.markdown("**Do the members agree?**")
+    said = reading(result)
+    st.write(
+        f"This is an ensemble of {members} reward models trained on different resamples of the same data. Each bar "
+        "is their mean reward; the error bar is how much they disagree about that answer (one standard deviation "
+        "across the members, after removing each member's own offset). Where they agree, the data pinned the "
+        "reward down; where they disagree, the reward is a guess the training data did not settle, and an answer "
+        "only some members love is the kind a policy could exploit."
+    )
+    lines = [f"- They disagree most about candidate #{numbers[said['most_disputed']]} "
+             f"(spread {said['largest_spread']:.3f})."]
+    if said["top_two_close"]:
+        lines.append(f"- The two highest means are only {said['top_gap']:.3f} apart, less than their spread: which "
+                     "of them is better is not settled.")
+    elif said["top_gap"] is not None:
+        lines.append(f"- The best answer leads by {said['top_gap']:.3f}, more than the members' spread: they agree "
+                     "on it.")
+    st.markdown("\n".join(lines))
+    k = st.slider("Caution k for the conservative pick (mean − k × spread)", 0.0, 3.0, 1.0, 0.25, key="probe_k",
+                  help="Best-of-n with an ensemble can pick the answer with the highest mean minus k spreads: an "
+                       "answer the members disagree about must then lead by more. k = 0 is the plain mean.")
+    careful = result.pick(k)
+    if careful == result.best:
+        st.caption(f"With k = {k:g} the conservative pick is the same answer, #{numbers[careful]}.")
+    else:
+        st.info(f"With k = {k:g} the conservative pick is candidate #{numbers[careful]}, not #{numbers[result.best]}:"
+                " the top answer's lead is within what the members disagree about.", icon=":material/shield:")
+
+
+def token_section(model, prompt: str, candidates: list[str], numbers: list[int], best: int,
+                  whose: str = "") -> None:
     st.subheader("Reward token by token")
     st.caption(
         "The reward head applied after every token of one answer: the reward the model would give if the "
         "answer ended there. Bars show which tokens move it up (green) or down (red)."
+        + (f" For this ensemble, {whose}." if whose else "")
     )
     index = st.selectbox(
         "Candidate",
@@ -224,7 +270,9 @@ def page() -> None:
     choice = pick_model(
         "Reward model",
         key="probe_model",
-        help="Trained models in the project's models folder, newest first, or an untrained head",
+        help="Trained models in the project's models folder, newest first, its ensembles (rewards with error "
+             "bars), or an untrained head",
+        include_ensembles=True,
     )
     prompt, candidates = inputs_section()
     generate_section(prompt)
@@ -254,12 +302,14 @@ WEAK_PROMPTS = 200  # fewer training instructions than this: say the model's pic
 
 
 def weak_model_note(choice) -> None:
-    """Say plainly when a trained model learned from little data (read from its rmcore.json, no load)."""
-    if choice is None or choice.kind != "trained":
+    """Say plainly when a trained model learned from little data (read from its rmcore.json, no load; an
+    ensemble's members each learned from a resample of the same prompts, so its first member's says)."""
+    if choice is None or choice.kind not in ("trained", "ensemble"):
         return
     try:
-        meta = json.loads((settings.model_path(choice.name) / "rmcore.json").read_text())
-    except (OSError, ValueError):
+        folder = member_folders(choice.path())[0] if choice.kind == "ensemble" else choice.path()
+        meta = read_metadata(folder)
+    except (RmcoreError, ValueError, OSError):
         return
     data = meta.get("data") or {}
     prompts, comparisons = data.get("train_prompts"), data.get("train_comparisons")
@@ -276,7 +326,7 @@ def spread_of(choice, model) -> tuple[float | None, str]:
     """The reward's standard deviation on the model's held-out prompts (or the demo set), once per model."""
     memo = st.session_state.setdefault("probe_spread", {})
     if choice.key not in memo:
-        groups = read_held_out(settings.model_path(choice.name)) if choice.kind == "trained" else None
+        groups = read_held_out(choice.path()) if choice.kind in ("trained", "ensemble") else None
         if groups:
             groups = groups[:SPREAD_PROMPTS]
             where = f"the answers to {len(groups)} held-out instructions saved with {choice.name}"
@@ -317,7 +367,7 @@ def probes_section(choice, prompt: str, candidates: list[str], numbers: list[int
             return
         report = stored[1]
     else:
-        model = resources.reward_model(choice)
+        model = loaded(choice)
         spread, where = spread_of(choice, model)
         with st.spinner("Scoring the edits…"):
             report = run_probes(model, prompt, original, wrong, spread, where)
@@ -341,6 +391,18 @@ def probes_section(choice, prompt: str, candidates: list[str], numbers: list[int
     )
     if report.truncated:
         st.caption(f"Cut to fit the model's max length: {', '.join(report.truncated)}.")
+    if choice.kind == "trained":
+        record_section(choice, prompt, original, report)
+
+
+def record_section(choice, prompt: str, original: str, report) -> None:
+    """Keep these results in the model's rmcore.json and its model card, as `rmcore probe` does."""
+    if st.button("Add these results to the model card", icon=":material/note_add:", key="record_probes",
+                 help="The model's rmcore.json keeps its last 20 probed answers, and its card (README.md, shown on "
+                      "Export) gets a table of each edit's mean change over them"):
+        with user_errors("Cannot record the probes"):
+            said = "; ".join(record_probes(choice.path(), report, prompt, original))
+            st.success(f"{said[:1].upper()}{md(said[1:])}.", icon=":material/check:")
 
 
 def file_section(choice) -> None:
@@ -376,7 +438,7 @@ def file_section(choice) -> None:
                  icon=":material/play_arrow:"):
         with user_errors("Scoring failed"):
             bar = st.progress(0.0, text="loading the model")
-            model = resources.reward_model(choice)
+            model = loaded(choice)
             records = list(scored_records(model, groups, on_progress=lambda done: bar.progress(
                 done / len(groups), text=f"{done} of {len(groups)} instructions")))
             bar.empty()

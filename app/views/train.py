@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import charts, resources, settings, state
-from app.jobs import JobBusy, JobRequest, manager, resumable, resume_request
+from app.jobs import JobBusy, JobRequest, TrainingJob, manager, resumable, resume_request
 from app.ui import duration, fmt, md, user_errors
 from rmcore.config import (
     APP_DEFAULT_TIME_BUDGET_MIN,
@@ -304,7 +304,7 @@ def resume(model_dir: Path) -> None:
 def stopped_runs_box(busy: bool) -> None:
     """Stopped runs in the models folder that can be continued (also after a server restart)."""
     runs = [entry for entry in settings.list_models() if resumable(settings.model_path(entry.name))]
-    job = manager().current()
+    job = manager().current(TrainingJob)
     if job is not None:  # the panel below already offers the current job's resume
         runs = [entry for entry in runs if settings.model_path(entry.name) != Path(job.snapshot().out_dir)]
     if not runs:
@@ -317,9 +317,12 @@ def stopped_runs_box(busy: bool) -> None:
 
 
 def live_panel() -> None:
-    """Polled every second while a job runs (a fragment); shows any session the server's job."""
-    job = manager().current()
+    """Polled every second while a job runs (a fragment); shows any session the server's training job."""
+    job = manager().current(TrainingJob)
     if job is None:
+        if st.session_state.get("train_polling") and manager().running() is None:
+            st.session_state["train_polling"] = False
+            st.rerun()  # the RLHF job that held the server ended: a full rerun re-enables Start
         return
     snap = job.snapshot()
     mine = snap.owner == state.session_id()
@@ -410,8 +413,8 @@ def live_panel() -> None:
 def page() -> None:
     st.title("Train")
     data = state.get_data()
-    job = manager().current()
-    busy = job is not None and job.snapshot().active
+    running = manager().running()
+    busy = running is not None  # one job per server, of either kind
     if data is None:
         st.info("Load data on the Data page first, or use the demo set.", icon=":material/info:")
         if st.button("Use the demo set", key="train_demo"):
@@ -422,7 +425,11 @@ def page() -> None:
     else:
         with user_errors():
             config = settings_form(data, busy)
-            mine = busy and job.owner == state.session_id()
+            mine = isinstance(running, TrainingJob) and running.owner == state.session_id()
+            if busy and not isinstance(running, TrainingJob):
+                st.info(f"A policy is being fine-tuned on this server (**{md(running.snapshot().model_name)}**, "
+                        "Best-of-n & RLHF page): one job runs at a time, so training can start when it ends.",
+                        icon=":material/hourglass:")
             label = "Training…" if mine else "Start training"
             if st.button(
                 label,
@@ -430,7 +437,7 @@ def page() -> None:
                 icon=":material/play_arrow:",
                 key="start_training",
                 disabled=busy,
-                help="Another session's job is running: one job per server" if busy and not mine else None,
+                help="Another job is running: one job per server" if busy and not mine else None,
             ):
                 with user_errors("Not started"):
                     config.check()
