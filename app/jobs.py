@@ -107,6 +107,7 @@ class Job:
     """
 
     what = "a job"  # in "... is already running on this server"
+    doing = "Running"  # the sidebar's "Running **model**: 40%"
     thread_name = "job"
     stopping = "stopping after this step; saving a checkpoint"
 
@@ -200,6 +201,7 @@ class TrainingJob(Job):
     """Training a reward model with rmcore.train (the Train page)."""
 
     what = "a training job"
+    doing = "Training"
     thread_name = "train"
 
     def __init__(self, request: JobRequest, owner: str):

@@ -59,6 +59,7 @@ class PolicyJob(Job):
     """Fine-tuning a policy toward a reward model with rmcore.rlhf (the Best-of-n & RLHF page)."""
 
     what = "an RLHF job"
+    doing = "Fine-tuning the policy"
     thread_name = "policy"
     stopping = "stopping at the next step; saving a checkpoint and the policy so far"
 

@@ -137,7 +137,7 @@ def _job_status() -> None:
         return
     snap = job.snapshot()
     if snap.active:
-        text = f"Training **{snap.model_name}**: "
+        text = f"{job.doing} **{snap.model_name}**: "
         text += f"{snap.progress:.0%}, ETA {duration(snap.eta_s)}" if snap.steps else snap.phase
         st.caption(text)
         st.progress(snap.progress if snap.steps else (snap.phase_progress or 0.0))

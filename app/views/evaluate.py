@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
 import pandas as pd
@@ -12,7 +10,7 @@ import streamlit as st
 from app import charts, resources, settings, state
 from app.jobs import read_held_out
 from app.ui import fmt, md, pick_model, user_errors
-from rmcore.data import read_preferences_bytes
+from rmcore.data import groups_fingerprint, read_preferences_bytes
 from rmcore.ensemble import evaluate_ensemble
 from rmcore.errors import DataError
 from rmcore.estimate import format_duration
@@ -71,14 +69,6 @@ def choose_data(choice) -> tuple[str, list, list | None] | None:
     except DataError as exc:
         st.error(md(exc), icon=":material/error:")
         return None
-
-
-def groups_digest(groups) -> str:
-    """Changes with the data (an edit on the Data page, another upload): results are kept per digest."""
-    digest = hashlib.sha256()
-    for group in groups:
-        digest.update(json.dumps(group.to_record(), sort_keys=True).encode())
-    return digest.hexdigest()[:16]
 
 
 def with_se(value, se) -> str:
@@ -318,7 +308,7 @@ def page() -> None:
     )
     groups = groups[: int(limit)]
     categories = categories[: int(limit)] if categories else None
-    key = (choice.key, choice_b.key if choice_b else None, name, groups_digest(groups))
+    key = (choice.key, choice_b.key if choice_b else None, name, groups_fingerprint(groups))
     models = [choice] + ([choice_b] if choice_b else [])
     if st.button(
         f"Evaluate on {len(groups)} instructions" + (" with both models" if choice_b else ""),
