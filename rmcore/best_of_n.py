@@ -152,6 +152,29 @@ def brute_force_best_of_n(proxy: np.ndarray, n: int, draws: int, rng: np.random.
 # ----------------------------------------------------------------------------- reading and scoring samples
 
 
+def score_proxy_and_gold(records: list[dict[str, Any]], proxy_model, gold_model=None, batch_size: int = 8,
+                         on_progress=None) -> tuple[list[list[float]], list[list[float]] | None]:
+    """The proxy's and the gold judge's rewards of every samples record. Two head-mode models of one base
+    model share a single trunk pass (half the time); otherwise each scores on its own."""
+    from rmcore.sampling import as_messages
+
+    if gold_model is None or not proxy_model.shares_trunk_with(gold_model):
+        proxy = score_samples(records, proxy_model, batch_size, on_progress)
+        return proxy, (score_samples(records, gold_model, batch_size, on_progress) if gold_model else None)
+    proxy, gold = [], []
+    if on_progress is not None:
+        on_progress(0, len(records))
+    for first in range(0, len(records), batch_size):
+        part = records[first : first + batch_size]
+        encoded = [proxy_model.encode(as_messages(r["prompt"]), r["responses"]) for r in part]
+        part_proxy, part_gold = proxy_model.rewards_with_heads(encoded, [gold_model], batch_size)
+        proxy.extend(part_proxy)
+        gold.extend(part_gold)
+        if on_progress is not None:
+            on_progress(first + len(part), len(records))
+    return proxy, gold
+
+
 def score_samples(records: list[dict[str, Any]], reward_model, batch_size: int = 8, on_progress=None
                   ) -> list[list[float]]:
     """Rewards of every response of every samples record, scored a prompt (one packed pass) at a time."""

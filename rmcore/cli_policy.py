@@ -197,7 +197,7 @@ def read_sample_records(path: str) -> list[dict]:
 
 
 def cmd_bon(args) -> int:
-    from rmcore.best_of_n import bon_figure, curve_from_records, score_samples
+    from rmcore.best_of_n import bon_figure, curve_from_records, score_proxy_and_gold
     from rmcore.rlhf import load_reward_model
     from rmcore.sampling import Progress
 
@@ -215,9 +215,8 @@ def cmd_bon(args) -> int:
     proxy_model = load_reward_model(args.model, "--model")
     gold_model = load_reward_model(args.gold, "--gold") if args.gold else None
     started = time.perf_counter()
-    proxy = score_samples(records, proxy_model, args.batch_size, on_progress=Progress("scoring (proxy)"))
-    gold = score_samples(records, gold_model, args.batch_size, on_progress=Progress("scoring (gold)")) \
-        if gold_model else None
+    proxy, gold = score_proxy_and_gold(records, proxy_model, gold_model, args.batch_size,
+                                       on_progress=Progress("scoring"))
     scoring_s = time.perf_counter() - started
     started = time.perf_counter()
     curve = curve_from_records(records, proxy, gold)

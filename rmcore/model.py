@@ -536,6 +536,35 @@ class RewardModel:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return render_text(self.tokenizer, messages, response)
 
+    def shares_trunk_with(self, other: RewardModel) -> bool:
+        """Both are head-mode models of one base model at one precision, device and max length: the
+        trunk's last-token features are the same for both, only the reward neurons differ."""
+        key = self.metadata.get("feature_cache")
+        return (self.metadata.get("mode") == other.metadata.get("mode") == "head" and isinstance(key, str)
+                and key == other.metadata.get("feature_cache") and self.max_length == other.max_length
+                and self.device == other.device and self.dtype == other.dtype)
+
+    @torch.inference_mode()
+    def rewards_with_heads(self, encoded: list[EncodedGroup], others: list[RewardModel], batch_size: int = 8
+                           ) -> list[list[list[float]]]:
+        """Rewards of this model and of each of `others` (which must `shares_trunk_with` it), from one
+        trunk pass: a proxy and a gold judge trained in head mode on one base model cost one scoring."""
+        if not all(self.shares_trunk_with(other) for other in others):
+            raise ValueError("rewards_with_heads needs head-mode models of the same base model")
+        models = [self, *others]
+        out: list[list[list[float]]] = [[[] for _ in encoded] for _ in models]
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = pack_groups([encoded[i] for i in idx], self.tokenizer.pad_token_id).to(self.device)
+            with self._lock, self._autocast():
+                hidden = self.packed(batch, features_only=True)
+                per_model = [read_head(model.model, hidden).cpu().tolist() for model in models]
+            for rewards, flat in zip(out, per_model):
+                for i, size in zip(idx, batch.group_sizes):
+                    rewards[i], flat = flat[:size], flat[size:]
+        return out
+
     def _autocast(self):
         return autocast(self.device)
 

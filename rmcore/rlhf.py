@@ -220,7 +220,7 @@ def evaluate_policy(model, tokenizer, prompts: list, reward_model, gold_model=No
     difference is the policy's. `answers` holds the first answer of each prompt with its rewards,
     for before/after tables. None when stopped part-way.
     """
-    from rmcore.best_of_n import score_samples
+    from rmcore.best_of_n import score_proxy_and_gold
     from rmcore.sampling import prompt_token_ids, sample
 
     if not prompts:
@@ -232,8 +232,7 @@ def evaluate_policy(model, tokenizer, prompts: list, reward_model, gold_model=No
     if len(groups) < len(prompts):
         return None
     records = [{"prompt": p, "responses": [s.text for s in g]} for p, g in zip(prompts, groups)]
-    proxy = score_samples(records, reward_model)
-    gold = score_samples(records, gold_model) if gold_model is not None else None
+    proxy, gold = score_proxy_and_gold(records, reward_model, gold_model)
     flat_prompts = [prompt_token_ids(tokenizer, p) for p, g in zip(prompts, groups) for _ in g]
     flat_answers = [s.tokens for g in groups for s in g]
     log_ratio = log_ratio_to_reference(model, flat_prompts, flat_answers, temperature=temperature,

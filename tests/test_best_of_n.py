@@ -132,3 +132,29 @@ def test_bon_cli_refuses_a_model_that_is_not_a_reward_model(tmp_path, tiny_model
     code = main(["bon", str(samples_file(tmp_path)), "--model", str(tiny_model_dir)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not a reward model folder" in err[0]
+
+
+def test_head_models_of_one_base_share_one_trunk_pass(tmp_path, tiny_model_dir, demo_path, private_cache,
+                                                      tiny_reward_models):
+    from rmcore.best_of_n import score_proxy_and_gold, score_samples
+    from rmcore.data import read_preferences
+    from rmcore.model import RewardModel
+    from rmcore.train import TrainConfig, train
+
+    groups = read_preferences(demo_path).groups[:16]
+    folders = []
+    for seed, lr in ((0, 5e-2), (1, 1e-1)):
+        config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=2, lr=lr, seed=seed, max_length=128)
+        train(config, groups, tmp_path / f"head{seed}")
+        folders.append(tmp_path / f"head{seed}")
+    proxy_model, gold_model = (RewardModel.load(folder, device="cpu") for folder in folders)
+    other_base = RewardModel.load(tiny_reward_models[0], device="cpu")
+    assert proxy_model.shares_trunk_with(gold_model) and not proxy_model.shares_trunk_with(other_base)
+    records = [json.loads(line) for line in samples_file(tmp_path).read_text().splitlines()]
+    proxy, gold = score_proxy_and_gold(records, proxy_model, gold_model)
+    alone_proxy, alone_gold = score_samples(records, proxy_model), score_samples(records, gold_model)
+    np.testing.assert_allclose(np.array(proxy), np.array(alone_proxy), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(gold), np.array(alone_gold), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.array(proxy), np.array(gold))  # each head gives its own rewards
+    with pytest.raises(ValueError, match="same base model"):
+        proxy_model.rewards_with_heads([], [other_base])

@@ -84,7 +84,7 @@ def bon_section(proxy, gold_name: str | None, prompts: list) -> None:
 
 
 def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -> None:
-    from rmcore.best_of_n import curve_from_records, score_samples
+    from rmcore.best_of_n import curve_from_records, score_proxy_and_gold
     from rmcore.sampling import sample
 
     generator = resources.generator(settings.generator_model())
@@ -97,12 +97,12 @@ def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -
     records = [{"prompt": p, "responses": [s.text for s in g], "num_tokens": [s.num_tokens for s in g],
                 "hit_limit": [s.hit_limit for s in g]} for p, g in zip(prompts, groups)]
     bar.progress(1.0, text="scoring…")
-    proxy_rewards = score_samples(records, resources.reward_model(proxy))
-    gold_rewards = None
+    gold_model = None
     if gold_name:
         from app.resources import ModelChoice
 
-        gold_rewards = score_samples(records, resources.reward_model(ModelChoice("trained", gold_name)))
+        gold_model = resources.reward_model(ModelChoice("trained", gold_name))
+    proxy_rewards, gold_rewards = score_proxy_and_gold(records, resources.reward_model(proxy), gold_model)
     bar.empty()
     curve = curve_from_records(records, proxy_rewards, gold_rewards)
     st.session_state["bon_result"] = {"records": records, "proxy": proxy_rewards, "gold": gold_rewards,
