@@ -441,8 +441,18 @@ def run_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec),
                                "--worker-out", str(out_file)], env=env, cwd=str(ROOT))
         if proc.returncode != 0:
-            raise SystemExit(f"{spec['trainer']} on {spec['task']}: the worker failed (exit {proc.returncode})")
+            return failed_record(spec, proc.returncode)
         return json.loads(out_file.read_text())
+
+
+def failed_record(spec: dict[str, Any], returncode: int) -> dict[str, Any]:
+    """A training whose worker died: the report goes on and names it (-9 is the kernel's out-of-memory kill
+    on Linux, the usual cause), rather than losing the trainings that finished."""
+    why = "killed (SIGKILL: out of memory?)" if returncode == -9 else f"exit status {returncode}"
+    print(f"{spec['trainer']} on {spec['task']}: the worker failed: {why}", file=sys.stderr, flush=True)
+    _, eval_sets = TASKS[spec["task"]]
+    return {"trainer": spec["trainer"], "failed": why,
+            "test": {name: {"accuracy": None, "se": None} for name in eval_sets}}
 
 
 # ----------------------------------------------------------------------------- report
@@ -508,6 +518,9 @@ def markdown(report: dict[str, Any]) -> str:
     for task, trainers in report["results"].items():
         for trainer, record in trainers.items():
             if trainer == "untrained":
+                continue
+            if record.get("failed"):
+                lines.append(f"- {task} / {trainer}: failed, {record['failed']}")
                 continue
             lines.append(f"- {task} / {trainer}: {record.get('steps')} steps, {record.get('comparisons_seen')} "
                          f"comparisons seen (of {record.get('train_prompts_available')} training prompts), "

@@ -73,6 +73,20 @@ def test_targets_name_each_miss():
                    "oasst: accuracy": True, "oasst: above length-only": False, "oasst: above TRL": False}
 
 
+def test_a_failed_training_is_named_and_the_others_are_kept():
+    failed = quality.failed_record({"trainer": "trl", "task": "oasst"}, -9)
+    assert "out of memory" in failed["failed"]
+    results = {"oasst": {"rmcore": {"test": {"oasst": {"accuracy": 0.70, "se": 0.026}}}, "trl": failed}}
+    splits = {"oasst": {"test": {"comparisons": 300}, "length_only": 0.71}}
+    rows = quality.build_rows(results, splits)
+    assert rows[0]["rmcore"] == 0.70 and rows[0]["trl"] is None
+    assert "oasst: above TRL" not in {c["what"] for c in quality.check_targets(rows)}  # no comparison made up
+    report = {"header": {"date": "d", "commit": "c", "dirty": False, "budget_s": 600, "clock": "wall",
+                         "threads": 0, "model": "m", "machine": "x"}, "recipe": {}, "results": results,
+              "rows": rows, "targets": quality.check_targets(rows)}
+    assert "oasst / trl: failed, killed (SIGKILL: out of memory?)" in quality.markdown(report)
+
+
 def test_plan_fills_the_budget_with_whole_batches_or_more_passes(tiny_model_dir):
     groups = [group(f"question number {i}", [f"answer {i} " * 3, f"reply {i}"], [1, 2]) for i in range(40)]
     recipe = quality.Recipe(mode="full", lr=1e-4, batch_size=4, max_length=64)
