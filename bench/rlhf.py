@@ -9,7 +9,7 @@
      GRPO step runs: each prompt + answer rendered with the chat template, padded, one sequence each;
    - rmcore's `RewardFunction`: the G answers of a prompt packed in one row, the prompt computed once.
    The speed-up is compared with the token ratio (tokens TRL computes / tokens rmcore computes).
-2. Sampling: `rmcore.sampling.sample` (prompts batched together, ~32 sequences per generate call)
+2. Sampling: `rmcore.sampling.sample` (prompts batched together, up to 128 sequences per generate call)
    against a plain `model.generate(..., num_return_sequences=n)` per prompt, same prompts, n,
    max_new_tokens, temperature, top-p/top-k and end tokens; tokens per second of generated answers.
 

@@ -28,7 +28,7 @@ from rmcore.encoding import render_prompt
 from rmcore.errors import DataError, ModelError
 
 Prompt = str | list[Message]
-SEQUENCES_PER_CALL = 32  # sequences generated together: wide enough to keep a CPU's cores busy
+SEQUENCES_PER_CALL = 128  # sequences generated together: 128 gave 1.25x the tokens/s of 32 on 2 CPU cores (4 x 32 answers)
 
 
 @dataclass
