@@ -28,7 +28,7 @@ from rmcore.encoding import render_prompt
 from rmcore.errors import DataError, ModelError
 
 Prompt = str | list[Message]
-SEQUENCES_PER_CALL = 128  # sequences generated together: 128 gave 1.25x the tokens/s of 32 on 2 CPU cores (4 x 32 answers)
+SEQUENCES_PER_CALL = 128  # sequences per generate call: 1.25x the tokens/s of 32 on 2 CPU cores (4 x 32 answers)
 
 
 @dataclass
