@@ -533,14 +533,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def git_info() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
+    from report import git_info as commit_and_dirty  # bench/report.py: the benchmark's run context
 
-    return {"commit": git("rev-parse", "--short", "HEAD") or "nogit",
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "rmcore", "bench"))}
+    info = commit_and_dirty()
+    return {**info, "commit": info["commit"] or "nogit"}
 
 
 def machine() -> str:

@@ -34,7 +34,7 @@ from rmcore.encoding import EncodedGroup, encode_group, render_text
 from rmcore.errors import ModelError
 from rmcore.feature_cache import FeatureCache
 from rmcore.model_card import CARD_FILE, render_card
-from rmcore.model_folder import METADATA_FILE, recover_interrupted_saves, swap_in
+from rmcore.model_folder import METADATA_FILE, read_json_object, recover_interrupted_saves, swap_in
 from rmcore.prompt_cache import PromptCache, weights_fingerprint
 from rmcore.ranking import preference_probability
 from rmcore.shared_trunk import share_trunk
@@ -87,19 +87,7 @@ _DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16
                 "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-def read_json_file(file: Path) -> dict[str, Any]:
-    """A model folder's JSON file (config.json, rmcore.json) as a dict, or one line naming what is wrong."""
-    try:
-        if file.stat().st_size > _MAX_JSON_BYTES:
-            raise ModelError(f"{file}: {file.stat().st_size / 2**20:.0f} MB is far too large for this file")
-        value = json.loads(file.read_bytes())
-    except OSError as exc:
-        raise ModelError(f"{file}: cannot read the file ({exc.strerror})") from None
-    except (ValueError, RecursionError) as exc:
-        raise ModelError(f"{file}: not valid JSON ({exc}); the file is damaged") from None
-    if not isinstance(value, dict):
-        raise ModelError(f"{file}: expected a JSON object, found {type(value).__name__}; the file is damaged")
-    return value
+read_json_file = read_json_object  # config.json and rmcore.json: rmcore.model_folder reads them (no torch)
 
 
 def _label_count(config: dict[str, Any]) -> int:

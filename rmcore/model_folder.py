@@ -61,8 +61,12 @@ def read_metadata(folder: str | os.PathLike, metadata_file: str = METADATA_FILE)
 
     For the library and the app alike: it needs no torch, so the app can list folders before any model loads."""
     file = Path(folder) / metadata_file
-    if not file.is_file():
-        return {}
+    return read_json_object(file) if file.is_file() else {}
+
+
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A model folder's small JSON file (rmcore.json, config.json) as a dict, or one line naming what is
+    wrong; its size is checked before reading, so a huge file costs nothing."""
     try:
         if file.stat().st_size > MAX_METADATA_BYTES:
             raise ModelError(f"{file}: {file.stat().st_size / 2**20:.0f} MB is far too large for this file")
