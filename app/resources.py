@@ -132,11 +132,13 @@ def tokenizer(name: str):
 
 
 @st.cache_data(show_spinner=False, ttl=3600, max_entries=16)
-def step_rates(model: str, mode: str, max_length: int, batch_size: int, lora_r: int, _groups):
+def step_rates(model: str, mode: str, max_length: int, batch_size: int, lora_r: int, trainable_layers: int,
+               _groups):
     """Seconds per token of `model` in `mode` here, measured once per settings (rmcore.estimate)."""
     ensure_ml()
     from rmcore.estimate import measure_rates
     from rmcore.train import TrainConfig
 
-    config = TrainConfig(model=model, mode=mode, max_length=max_length, batch_size=batch_size, lora_r=lora_r)
+    config = TrainConfig(model=model, mode=mode, max_length=max_length, batch_size=batch_size, lora_r=lora_r,
+                         trainable_layers=trainable_layers)
     return measure_rates(config, _groups)

@@ -34,6 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trials import resolve_model  # noqa: E402  (bench/trials.py: 'tiny' built offline, else rmcore resolves)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
@@ -384,20 +387,6 @@ def quiet(threads: int = 0) -> None:
         torch.set_num_threads(threads)
 
 
-def resolve_model(name: str, workdir: Path) -> str:
-    """A local folder for --model: 'tiny' is built here (offline, random weights), else rmcore resolves it."""
-    if name == "tiny":
-        from rmcore.tiny import build_tiny_model
-
-        target = workdir / "tiny-llama"
-        if not (target / "config.json").is_file():
-            build_tiny_model(target)
-        return str(target)
-    from rmcore.model import resolve_model_path
-
-    return resolve_model_path(name)[0]
-
-
 # ----------------------------------------------------------------------------- one training per process
 
 
@@ -580,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.model = "tiny" if args.model == "embedded" else args.model
     workdir = Path(tempfile.mkdtemp(prefix="rmcore-quality-"))
-    model = resolve_model(args.model, workdir)
+    model = resolve_model(args.model, workdir)  # bench/trials.py
     recipe = asdict(Recipe(**json.loads(args.recipe)))
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]

@@ -43,6 +43,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench_run  # noqa: E402  (bench/run.py: machine and git info, the OASST scoring calls)
+from trials import resolve_model  # noqa: E402  (bench/trials.py: the model folder for --model)
 
 LEVELS = (1, 4, 16)
 REQUESTS = {1: 8, 4: 16, 16: 32}  # requests per level and workload, before --scale
@@ -337,16 +338,6 @@ def check_targets(block: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
-def resolve(name: str, workdir: Path) -> str:
-    if name == "tiny":
-        from rmcore.tiny import build_tiny_model
-
-        return str(build_tiny_model(workdir / "tiny"))
-    from rmcore.model import resolve_model_path
-
-    return resolve_model_path(name)[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -371,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.model or ["embedded"]:
-            block = bench_model(name, resolve(name, Path(tmp)), args, Path(tmp))
+            block = bench_model(name, resolve_model(name, Path(tmp)), args, Path(tmp))
             block["targets"] = check_targets(block)
             blocks.append(block)
     meta["load_average_end"] = bench_run.load_average()

@@ -125,6 +125,8 @@ def _add_rlhf(sub, defaults: dict) -> None:
                    help=f"answers per optimizer step (default {defaults['batch_size']})")
     p.add_argument("--sft-epochs", type=_at_least(1), default=defaults["sft_epochs"],
                    help=f"rs: passes over each round's picks (default {defaults['sft_epochs']})")
+    p.add_argument("--keep", type=_at_least(1), default=defaults["keep"],
+                   help=f"rs: answers kept per prompt each round, the best K of --n (default {defaults['keep']})")
     p.add_argument("--eval-samples", type=_at_least(1), default=defaults["eval_samples"],
                    help=f"answers per held-out prompt at each evaluation (default {defaults['eval_samples']})")
     p.add_argument("--lora-r", type=_at_least(1), default=defaults["lora_r"],
@@ -263,7 +265,7 @@ def cmd_rlhf(args) -> int:
         rounds=args.rounds, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, lr=args.lr,
         lora_r=args.lora_r, lora_alpha=2 * args.lora_r, kl_coef=args.kl_coef, batch_size=args.batch_size,
         eval_fraction=0.0 if args.eval else args.eval_fraction, seed=args.seed, sft_epochs=args.sft_epochs,
-        eval_samples=args.eval_samples,
+        keep=args.keep, eval_samples=args.eval_samples,
     )
     config.check()
     printer = PolicyProgress(quiet=args.quiet)

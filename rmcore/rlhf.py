@@ -60,6 +60,7 @@ class RLHFConfig:
     eval_fraction: float = 0.33  # share of prompts held out for before/after answers and mean reward
     seed: int = 0
     sft_epochs: int = 2  # rs: passes over each round's picks
+    keep: int = 1  # rs: answers kept per prompt each round, the best `keep` of n (more picks, less memorising)
     eval_samples: int = 4  # answers per held-out prompt at each evaluation (mean reward, KL, length)
 
     def learning_rate(self) -> float:
@@ -68,9 +69,11 @@ class RLHFConfig:
     def check(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("rounds", "n", "max_new_tokens", "batch_size", "lora_r", "sft_epochs", "eval_samples"):
+        for name in ("rounds", "n", "max_new_tokens", "batch_size", "lora_r", "sft_epochs", "eval_samples", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.keep > self.n:
+            raise ValueError(f"keep ({self.keep}) cannot be more than the answers sampled per prompt, n ({self.n})")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be above 0, got {self.temperature}")
         if self.lr is not None and not 0 < self.lr < 1:
@@ -452,7 +455,7 @@ class _RejectionSampling:
         self.emit = on_step or (lambda event: None)
         self.stop_event = stop_event
         self.sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature}
-        self.steps_per_round = math.ceil(len(train_prompts) / config.batch_size) * config.sft_epochs
+        self.steps_per_round = math.ceil(len(train_prompts) * config.keep / config.batch_size) * config.sft_epochs
         self.total_steps = self.steps_per_round * config.rounds
 
     def phase(self, text: str, progress: float | None = None) -> None:
@@ -534,7 +537,8 @@ class _RejectionSampling:
             return False
         self.state["picks"], pick_stats = _pick_best(self.model, self.tokenizer, self.reward_model, prompts, groups,
                                                      config)
-        self.emit({"event": "phase", "phase": f"round {round_index + 1}: kept the best of {config.n} for each "
+        kept = "the best" if config.keep == 1 else f"the best {config.keep}"
+        self.emit({"event": "phase", "phase": f"round {round_index + 1}: kept {kept} of {config.n} for each "
                    "prompt", "progress": self.state["step"] / self.total_steps, **pick_stats})
         return True
 
@@ -628,7 +632,8 @@ class _RejectionSampling:
 
 def _pick_best(model, tokenizer, reward_model, prompts: list, groups, config: RLHFConfig
                ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Per prompt, the sample with the highest r - kl_coef * log(pi/pi_ref); and how the picks compare."""
+    """Per prompt, the `config.keep` samples with the highest r - kl_coef * log(pi/pi_ref); and how the
+    picks compare with all samples."""
     from rmcore.best_of_n import score_samples
     from rmcore.sampling import prompt_token_ids
 
@@ -640,16 +645,15 @@ def _pick_best(model, tokenizer, reward_model, prompts: list, groups, config: RL
         flat_answers = [s.tokens for g in groups for s in g]
         log_ratio = log_ratio_to_reference(model, flat_prompts, flat_answers, temperature=config.temperature)
         log_ratio = log_ratio.view(len(prompts), -1).tolist()
-    picks, picked_rewards, all_rewards = [], [], []
+    picks, all_rewards = [], []
     for i, (prompt, group) in enumerate(zip(prompts, groups)):
         regularised = [r - (config.kl_coef * log_ratio[i][j] if log_ratio else 0.0) for j, r in enumerate(rewards[i])]
-        best = max(range(len(group)), key=regularised.__getitem__)
-        picks.append({"prompt": prompt, "tokens": group[best].tokens, "text": group[best].text,
-                      "reward": rewards[i][best]})
-        picked_rewards.append(rewards[i][best])
+        best_first = sorted(range(len(group)), key=regularised.__getitem__, reverse=True)
+        picks += [{"prompt": prompt, "tokens": group[j].tokens, "text": group[j].text, "reward": rewards[i][j]}
+                  for j in best_first[: config.keep]]
         all_rewards.extend(rewards[i])
     return picks, {"sample_reward_mean": sum(all_rewards) / len(all_rewards),
-                   "pick_reward_mean": sum(picked_rewards) / len(picked_rewards)}
+                   "pick_reward_mean": sum(p["reward"] for p in picks) / len(picks)}
 
 
 def _adapters_moved(model) -> bool:

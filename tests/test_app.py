@@ -380,6 +380,26 @@ def test_widget_values_survive_a_visit_to_another_page(app_env):
     assert not at.warning, [w.value for w in at.warning]  # no "value set twice" warnings
 
 
+def test_trainable_blocks_reach_the_training_and_are_off_in_head_mode(app_env):
+    at = load_demo(new_session())
+    open_page(at, "views/train.py")
+    assert at.number_input(key="train_trainable_layers").disabled, "head mode trains no blocks"
+    at.radio(key="train_mode").set_value("lora")
+    at.radio(key="train_how").set_value("epochs").run()
+    assert not at.number_input(key="train_trainable_layers").disabled
+    at.number_input(key="train_trainable_layers").set_value(1)
+    at.number_input(key="train_epochs").set_value(1)
+    at.text_input(key="train_name").input("top-block")
+    at.run()
+    at.button(key="start_training").click().run()
+    no_exception(at)
+    job = jobs.manager().current()
+    assert job is not None and job.wait(180), "training did not finish"
+    assert job.snapshot().status == "done", job.snapshot().error
+    meta = json.loads((app_env / "top-block" / "rmcore.json").read_text())
+    assert meta["config"]["trainable_layers"] == 1 and meta["config"]["mode"] == "lora"
+
+
 def test_probe_keeps_the_form_numbers_when_a_candidate_is_empty(app_env):
     at = open_page(new_session(), "views/probe.py")
     at.button(key="probe_score").click().run()

@@ -111,6 +111,24 @@ def test_split_prompts_holds_some_out():
     assert split_prompts([1, 2], 0.0) == ([1, 2], [])
 
 
+def test_keep_fine_tunes_on_the_best_k_answers_of_each_prompt(models, tmp_path):
+    pick_means, sample_means = {}, set()
+    for keep in (1, 2, 3):
+        events = []
+        result = train_policy(config(models, rounds=1, keep=keep, kl_coef=0.0), TRAIN, [], tmp_path / f"k{keep}",
+                              on_step=events.append)
+        assert result.steps == len(TRAIN) * keep // 2  # one epoch over the picks, 2 answers a step
+        picked = next(e for e in events if "pick_reward_mean" in e)
+        assert picked["phase"].startswith(f"round 1: kept the best {keep} of 3" if keep > 1
+                                          else "round 1: kept the best of 3")
+        pick_means[keep] = picked["pick_reward_mean"]
+        sample_means.add(round(picked["sample_reward_mean"], 6))
+    assert len(sample_means) == 1, "the same seed samples the same answers"
+    assert pick_means[1] > pick_means[2] > pick_means[3] == pytest.approx(sample_means.pop(), abs=1e-5)
+    with pytest.raises(ValueError, match="keep"):
+        train_policy(config(models, keep=4), TRAIN, [], tmp_path / "k4")
+
+
 def test_cli_bad_input_gives_one_line_and_exit_2(models, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(TRAIN + HELD_OUT) + "\n")

@@ -87,60 +87,8 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             "Mode", MODES, index=MODES.index(default("mode")), horizontal=True, key="train_mode",
             captions=[MODE_HELP[m] for m in MODES],
         )
-        h1, h2 = st.columns([3, 2], vertical_alignment="bottom")
-        how = h1.radio(
-            "How long",
-            ["time budget", "epochs"],
-            horizontal=True,
-            key="train_how",
-            help="A time budget fits the number of steps to the minutes you give, from the measured time per "
-            "step, and ends on time with a finished, evaluated model. Epochs run a fixed number of passes.",
-        )
-        budget_min = None
-        if how == "time budget":
-            budget_min = h2.selectbox(
-                "Time budget",
-                APP_TIME_BUDGETS_MIN,
-                index=APP_TIME_BUDGETS_MIN.index(APP_DEFAULT_TIME_BUDGET_MIN),
-                format_func=lambda m: f"{m} min",
-                key="train_budget",
-                help="The whole run, loading and saving included",
-            )
-        c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input(
-            "Epochs",
-            min_value=1,
-            max_value=500,
-            value=DEFAULT_EPOCHS[default("mode")],
-            key="train_epochs",
-            help=help_text("epochs") + ". Head mode: cheap after the first."
-            + (" With a time budget: at most this many." if how == "time budget" else ""),
-        )
-        lr = c2.selectbox(
-            "Learning rate",
-            LEARNING_RATES,
-            key="train_lr",
-            format_func=lambda v: "default" if v == "default" else f"{v:g}",
-            help=f"The default for {mode} mode, {DEFAULT_LR[mode]:g}, suits most runs. Defaults: "
-            + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()),
-        )
-        batch = c3.number_input(
-            "Batch size",
-            min_value=1,
-            max_value=256,
-            value=default("batch_size"),
-            key="train_batch",
-            help=help_text("batch_size"),
-        )
-        max_length = c4.number_input(
-            "Max length",
-            min_value=32,
-            max_value=4096,
-            value=default("max_length"),
-            step=32,
-            key="train_max_length",
-            help=help_text("max_length") + ", then the end of the response",
-        )
+        budget_min = time_budget_input()
+        schedule = schedule_inputs(mode, budget_min is not None)
         held_out = st.slider(
             "Held-out fraction",
             min_value=0.0,
@@ -151,19 +99,7 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             help="Share of instructions kept out of training to measure accuracy on unseen prompts",
         )
         with st.expander("More options"):
-            a1, a2, a3 = st.columns(3)
-            seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default("seed"), key="train_seed")
-            lora_r = a2.number_input("LoRA rank", min_value=1, max_value=256, value=default("lora_r"),
-                                     key="train_lora_r", disabled=mode != "lora", help=help_text("lora_r"))
-            center = a3.number_input(
-                "Reward centering",
-                min_value=0.0,
-                max_value=1.0,
-                value=default("center_coefficient"),
-                step=0.01,
-                key="train_center",
-                help=help_text("center_coefficient"),
-            )
+            more = more_options(mode)
         name = st.text_input(
             "Name of the new model",
             key="train_name",
@@ -173,15 +109,10 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
     config = TrainConfig(
         model=resolve_base(base),
         mode=mode,
-        epochs=int(epochs),
-        lr=None if lr == "default" else float(lr),
-        batch_size=int(batch),
-        max_length=int(max_length),
         eval_fraction=float(held_out),
-        seed=int(seed),
-        lora_r=int(lora_r),
-        center_coefficient=float(center),
         time_budget_s=60.0 * budget_min if budget_min else 0.0,
+        **schedule,
+        **more,
     )
     with right:
         estimate_box(data, config, busy)
@@ -189,6 +120,92 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
         f"{data.stem}-{mode}"
     )
     return config
+
+
+def time_budget_input() -> int | None:
+    """The "How long" choice: minutes of a time budget (the default way to train), or None for epochs."""
+    h1, h2 = st.columns([3, 2], vertical_alignment="bottom")
+    how = h1.radio(
+        "How long",
+        ["time budget", "epochs"],
+        horizontal=True,
+        key="train_how",
+        help="A time budget fits the number of steps to the minutes you give, from the measured time per "
+        "step, and ends on time with a finished, evaluated model. Epochs run a fixed number of passes.",
+    )
+    if how != "time budget":
+        return None
+    return h2.selectbox(
+        "Time budget",
+        APP_TIME_BUDGETS_MIN,
+        index=APP_TIME_BUDGETS_MIN.index(APP_DEFAULT_TIME_BUDGET_MIN),
+        format_func=lambda m: f"{m} min",
+        key="train_budget",
+        help="The whole run, loading and saving included",
+    )
+
+
+def schedule_inputs(mode: str, budgeted: bool) -> dict:
+    """Epochs, learning rate, batch size and max length, as TrainConfig fields."""
+    c1, c2, c3, c4 = st.columns(4)
+    epochs = c1.number_input(
+        "Epochs",
+        min_value=1,
+        max_value=500,
+        value=DEFAULT_EPOCHS[default("mode")],
+        key="train_epochs",
+        help=help_text("epochs") + ". Head mode: cheap after the first."
+        + (" With a time budget: at most this many." if budgeted else ""),
+    )
+    lr = c2.selectbox(
+        "Learning rate",
+        LEARNING_RATES,
+        key="train_lr",
+        format_func=lambda v: "default" if v == "default" else f"{v:g}",
+        help=f"The default for {mode} mode, {DEFAULT_LR[mode]:g}, suits most runs. Defaults: "
+        + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()),
+    )
+    batch = c3.number_input(
+        "Batch size",
+        min_value=1,
+        max_value=256,
+        value=default("batch_size"),
+        key="train_batch",
+        help=help_text("batch_size"),
+    )
+    max_length = c4.number_input(
+        "Max length",
+        min_value=32,
+        max_value=4096,
+        value=default("max_length"),
+        step=32,
+        key="train_max_length",
+        help=help_text("max_length") + ", then the end of the response",
+    )
+    return {"epochs": int(epochs), "lr": None if lr == "default" else float(lr), "batch_size": int(batch),
+            "max_length": int(max_length)}
+
+
+def more_options(mode: str) -> dict:
+    """Seed, LoRA rank, reward centering and trainable blocks, as TrainConfig fields."""
+    a1, a2, a3, a4 = st.columns(4)
+    seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default("seed"), key="train_seed")
+    lora_r = a2.number_input("LoRA rank", min_value=1, max_value=256, value=default("lora_r"),
+                             key="train_lora_r", disabled=mode != "lora", help=help_text("lora_r"))
+    center = a3.number_input(
+        "Reward centering",
+        min_value=0.0,
+        max_value=1.0,
+        value=default("center_coefficient"),
+        step=0.01,
+        key="train_center",
+        help=help_text("center_coefficient"),
+    )
+    top_blocks = a4.number_input("Trainable blocks", min_value=0, max_value=1024, value=default("trainable_layers"),
+                                 key="train_trainable_layers", disabled=mode == "head",
+                                 help=help_text("trainable_layers"))
+    return {"seed": int(seed), "lora_r": int(lora_r), "center_coefficient": float(center),
+            "trainable_layers": int(top_blocks) if mode != "head" else 0}
 
 
 def count(n: int, noun: str) -> str:
@@ -222,6 +239,7 @@ def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> Non
             config.eval_fraction,
             config.seed,
             config.lora_r,
+            config.trainable_layers,
             config.time_budget_s,
         )
         cached = st.session_state.get("train_estimate")
@@ -236,6 +254,7 @@ def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> Non
                         config.max_length,
                         config.batch_size,
                         config.lora_r,
+                        config.trainable_layers,
                         train_groups,
                     )
                     estimate = estimate_training_time(
