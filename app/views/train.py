@@ -188,7 +188,7 @@ def schedule_inputs(mode: str, budgeted: bool) -> dict:
 
 def more_options(mode: str) -> dict:
     """Seed, LoRA rank, reward centering and trainable blocks, as TrainConfig fields."""
-    a1, a2, a3, a4 = st.columns(4)
+    a1, a2, a3, a4 = st.columns(4, vertical_alignment="bottom")
     seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default("seed"), key="train_seed")
     lora_r = a2.number_input("LoRA rank", min_value=1, max_value=256, value=default("lora_r"),
                              key="train_lora_r", disabled=mode != "lora", help=help_text("lora_r"))
