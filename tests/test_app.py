@@ -93,14 +93,19 @@ def train_head(at: AppTest, name: str = "demo-head", epochs: int = 3) -> None:
     open_page(at, "views/train.py")
     at.number_input(key="train_epochs").set_value(epochs)
     at.text_input(key="train_name").input(name)
+    train_to_the_end(at)
+    at.run()
+
+
+def train_to_the_end(at: AppTest, timeout_s: float = 120) -> None:
+    """Start training with the Train form as it is filled in, and wait until the job is done."""
     at.run()
     at.button(key="start_training").click().run()
     no_exception(at)
     job = jobs.manager().current()
-    assert job is not None and job.wait(120), "training did not finish"
+    assert job is not None and job.wait(timeout_s), "training did not finish"
     snap = job.snapshot()
     assert snap.status == "done", snap.error
-    at.run()
 
 
 # ----------------------------------------------------------------------------- every page
@@ -390,12 +395,7 @@ def test_trainable_blocks_reach_the_training_and_are_off_in_head_mode(app_env):
     at.number_input(key="train_trainable_layers").set_value(1)
     at.number_input(key="train_epochs").set_value(1)
     at.text_input(key="train_name").input("top-block")
-    at.run()
-    at.button(key="start_training").click().run()
-    no_exception(at)
-    job = jobs.manager().current()
-    assert job is not None and job.wait(180), "training did not finish"
-    assert job.snapshot().status == "done", job.snapshot().error
+    train_to_the_end(at, timeout_s=180)
     meta = json.loads((app_env / "top-block" / "rmcore.json").read_text())
     assert meta["config"]["trainable_layers"] == 1 and meta["config"]["mode"] == "lora"
 
