@@ -43,7 +43,13 @@ class PackedBatch:
 
 
 def pack_groups(groups: list[EncodedGroup], pad_id: int) -> PackedBatch:
-    """Build the packed rows of a batch of groups (one row per group)."""
+    """Build the packed rows of a batch of groups (one row per group).
+
+    A response of no tokens has no last token to read its reward at (it would read its neighbour's):
+    it is refused, and callers check their input before it gets here."""
+    for group in groups:
+        if not all(group.response_ids):
+            raise ValueError("a response has no tokens; its reward would be read at another token")
     length = max(g.num_tokens for g in groups)
     batch = len(groups)
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)

@@ -359,7 +359,8 @@ def cmd_train(args) -> int:
     config.check()
     from rmcore.model_folder import check_output_folder
 
-    check_output_folder(Path(args.out), args.resume)  # before reading the data: a refusal must come at once
+    # before reading the data: a refusal must come at once
+    check_output_folder(Path(args.out), args.resume, inputs=(args.data, args.eval), read_folders=(args.model,))
     data = _read(args.data, args.limit)
     if args.eval:
         train_groups, eval_groups = data.groups, _read(args.eval).groups

@@ -140,11 +140,10 @@ def _add_rlhf(sub, defaults: dict) -> None:
 
 
 def cmd_sample(args) -> int:
+    from rmcore.outputs import check_output_file
     from rmcore.sampling import Progress, SamplingSettings, load_policy, prompts_done, read_prompts, write_samples
 
-    out = Path(args.out)
-    if out.resolve() == Path(args.prompts).resolve():
-        raise DataError(str(out), "--out is the prompts file; choose another name")
+    out = check_output_file(args.out, "--out", inputs=(args.prompts,), read_folders=(args.model,), append=True)
     prompts = read_prompts(args.prompts)[: args.limit]
     settings = SamplingSettings(model=args.model, n=args.n, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, seed=args.seed)
@@ -200,16 +199,13 @@ def read_sample_records(path: str) -> list[dict]:
 
 def cmd_bon(args) -> int:
     from rmcore.best_of_n import bon_figure, curve_from_records, score_proxy_and_gold
+    from rmcore.outputs import check_output_file
     from rmcore.rlhf import load_reward_model
     from rmcore.sampling import Progress
 
+    check_output_file(args.plot, "--plot", inputs=(args.samples,), read_folders=(args.model, args.gold),
+                      overwrite=args.overwrite)  # before any scoring: a refusal comes at once
     records = read_sample_records(args.samples)
-    if args.plot:
-        plot = Path(args.plot)
-        if plot.exists() and not args.overwrite:
-            raise DataError(str(plot), "exists; add --overwrite to replace it, or choose another --plot file")
-        if plot.resolve() == Path(args.samples).resolve():
-            raise DataError(str(plot), "--plot is the samples file; choose another name")
     sizes = sorted({len(r["responses"]) for r in records})
     if len(sizes) > 1:
         print(f"[rmcore] prompts have {sizes[0]} to {sizes[-1]} samples; the curve runs to n = {sizes[0]}",
@@ -250,11 +246,14 @@ def cmd_bon(args) -> int:
 
 
 def cmd_rlhf(args) -> int:
-    from rmcore.rlhf import RLHFConfig, grpo_available, split_prompts, train_policy
+    from rmcore.rlhf import RLHFConfig, check_policy_output, grpo_available, split_prompts, train_policy
     from rmcore.sampling import read_prompts
 
     if args.method == "grpo" and not grpo_available():
         raise ModelError("--method grpo is unavailable in this installation (rmcore.grpo is missing); use --method rs")
+    check_policy_output(Path(args.out), args.resume, RLHFConfig(reward_model=args.reward_model, policy=args.policy,
+                                                                 gold_model=args.gold),
+                        inputs=(args.prompts, args.eval))  # before reading anything: a refusal comes at once
     prompts = read_prompts(args.prompts)[: args.limit]
     if args.eval:
         train_prompts, eval_prompts = prompts, read_prompts(args.eval)

@@ -158,7 +158,7 @@ def train_grpo(config: RLHFConfig, train_prompts: list, eval_prompts: list, out_
     if not train_prompts:
         raise TrainingError("no training prompts")
     out_dir = Path(out_dir)
-    replacing = check_policy_output(out_dir, resume)
+    replacing = check_policy_output(out_dir, resume, config)
     run = _Run(config, train_prompts, eval_prompts, out_dir, on_step, stop_event)
     if replacing:
         run.phase(f"{out_dir} holds a finished policy; it is replaced when this run saves")

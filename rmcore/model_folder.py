@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rmcore.errors import ModelError
+from rmcore.outputs import check_writable_folder, refuse_inputs
 
 METADATA_FILE = "rmcore.json"
 POLICY_METADATA_FILE = "rmcore_policy.json"  # a policy fine-tuned by `rmcore rlhf` (rmcore.rlhf)
@@ -91,18 +92,20 @@ def _listed_files(folder: Path) -> set[str] | None:
 
 
 def check_output_folder(out_dir: Path, resume: bool, metadata_file: str = METADATA_FILE,
-                        what: str = "model") -> bool:
+                        what: str = "model", inputs: tuple = (), read_folders: tuple = ()) -> bool:
     """Refuse, before any work, an output folder where training or saving would lose something.
 
     Returns True when the folder holds a finished model that this run replaces. The folder must be
-    new, empty, an rmcore model, or a stopped or killed run's folder (only continued with `resume`);
-    a user's file whose name a save would write is refused, other user files are kept.
+    new, empty, an rmcore model of the same kind (`metadata_file`: a reward model or a policy), or a
+    stopped or killed run's folder (only continued with `resume`); a user's file whose name a save
+    would write is refused, other user files are kept. `inputs` are the files the command reads and
+    `read_folders` the model folders: the output may be none of them and lie in no model folder.
     """
-    from rmcore.outputs import check_writable_folder
-
     out_dir = Path(out_dir)
+    refuse_inputs(out_dir, "--out", inputs=inputs, read_folders=read_folders)
     if out_dir.exists() and not out_dir.is_dir():
         raise ModelError(f"{out_dir}: is a file; the output must be a folder (it is created if missing)")
+    _refuse_other_kind(out_dir, metadata_file, what)
     check_writable_folder(out_dir.parent, str(out_dir), create=True)
     if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
         raise ModelError(f"{out_dir}: the folder cannot be written")
@@ -126,6 +129,17 @@ def check_output_folder(out_dir: Path, resume: bool, metadata_file: str = METADA
         raise ModelError(f"{out_dir / clashes[0]}: not written by rmcore, and saving the {what} would replace it; "
                          "move it elsewhere or choose another output folder")
     return has_model and not has_checkpoint
+
+
+KINDS = {METADATA_FILE: "reward model", POLICY_METADATA_FILE: "policy"}  # what each metadata file marks
+
+
+def _refuse_other_kind(out_dir: Path, metadata_file: str, what: str) -> None:
+    """A folder that holds an rmcore save of another kind is not "an rmcore model to replace"."""
+    for other, kind in KINDS.items():
+        if other != metadata_file and (out_dir / other).is_file():
+            raise ModelError(f"{out_dir}: holds an rmcore {kind} ({other}), and this command saves a {what}; "
+                             f"it never replaces a {kind}: choose another output folder")
 
 
 def _recover_checkpoint(out_dir: Path) -> None:

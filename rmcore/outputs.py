@@ -23,32 +23,47 @@ class OutputError(RmcoreError):
 
 
 def check_output_file(name: str | os.PathLike | None, flag: str, *, inputs: tuple = (), read_folders: tuple = (),
-                      overwrite: bool = False) -> Path | None:
+                      overwrite: bool = False, append: bool = False) -> Path | None:
     """The output file `name` (given with option `flag`), checked before any work; None when not given.
 
-    Refused: an existing file unless `overwrite`; one of the `inputs`, or a path inside one of the
-    `read_folders` (the model being read), even with `overwrite`; a folder; a place that cannot be written.
+    The one guard of every output file of every command. Refused: an existing file unless `overwrite`
+    (or `append`: the caller continues its own file and checks its content); one of the `inputs`, or a
+    path inside one of the `read_folders` (the models being read), even with `overwrite`; a folder;
+    a place that cannot be written.
     """
     if not name:
         return None
     out = Path(name)
-    resolved = out.resolve()
-    for given in inputs:
-        if given and resolved == Path(given).resolve():
-            raise OutputError(f"{flag} {out} is the input file; choose another name")
-    for folder in read_folders:
-        if folder and Path(folder).is_dir() and resolved.is_relative_to(Path(folder).resolve()):
-            raise OutputError(f"{flag} {out} is inside the model folder {folder}, which rmcore never writes into; "
-                              "choose a path outside it")
+    refuse_inputs(out, flag, inputs=inputs, read_folders=read_folders)
     if out.is_dir():
         raise OutputError(f"{flag} {out} is a folder; give a file name")
-    if out.exists() or out.is_symlink():
+    if (out.exists() or out.is_symlink()) and not append:
         if not overwrite:
             raise OutputError(f"{flag} {out} already exists; choose another name, or add --overwrite to replace it")
         if not out.is_file():
             raise OutputError(f"{flag} {out} is not a regular file; rmcore replaces only files")
     check_writable_folder(out.parent, f"{flag} {out}")
     return out
+
+
+def refuse_inputs(out: Path, flag: str, *, inputs: tuple = (), read_folders: tuple = ()) -> None:
+    """Refuse an output that is one of the command's inputs, or lies inside a folder the command reads.
+
+    `inputs` are files or folders the command reads (a data file, a reward model folder): an output
+    equal to one of them would replace what is being read. `read_folders` are the model folders it
+    reads: rmcore never writes inside one. Names that do not exist are skipped (the embedded model,
+    an optional input not given).
+    """
+    resolved = Path(out).resolve()
+    for given in (*inputs, *read_folders):
+        if given and Path(given).exists() and resolved == Path(given).resolve():
+            kind = "folder" if Path(given).is_dir() else "file"
+            raise OutputError(f"{flag} {out} is the input {kind} {given} of this command, which must not be "
+                              "replaced; choose another output")
+    for folder in read_folders:
+        if folder and Path(folder).is_dir() and resolved.is_relative_to(Path(folder).resolve()):
+            raise OutputError(f"{flag} {out} is inside the model folder {folder}, which rmcore never writes into; "
+                              "choose a path outside it")
 
 
 def check_writable_folder(folder: Path, what: str, create: bool = False) -> None:

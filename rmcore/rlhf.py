@@ -290,11 +290,14 @@ def eval_event(metrics: dict[str, Any], step: int, total_steps: int, **extra) ->
 # ----------------------------------------------------------------------------- output folder, saving, checkpoints
 
 
-def check_policy_output(out_dir: Path, resume: bool) -> bool:
+def check_policy_output(out_dir: Path, resume: bool, config: RLHFConfig, inputs: tuple = ()) -> bool:
     """Refuse an output folder where saving would lose something; True when it holds a finished policy.
 
-    The same rules as a reward model's folder (rmcore.model_folder): only what rmcore wrote is replaced."""
-    return check_output_folder(out_dir, resume, metadata_file=POLICY_METADATA_FILE, what="policy")
+    The same rules as a reward model's folder (rmcore.model_folder): only what rmcore wrote is replaced,
+    and the output is none of the models the run reads (nor lies inside one) and none of `inputs`."""
+    models = (config.reward_model, config.gold_model, config.policy)
+    return check_output_folder(out_dir, resume, metadata_file=POLICY_METADATA_FILE, what="policy",
+                               inputs=inputs, read_folders=models)
 
 
 def save_policy(model, tokenizer, out_dir: str | os.PathLike, metadata: dict[str, Any],
@@ -432,7 +435,7 @@ def train_rejection_sampling(config: RLHFConfig, train_prompts: list, eval_promp
     before the first round and after each one; saves the merged policy with the before/after answers."""
     config.check()
     out_dir = Path(out_dir)
-    replacing = check_policy_output(out_dir, resume)
+    replacing = check_policy_output(out_dir, resume, config)
     for path, what in ((config.reward_model, "reward model"), (config.gold_model, "gold model")):
         if path is not None:
             check_reward_model_folder(path, what)  # before anything is loaded or said

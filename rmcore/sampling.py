@@ -262,7 +262,9 @@ def read_samples_file(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The complete records of a samples file (a cut-off last line from an interrupted write is left out)."""
     path = Path(path)
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may be inside a JSON string
+    while lines and not lines[-1].strip():
+        lines.pop()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -341,14 +343,29 @@ def write_samples(policy_model, tokenizer, prompts: list[Prompt], out_path: str 
 
 
 def _drop_partial_line(path: Path) -> None:
-    """Cut an unterminated last line (a write killed half-way) so appending starts on a clean line."""
+    """Make appending start on a clean line: an unterminated last line that is a whole record (a file
+    edited by hand, or copied without its final newline) gets its newline; one cut off by a write
+    killed half-way is removed (read_samples_file leaves it out too, so its prompt is sampled again)."""
     if not path.exists() or path.stat().st_size == 0:
         return
     data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with path.open("r+b") as handle:
-            handle.truncate(keep)
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    if _is_json(data[keep:]):
+        with path.open("ab") as handle:
+            handle.write(b"\n")
+        return
+    with path.open("r+b") as handle:
+        handle.truncate(keep)
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 class Progress:

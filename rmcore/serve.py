@@ -411,20 +411,34 @@ class Batcher:
             self._run(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:
+        """Score a round's jobs together; if that fails, each job alone, so a failure stays with its request.
+
+        Requests are validated before they are queued (`encode_texts`, `parse_*_request`), so a failed
+        round means a bug or out of memory: no client may get an answer computed with another's input,
+        and every client whose own request scores gets exactly its answer."""
         start = time.perf_counter()
         try:
             results = self._score_jobs(jobs)
-        except Exception as exc:  # a bug or out of memory: every waiting request gets a 500, the server lives on
-            traceback.print_exc()
-            message = f"scoring failed ({type(exc).__name__}: {exc})".splitlines()[0]
+        except Exception:
+            if len(jobs) == 1:
+                self._fail(jobs[0])
+                return
             for job in jobs:
-                _resolve(job, error=ApiError(500, message))
+                self._run([job])
             return
         with self.stats.lock:
             self.stats.compute_seconds += time.perf_counter() - start
             self.stats.rounds += 1
         for job, rewards in zip(jobs, results):
             _resolve(job, result=rewards)
+
+    @staticmethod
+    def _fail(job: _Job) -> None:
+        """The request's own scoring failed: a 500 for it alone, the trace in the log, the server lives on."""
+        kind, exc, _ = sys.exc_info()
+        traceback.print_exc()
+        message = f"scoring failed ({kind.__name__}: {exc})".splitlines()[0]
+        _resolve(job, error=ApiError(500, message))
 
     def _score_jobs(self, jobs: list[_Job]) -> list[list[list[float]]]:
         # Every response of every job under its prompt: prompt ids -> [(job, group, response), ...]
@@ -672,6 +686,9 @@ class RewardService:
             group = await asyncio.to_thread(self.model.encode, prompt, responses)
         except Exception as exc:  # a chat template that refuses these messages (roles, order)
             raise ApiError(422, f"the model's chat template cannot render this prompt ({exc})") from None
+        empty = [i for i, ids in enumerate(group.response_ids) if not ids]
+        if empty:  # nothing to read a reward at: refused before it joins a batch
+            raise ApiError(422, f"responses[{empty[0]}] has no tokens to read a reward at")
         [rewards] = await self.batcher.score([group])
         best = max(range(len(rewards)), key=rewards.__getitem__)
         result = ScoreResult(rewards, preference_matrix(rewards), best, self.model.trained, group.prompt_truncated,
@@ -705,7 +722,11 @@ class RewardService:
             if split is None:
                 unparsed.append(i)
                 split = ("", text)  # no prompt: the whole text is read at its last token
-            groups.append(encode_rendered(self.model.tokenizer, split[0], [split[1]], self.model.max_length))
+            group = encode_rendered(self.model.tokenizer, split[0], [split[1]], self.model.max_length)
+            if not group.response_ids[0]:  # nothing to read a reward at: refused before it joins a batch
+                raise ApiError(422, f"query[{i}] has no tokens to read a reward at; send the whole rendered text "
+                                    "(prompt and response)")
+            groups.append(group)
         return groups, unparsed
 
     def _count_cuts(self, truncated: int, unparsed: int) -> None:

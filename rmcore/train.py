@@ -84,7 +84,7 @@ def train(
     """
     config.check()
     out_dir = Path(out_dir)
-    replacing = check_output_folder(out_dir, resume)
+    replacing = check_output_folder(out_dir, resume, read_folders=(config.model,))
     run = _Run(config, out_dir, on_step, started_at, trunk)
     if replacing:
         run.phase(f"{out_dir} holds a finished model; it is replaced when this run saves (files of yours are kept)")

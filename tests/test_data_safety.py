@@ -239,6 +239,74 @@ def test_nothing_is_ever_written_into_the_model_folder_being_read(command, train
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+# ----------------------------------------------------------------------------- outputs that are inputs, or another kind
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _policy_folder(root: Path) -> Path:
+    """A folder as `rmcore rlhf` saves it: a causal LM with rmcore_policy.json listing its files."""
+    from rmcore.tiny import build_tiny_model
+
+    folder = build_tiny_model(root / "policy", seed=3)
+    files = sorted(p.name for p in folder.iterdir()) + ["rmcore_policy.json"]
+    (folder / "rmcore_policy.json").write_text(json.dumps({"method": "rs", "files": files}))
+    return folder
+
+
+def _one_line_exit_2(code: int, capsys, says: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and says in err[0] and "Traceback" not in err[0], err
+
+
+def test_rlhf_never_writes_its_output_over_a_model_it_reads(trained, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name a prime.\nSay hello.\nBoil an egg?\n")
+    policy = _policy_folder(tmp_path)
+    before = {folder: _snapshot(folder) for folder in (trained, policy)}
+    base = ["rlhf", str(prompts), "--reward-model", str(trained), "--policy", str(policy), "--quiet"]
+    for out, says in [(trained, "is the input folder"), (policy, "is the input folder"),
+                      (trained / "policy", "inside the model folder"), (prompts, "is the input file")]:
+        _one_line_exit_2(main([*base, "--out", str(out)]), capsys, says)
+    _one_line_exit_2(main([*base, "--gold", str(trained), "--out", str(trained)]), capsys, "is the input folder")
+    assert {folder: _snapshot(folder) for folder in (trained, policy)} == before
+    assert not (trained / "policy").exists()
+
+
+def test_train_never_replaces_a_policy_or_the_model_it_starts_from(trained, demo_path, tmp_path, capsys):
+    policy = _policy_folder(tmp_path)
+    before = _snapshot(policy)
+    _one_line_exit_2(_train_cli(demo_path, policy, trained), capsys, "holds an rmcore policy")
+    assert _snapshot(policy) == before
+    before = _snapshot(trained)
+    _one_line_exit_2(_train_cli(demo_path, trained, trained), capsys, "is the input folder")
+    assert _snapshot(trained) == before
+
+
+def test_a_reward_model_folder_is_not_a_policy_to_replace(trained, tmp_path):
+    from rmcore.model_folder import check_output_folder
+
+    with pytest.raises(ModelError, match="holds an rmcore reward model"):
+        check_output_folder(trained, False, metadata_file="rmcore_policy.json", what="policy")
+
+
+def test_bon_never_writes_its_plot_into_a_model_folder_or_over_its_samples(trained, demo_path, tmp_path, capsys):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"prompt": "q", "responses": ["a", "bb", "ccc"]}) + "\n")
+    before = _snapshot(trained)
+    for plot, says in [(trained / "config.json", "inside the model folder"),
+                       (trained / "plot.html", "inside the model folder"), (samples, "is the input file")]:
+        code = main(["bon", str(samples), "--model", str(trained), "--plot", str(plot), "--overwrite"])
+        _one_line_exit_2(code, capsys, says)
+    assert _snapshot(trained) == before and not (trained / "plot.html").exists()
+    gold = trained.parent / "gold"
+    gold.mkdir()
+    code = main(["bon", str(samples), "--model", str(trained), "--gold", str(gold), "--plot", str(gold / "p.html")])
+    _one_line_exit_2(code, capsys, "inside the model folder")
+
+
 # ----------------------------------------------------------------------------- several processes
 
 

@@ -111,6 +111,31 @@ def test_sample_cli_writes_candidates_and_resumes(tmp_path, tiny_model_dir, caps
     assert data.report.format == "candidates" and data.report.responses == 8
 
 
+def test_a_samples_file_whose_last_record_lacks_its_newline_is_continued_whole(tmp_path, tiny_model_dir):
+    """A whole last record without a final newline (a file edited or copied by hand) is kept: only a
+    record cut off half-way is dropped and sampled again."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "samples.jsonl"
+    assert sample_cli(prompts, out, "--model", tiny_model_dir, "--limit", 2) == 0
+    kept = out.read_text().rstrip("\n")
+    out.write_text(kept)  # no final newline
+    assert sample_cli(prompts, out, "--model", tiny_model_dir) == 0
+    lines = out.read_text().splitlines()
+    assert "\n".join(lines[:2]) == kept
+    assert [json.loads(line)["prompt"] for line in lines] == PROMPTS
+
+
+def test_samples_with_line_separators_inside_answers_read_back(tmp_path):
+    """U+2028 and U+0085 inside a JSON string are not line ends: the file reads back whole."""
+    from rmcore.sampling import read_samples_file
+
+    record = {"prompt": "q", "responses": ["one\u2028two", "three\u0085four"], "sampling": {}}
+    out = tmp_path / "samples.jsonl"
+    out.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_samples_file(out) == [record]
+
+
 def test_sample_cli_never_writes_over_a_users_file(tmp_path, tiny_model_dir, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

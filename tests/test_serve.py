@@ -185,6 +185,70 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(serv
     assert server.metric("rmcore_queue_items") == 0
 
 
+def test_poisoned_requests_sharing_a_round_never_get_another_clients_reward(server, library):
+    """Texts with nothing to read a reward at, sent in the same round as good requests: each poisoned
+    request gets its own 422, each good one exactly its own rewards (an empty text once read its
+    neighbour's reward in the packed row)."""
+    poisons = [{"query": [""]}, {"query": ["", "x"]}, {"query": ["ok text", ""]}]
+    goods = {p: [f"Answer to {p}", "No."] for p in PROMPTS[:5]}
+    barrier = threading.Barrier(len(poisons) + len(goods))
+
+    def send(path: str, payload: dict) -> httpx.Response:
+        with httpx.Client(timeout=60) as client:
+            barrier.wait()
+            return client.post(f"{server.url}{path}", json=payload)
+
+    with ThreadPoolExecutor(len(poisons) + len(goods)) as pool:
+        bad = [pool.submit(send, "/get_reward", payload) for payload in poisons]
+        good = {p: pool.submit(send, "/score", {"prompt": p, "responses": r}) for p, r in goods.items()}
+    for future, payload in zip(bad, poisons):
+        got = future.result()
+        index = payload["query"].index("")
+        assert got.status_code == 422 and f"query[{index}] has no tokens" in got.json()["error"], got.text
+    for prompt, future in good.items():
+        assert future.result().status_code == 200
+        assert close(future.result().json()["rewards"], library.score(prompt, goods[prompt]).rewards), prompt
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_a_request_that_fails_in_a_round_fails_alone(library):
+    """A scoring failure (a bug, out of memory) is retried request by request: only the request that
+    fails alone gets the 500, the others of its round get exactly their own rewards."""
+    import asyncio
+
+    from rmcore.serve import ApiError, Batcher, Stats
+
+    poison = library.tokenizer("zebra", add_special_tokens=False)["input_ids"][0]
+    real = library.rewards_for
+
+    def fragile(groups, batch_size=8, on_progress=None):
+        if any(poison in ids for g in groups for ids in g.response_ids):
+            raise RuntimeError("a fault in the forward pass")
+        return real(groups, batch_size=batch_size)
+
+    class Fragile:  # the library model, failing on any pass that holds the poison token
+        def __getattr__(self, name):
+            return fragile if name == "rewards_for" else getattr(library, name)
+
+    batcher = Batcher(Fragile(), Stats(), max_batch_tokens=4096, wait_s=0.2, max_queue=64)
+    batcher.start()
+    requests = {p: [f"Answer to {p}", "No."] for p in PROMPTS[:4]}
+    requests["Say zebra."] = ["zebra zebra", "horse"]
+
+    async def ask_all():
+        jobs = [batcher.score([library.encode(p, r)]) for p, r in requests.items()]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    try:
+        answers = dict(zip(requests, asyncio.run(ask_all())))
+    finally:
+        batcher.stop()
+    failed = answers.pop("Say zebra.")
+    assert isinstance(failed, ApiError) and failed.status == 500 and "a fault in the forward pass" in str(failed)
+    for prompt, answer in answers.items():
+        assert close(answer[0], library.score(prompt, requests[prompt]).rewards), prompt
+
+
 def test_health_and_metrics(server):
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["max_length"] == MAX_LENGTH and health["dtype"] == "float32"
