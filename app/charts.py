@@ -14,7 +14,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from rmcore.ranking import pair_loss, preference_probability
+from rmcore.data.ranking import pair_loss, preference_probability
 
 TRAIN = "#4C78A8"
 HELD_OUT = "#F58518"
@@ -466,7 +466,7 @@ def accuracy_with_baselines(summary: dict[str, Any]) -> go.Figure:
 
 def accuracy_by_disagreement(bins: list[dict[str, Any]], overall: float | None = None) -> go.Figure:
     """An ensemble's accuracy in bins of how much its members disagree on a pair, least disputed first
-    (rmcore.ensemble.accuracy_by_disagreement): a useful spread falls from left to right."""
+    (rmcore.training.ensemble.accuracy_by_disagreement): a useful spread falls from left to right."""
     labels = [f"{b['low']:.2f}–{b['high']:.2f}" for b in bins]
     fig = go.Figure(
         go.Bar(

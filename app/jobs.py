@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.resources import ensure_ml
+from rmcore.core.errors import ModelError, RmcoreError
 from rmcore.data import RankedGroup, write_ranked_jsonl
-from rmcore.errors import ModelError, RmcoreError
 
-if TYPE_CHECKING:  # rmcore.train imports torch: only a job that runs needs it (the app paints first)
-    from rmcore.train import TrainConfig
+if TYPE_CHECKING:  # rmcore.training.train imports torch: only a job that runs needs it (the app paints first)
+    from rmcore.training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 HELD_OUT_FILE = "held_out.jsonl"  # the held-out prompts, saved beside the model for the Evaluate page
@@ -191,14 +191,14 @@ def _phase_text(event: dict[str, Any]) -> str:
     """A phase event in words, with the time left when the phase knows it."""
     text = str(event.get("phase", ""))
     if event.get("eta_s") is not None:
-        from rmcore.estimate import format_duration
+        from rmcore.training.estimate import format_duration
 
         text += f", about {format_duration(event['eta_s'])} left"
     return text
 
 
 class TrainingJob(Job):
-    """Training a reward model with rmcore.train (the Train page)."""
+    """Training a reward model with rmcore.training.train (the Train page)."""
 
     what = "a training job"
     doing = "Training"
@@ -225,7 +225,7 @@ class TrainingJob(Job):
                 self._evals.append({k: v for k, v in event.items() if k != "event"})
 
     def _work(self) -> tuple[str, str]:
-        from rmcore.train import train
+        from rmcore.training.train import train
 
         request = self.request
         result = train(request.config, request.train_groups, request.out_dir, eval_groups=request.eval_groups,
@@ -299,7 +299,7 @@ class JobManager:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    from rmcore.outputs import atomic_write_text
+    from rmcore.core.outputs import atomic_write_text
 
     atomic_write_text(path, text)
 
@@ -321,9 +321,9 @@ def resumable(model_dir: Path) -> bool:
 
 def resume_request(model_dir: Path) -> JobRequest:
     """What continues the stopped run in `model_dir`: its settings, training and held-out prompts."""
-    from rmcore.config import TrainConfig
+    from rmcore.core.folders import METADATA_FILE, read_metadata
     from rmcore.data import read_preferences
-    from rmcore.model_folder import METADATA_FILE, read_metadata
+    from rmcore.training.config import TrainConfig
 
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)

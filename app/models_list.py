@@ -1,6 +1,6 @@
 """The models folder as a table: each model's size on disk (hard links counted honestly) and a way to delete it.
 
-Head-mode models share their trunk shard with rmcore's cache by a hard link (rmcore.shared_trunk), so a
+Head-mode models share their trunk shard with rmcore's cache by a hard link (rmcore.model.shared_trunk), so a
 folder's apparent size is not what deleting it frees: the table shows both. Deleting asks first and
 goes through settings.delete_model, which deletes only rmcore's own model folders.
 """
@@ -35,7 +35,7 @@ def _busy_name() -> str | None:
 
 
 def models_section() -> None:
-    from rmcore.shared_trunk import disk_used, folder_size
+    from rmcore.model.shared_trunk import disk_used, folder_size
 
     st.subheader("Models folder")
     entries = settings.list_models()

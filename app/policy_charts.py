@@ -1,6 +1,6 @@
 """Pure functions that build the Policy page's figures and tables (no Streamlit here; tested directly).
 
-The best-of-n figure itself is rmcore.best_of_n.bon_figure (the CLI's --plot draws the same one).
+The best-of-n figure itself is rmcore.policy.best_of_n.bon_figure (the CLI's --plot draws the same one).
 """
 
 from __future__ import annotations

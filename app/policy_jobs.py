@@ -3,7 +3,7 @@
 It shares app/jobs.py's one manager (`manager()`), so one job runs per server whatever its kind: a
 policy job is not started while a reward model trains, nor the other way round. The page polls
 `manager().current(PolicyJob).snapshot()` from a fragment every second; the job survives page
-changes; Stop sets a `threading.Event` that rmcore.rlhf checks at every step, saving a checkpoint
+changes; Stop sets a `threading.Event` that rmcore.policy.rlhf checks at every step, saving a checkpoint
 and the policy so far.
 """
 
@@ -18,7 +18,7 @@ from app.jobs import ACTIVE, Job
 
 @dataclass
 class PolicyJobRequest:
-    config: Any  # rmcore.rlhf.RLHFConfig (imported lazily: torch)
+    config: Any  # rmcore.policy.rlhf.RLHFConfig (imported lazily: torch)
     train_prompts: list
     eval_prompts: list
     out_dir: Path
@@ -56,7 +56,7 @@ class PolicySnapshot:
 
 
 class PolicyJob(Job):
-    """Fine-tuning a policy toward a reward model with rmcore.rlhf (the Best-of-n & RLHF page)."""
+    """Fine-tuning a policy toward a reward model with rmcore.policy.rlhf (the Best-of-n & RLHF page)."""
 
     what = "an RLHF job"
     doing = "Fine-tuning the policy"
@@ -85,7 +85,7 @@ class PolicyJob(Job):
                 self._evals.append({k: v for k, v in event.items() if k != "event"})
 
     def _work(self) -> tuple[str, str]:
-        from rmcore.rlhf import train_policy
+        from rmcore.policy.rlhf import train_policy
 
         request = self.request
         result = train_policy(request.config, request.train_prompts, request.eval_prompts, request.out_dir,
@@ -103,8 +103,8 @@ class PolicyJob(Job):
 
 def list_policies(models_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     """(name, rmcore_policy.json) of the policies saved in the models folder, newest first."""
-    from rmcore.errors import ModelError
-    from rmcore.model_folder import POLICY_METADATA_FILE, read_metadata
+    from rmcore.core.errors import ModelError
+    from rmcore.core.folders import POLICY_METADATA_FILE, read_metadata
 
     found = []
     for child in sorted(Path(models_dir).iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):

@@ -16,7 +16,7 @@ import streamlit as st
 from app import settings
 
 if TYPE_CHECKING:
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
 _ML_LOCK = threading.Lock()
 _ml_ready = False
@@ -53,7 +53,7 @@ def ensure_ml() -> None:
             LlamaForSequenceClassification,
         )
 
-        import rmcore.model  # noqa: F401
+        import rmcore.model.reward_model  # noqa: F401
         _ml_ready = True
 
 
@@ -61,7 +61,7 @@ def ensure_ml() -> None:
 class ModelChoice:
     """What a model picker returns: a trained model in the models folder, or a base model's untrained head."""
 
-    kind: str  # "trained", "ensemble" (rmcore.ensemble, on the Probe and Evaluate pages) or "untrained"
+    kind: str  # "trained", "ensemble" (rmcore.training.ensemble, on the Probe and Evaluate pages) or "untrained"
     name: str  # the folder name in the models folder, or the base model ("embedded" or a folder)
 
     @property
@@ -82,7 +82,7 @@ class ModelChoice:
 def _load_reward_model(source: str, stamp: float) -> RewardModel:
     """`stamp` (the folder's config mtime) makes a replaced model load afresh."""
     ensure_ml()
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     return RewardModel.load(source)
 
@@ -98,14 +98,14 @@ def reward_model(choice: ModelChoice) -> RewardModel:
 def _load_ensemble(source: str, stamp: float):
     """`stamp` (ensemble.json's mtime) makes a replaced ensemble load afresh."""
     ensure_ml()
-    from rmcore.ensemble import Ensemble
+    from rmcore.training.ensemble import Ensemble
 
     return Ensemble.load(source)
 
 
 def ensemble(choice: ModelChoice):
-    """The rmcore.ensemble.Ensemble of an "ensemble" choice, loaded once per server."""
-    from rmcore.ensemble import ENSEMBLE_FILE
+    """The rmcore.training.ensemble.Ensemble of an "ensemble" choice, loaded once per server."""
+    from rmcore.training.ensemble import ENSEMBLE_FILE
 
     path = settings.model_path(choice.name)
     return _load_ensemble(str(path), (path / ENSEMBLE_FILE).stat().st_mtime)
@@ -114,7 +114,7 @@ def ensemble(choice: ModelChoice):
 @st.cache_resource(show_spinner=False, max_entries=1)
 def generator(name: str):
     ensure_ml()
-    from rmcore.generate import Generator
+    from rmcore.policy.generate import Generator
 
     return Generator(name)
 
@@ -123,7 +123,7 @@ def generator(name: str):
 def tokenizer(name: str):
     """The tokenizer of a base model, as rmcore prepares it (for counting tokens and truncation)."""
     ensure_ml()
-    from rmcore.model import choose_pad_token, load_tokenizer, resolve_model_path
+    from rmcore.model.reward_model import choose_pad_token, load_tokenizer, resolve_model_path
 
     path, _ = resolve_model_path(name)
     tok = load_tokenizer(path)
@@ -134,10 +134,10 @@ def tokenizer(name: str):
 @st.cache_data(show_spinner=False, ttl=3600, max_entries=16)
 def step_rates(model: str, mode: str, max_length: int, batch_size: int, lora_r: int, trainable_layers: int,
                _groups):
-    """Seconds per token of `model` in `mode` here, measured once per settings (rmcore.estimate)."""
+    """Seconds per token of `model` in `mode` here, measured once per settings (rmcore.training.estimate)."""
     ensure_ml()
-    from rmcore.estimate import measure_rates
-    from rmcore.train import TrainConfig
+    from rmcore.training.estimate import measure_rates
+    from rmcore.training.train import TrainConfig
 
     config = TrainConfig(model=model, mode=mode, max_length=max_length, batch_size=batch_size, lora_r=lora_r,
                          trainable_layers=trainable_layers)

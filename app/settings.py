@@ -40,7 +40,7 @@ def base_model() -> str:
 def base_model_label(name: str | None = None) -> str:
     name = name or base_model()
     if name == EMBEDDED:
-        from rmcore.embedded import EMBEDDED_NAME
+        from rmcore.model.embedded import EMBEDDED_NAME
 
         return f"embedded ({EMBEDDED_NAME})"
     return Path(name).name
@@ -104,9 +104,9 @@ def list_models(reward_only: bool = False) -> list[ModelEntry]:
     A folder counts when it holds config.json and safetensors weights; folders being written
     (hidden temp names), half-finished runs and anything outside the models folder are left out.
     """
-    from rmcore.errors import ModelError
-    from rmcore.model import is_reward_model_folder
-    from rmcore.model_folder import read_metadata
+    from rmcore.core.errors import ModelError
+    from rmcore.core.folders import read_metadata
+    from rmcore.model.reward_model import is_reward_model_folder
 
     root = models_dir()
     entries = []
@@ -145,8 +145,8 @@ def delete_model(name: str) -> int:
     import uuid
 
     from app.jobs import HELD_OUT_FILE, TRAIN_DATA_FILE  # what the app itself writes beside a model
-    from rmcore.model_folder import METADATA_FILE, user_entries
-    from rmcore.shared_trunk import folder_size
+    from rmcore.core.folders import METADATA_FILE, user_entries
+    from rmcore.model.shared_trunk import folder_size
 
     path = model_path(name)
     if path.is_symlink() or not path.is_dir():

@@ -13,7 +13,7 @@ the OASST training part, evaluated on the OASST test part. Beside every accuracy
 error, the length-only baseline ("the longer answer wins") and the untrained start, on the same pairs.
 
 The budget covers a whole training (loading, tokenizing, training, saving); held-out evaluation comes
-after it, by the same code (`rmcore.evaluate`) for both trainers. rmcore fits its number of steps to the
+after it, by the same code (`rmcore.analysis.evaluate`) for both trainers. rmcore fits its number of steps to the
 budget from a measured step time (its own `time_budget_s` where the library has it, else the fit below) so
 its learning-rate schedule ends decayed; TRL runs at its documented defaults and a TrainerCallback stops
 it at the budget (what a TRL user with a time limit gets).
@@ -170,7 +170,7 @@ def accuracy_row(summary: dict[str, Any], groups) -> dict[str, Any]:
 
 
 def evaluate_folder(model_dir: str, groups, max_length: int | None = None) -> dict[str, Any]:
-    """Held-out accuracy of a saved model (or a base model: untrained, seeded head) by rmcore.evaluate."""
+    """Held-out accuracy of a saved model (or a base model: untrained, seeded head) by rmcore.analysis.evaluate."""
     from rmcore import RewardModel, evaluate
 
     model = RewardModel.load(model_dir, max_length=max_length)
@@ -207,9 +207,9 @@ def plan_groups(config, pool, loop_end: float, time_scale: float = 1.0,
     (the trunk features), its optimizer steps on the features being nearly free. `time_scale` corrects
     the one-batch timing by what earlier runs measured (their real / planned loop time).
     """
-    from rmcore.encoding import encode_groups
-    from rmcore.estimate import measure_rates
-    from rmcore.model import load_tokenizer, resolve_model_path
+    from rmcore.data.encoding import encode_groups
+    from rmcore.model.reward_model import load_tokenizer, resolve_model_path
+    from rmcore.training.estimate import measure_rates
 
     wall, cpu = time.perf_counter(), time.process_time()
     rates = measure_rates(config, pool, sample_groups=config.batch_size)
@@ -249,9 +249,9 @@ def library_fits_budget() -> bool:
     """True once rmcore's own trainer reads TrainConfig.time_budget_s (until then the bench fits the steps)."""
     import inspect
 
-    import rmcore.train
+    import rmcore.training.train
 
-    return "time_budget_s" in inspect.getsource(rmcore.train)
+    return "time_budget_s" in inspect.getsource(rmcore.training.train)
 
 
 def train_rmcore(recipe: Recipe, model: str, pool, budget_s: float, out_dir: Path, *, seed: int = 0,
@@ -310,7 +310,7 @@ def train_rmcore(recipe: Recipe, model: str, pool, budget_s: float, out_dir: Pat
 
 def trl_rows(tokenizer, groups, max_length: int | None) -> list[dict[str, Any]]:
     """Every (chosen, rejected) pair of the groups as TRL's pre-tokenized rows (rmcore's chat rendering)."""
-    from rmcore.encoding import encode_groups
+    from rmcore.data.encoding import encode_groups
 
     encoded = encode_groups(tokenizer, groups, max_length or 10**9)
     return [{"chosen_ids": e.prompt_ids + e.response_ids[w], "rejected_ids": e.prompt_ids + e.response_ids[l]}
@@ -332,8 +332,8 @@ def train_trl(model: str, pool, budget_s: float, out_dir: Path, *, seed: int = 0
     from transformers.trainer_callback import PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
-    from rmcore.device import autodetect_device
-    from rmcore.model import load_sequence_classifier, resolve_model_path, save_reward_model
+    from rmcore.model.device import autodetect_device
+    from rmcore.model.reward_model import load_sequence_classifier, resolve_model_path, save_reward_model
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     started, cpu_started = time.perf_counter(), time.process_time()

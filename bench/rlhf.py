@@ -9,7 +9,7 @@
      GRPO step runs: each prompt + answer rendered with the chat template, padded, one sequence each;
    - rmcore's `RewardFunction`: the G answers of a prompt packed in one row, the prompt computed once.
    The speed-up is compared with the token ratio (tokens TRL computes / tokens rmcore computes).
-2. Sampling: `rmcore.sampling.sample` (prompts batched together, up to 128 sequences per generate call)
+2. Sampling: `rmcore.policy.sampling.sample` (prompts batched together, up to 128 sequences per generate call)
    against a plain `model.generate(..., num_return_sequences=n)` per prompt, same prompts, n,
    max_new_tokens, temperature, top-p/top-k and end tokens; tokens per second of generated answers.
 
@@ -36,7 +36,7 @@ import run as bench_run  # noqa: E402  (bench/run.py: machine and git details, s
 def demo_prompts(count: int) -> list[str]:
     """The first `count` instructions of the project's demo set (written by us)."""
     from rmcore.data import demo_data_path
-    from rmcore.sampling import read_prompts
+    from rmcore.policy.sampling import read_prompts
 
     prompts = [p for p in read_prompts(demo_data_path()) if isinstance(p, str)]
     if len(prompts) < count:
@@ -46,10 +46,10 @@ def demo_prompts(count: int) -> list[str]:
 
 def build_models(name: str, workdir: Path) -> tuple[str, Path]:
     """(policy folder, reward-model folder saved by rmcore) for "embedded" or "tiny"."""
-    from rmcore.model import RewardModel, resolve_model_path
+    from rmcore.model.reward_model import RewardModel, resolve_model_path
 
     if name == "tiny":
-        from rmcore.tiny import build_tiny_model
+        from rmcore.model.tiny import build_tiny_model
 
         policy = str(build_tiny_model(workdir / "tiny"))
     else:
@@ -77,7 +77,7 @@ def plain_generate(model, tokenizer, prompts, n: int, max_new_tokens: int, tempe
     """The baseline: one `generate` call per prompt with its n answers, otherwise rmcore's settings."""
     import torch
 
-    from rmcore.sampling import end_token_ids, prompt_token_ids
+    from rmcore.policy.sampling import end_token_ids, prompt_token_ids
 
     ends = end_token_ids(tokenizer, model)
     device = next(model.parameters()).device
@@ -98,7 +98,7 @@ def plain_generate(model, tokenizer, prompts, n: int, max_new_tokens: int, tempe
 
 def bench_sampling(policy_path: str, prompts: list[str], n: int, max_new_tokens: int, repeats: int,
                    device: str) -> dict[str, Any]:
-    from rmcore.sampling import load_policy, sample
+    from rmcore.policy.sampling import load_policy, sample
 
     model, tokenizer, _ = load_policy(policy_path, device=device)
     sample(model, tokenizer, prompts[:1], 2, 4, 1.0, 0)  # warm-up
@@ -143,8 +143,8 @@ def trl_trainer(policy_path: str, reward_path: str, workdir: Path, device: str):
 
 def bench_scoring(policy_path: str, reward_path: Path, prompts: list[str], samples: list[list[str]],
                   repeats: int, workdir: Path, device: str) -> dict[str, Any]:
-    from rmcore.model import RewardModel
-    from rmcore.reward_function import RewardFunction
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.policy.reward_function import RewardFunction
 
     trainer = trl_trainer(policy_path, str(reward_path), workdir, device)
     trl_model = trainer.reward_funcs[0]

@@ -61,7 +61,7 @@ def baseline_app(model_dir: str):
     from starlette.routing import Route
     from transformers import pipeline
 
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     renderer = RewardModel.load(model_dir)  # for its chat template only
     pipe = pipeline("text-classification", model=model_dir, function_to_apply="none", device="cpu")
@@ -81,7 +81,7 @@ def baseline_app(model_dir: str):
 def serve_baseline(model_dir: str) -> int:
     import uvicorn
 
-    from rmcore.serve import bind, url_of
+    from rmcore.serving.service import bind, url_of
 
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(baseline_app(model_dir), log_level="warning", access_log=False))
@@ -136,7 +136,7 @@ def post(client: httpx.Client, url: str, prompt: str, responses: list[str]) -> t
 def run_level(url: str, calls: list[tuple[str, list[str]]], clients: int) -> dict[str, Any]:
     """`clients` threads send `calls` (client i takes calls i, i + clients, ...), each as soon as its
     previous one is answered. Items per second over the wall time of the whole level."""
-    from rmcore.serve import percentile
+    from rmcore.serving.service import percentile
 
     latencies: list[float] = [0.0] * len(calls)
     rewards: list[list[float]] = [[] for _ in calls]
@@ -202,7 +202,7 @@ def workloads(tokenizer, scale: float) -> dict[str, Any]:
 
 
 def bench_model(name: str, model_dir: str, args, workdir: Path) -> dict[str, Any]:
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     print(f"[serve bench] {name}: loading", file=sys.stderr, flush=True)
     in_process = RewardModel.load(model_dir, dtype=args.dtype)

@@ -76,7 +76,7 @@ class TrialSpec:
 def device_name() -> str:
     import torch
 
-    from rmcore.device import autodetect_device
+    from rmcore.model.device import autodetect_device
 
     device = autodetect_device()
     return "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
@@ -147,19 +147,19 @@ def load_workload(name: str, n_train: int, n_eval: int, seed: int = 0):
 def resolve_model(name: str, workdir: Path) -> str:
     """A local HF folder for --model: 'embedded', 'tiny' (built here, offline) or a path."""
     if name == "tiny":
-        from rmcore.tiny import build_tiny_model
+        from rmcore.model.tiny import build_tiny_model
 
         target = workdir / "tiny-llama"
         if not (target / "config.json").is_file():
             build_tiny_model(target)
         return str(target)
-    from rmcore.model import resolve_model_path
+    from rmcore.model.reward_model import resolve_model_path
 
     return resolve_model_path(name)[0]
 
 
 def encode(tokenizer, groups, max_length: int):
-    from rmcore.encoding import encode_groups
+    from rmcore.data.encoding import encode_groups
 
     return encode_groups(tokenizer, groups, max_length)
 
@@ -168,8 +168,8 @@ def held_out_accuracy(classifier, tokenizer, eval_groups, max_length: int, devic
                       margins: list[float] | None = None) -> float | None:
     """Pairwise accuracy of a trained classifier, by the same code for rmcore and TRL models; each held-out
     pair's r_w - r_l is appended to `margins` when given."""
-    from rmcore.evaluate import evaluate
-    from rmcore.model import RewardModel
+    from rmcore.analysis.evaluate import evaluate
+    from rmcore.model.reward_model import RewardModel
 
     if not eval_groups:
         return None
@@ -212,9 +212,9 @@ def scoring_calls(tokenizer, calls: int, prompt_tokens: int = 128, candidate_tok
 
 
 def trial_rmcore(spec: TrialSpec) -> dict[str, Any]:
-    """Full fine-tune with rmcore.train: shared-prompt packed rows, all C(K,2) pairs per group."""
-    from rmcore.model import RewardModel
-    from rmcore.train import TrainConfig, train
+    """Full fine-tune with rmcore.training.train: shared-prompt packed rows, all C(K,2) pairs per group."""
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.training.train import TrainConfig, train
 
     device = device_name()
     train_groups, eval_groups = load_workload(spec.workload, spec.n_train, spec.n_eval)
@@ -271,7 +271,7 @@ def trl_batching(pairs: int, steps: int, max_micro: int) -> tuple[int, int]:
 
 def trial_untrained(spec: TrialSpec) -> dict[str, Any]:
     """Held-out accuracy of the common starting model: what training has to move away from."""
-    from rmcore.model import load_sequence_classifier
+    from rmcore.model.reward_model import load_sequence_classifier
 
     device = device_name()
     _, eval_groups = load_workload(spec.workload, spec.n_train, spec.n_eval)
@@ -285,7 +285,7 @@ def trl_rows(spec: TrialSpec, tokenizer, train_groups) -> list[dict[str, list[in
     --trl-order rmcore (isolating the implementations from data-order luck)."""
     encoded = encode(tokenizer, train_groups, spec.max_length)
     if spec.same_order:
-        from rmcore.batching import length_bucketed_batches
+        from rmcore.model.batching import length_bucketed_batches
 
         batches = length_bucketed_batches([e.num_tokens for e in encoded], spec.batch_size, spec.seed, 0)
         encoded = [encoded[i] for batch in batches for i in batch]
@@ -299,7 +299,7 @@ def trial_trl(spec: TrialSpec) -> dict[str, Any]:
     from transformers.trainer_callback import PrinterCallback
     from trl import RewardTrainer
 
-    from rmcore.model import load_sequence_classifier
+    from rmcore.model.reward_model import load_sequence_classifier
 
     device = device_name()
     train_groups, eval_groups = load_workload(spec.workload, spec.n_train, spec.n_eval)
@@ -396,7 +396,7 @@ def trial_scoring(spec: TrialSpec) -> dict[str, Any]:
     """
     from transformers import pipeline
 
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     device = device_name()
     repeats = spec.score_repeats
@@ -433,7 +433,7 @@ def _bf16_calls(folder, device: str, warmup, work, texts) -> dict[str, Any]:
     import torch
     from transformers import pipeline
 
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     half = RewardModel.load(folder, device=device, dtype="bfloat16")
     pipe_half = pipeline("text-classification", model=str(folder), function_to_apply="none", device=device,
@@ -502,7 +502,7 @@ def _head_runs(spec: TrialSpec, train_groups, eval_groups, tmp: Path) -> list[li
 
     Epoch 1 is timed from the "tokenizing" phase, so it includes computing the trunk features.
     """
-    from rmcore.train import TrainConfig, train
+    from rmcore.training.train import TrainConfig, train
 
     runs = []
     for run in range(2):

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
-from rmcore.encoding import EncodedGroup
-from rmcore.loss import bradley_terry_loss, pair_index
-from rmcore.model import preference_matrix, sigmoid
+from rmcore.data.encoding import EncodedGroup
+from rmcore.model.reward_model import preference_matrix, sigmoid
+from rmcore.training.loss import bradley_terry_loss, pair_index
 
 torch.set_default_dtype(torch.float64)  # exact comparisons in the asserts; rmcore casts as it needs
 
@@ -89,7 +89,7 @@ for r1, r2 in [(0.0, 0.0), (0.0, 1.0), (1.3, -0.4), (2.0, 5.0)]:
 #
 # The two forms are equal on paper, not in floating point: $e^{r}$ overflows for $r$ above
 # about 709. The difference form never computes a huge exponential if we pick the branch by the
-# sign of $x$ (for $x < 0$ use $\sigma(x) = e^{x} / (1 + e^{x})$). That is what `rmcore.model.sigmoid`
+# sign of $x$ (for $x < 0$ use $\sigma(x) = e^{x} / (1 + e^{x})$). That is what `rmcore.model.reward_model.sigmoid`
 # does, and why losses are written with `logsigmoid` rather than `log(sigmoid(...))`.
 
 # %%
@@ -177,7 +177,7 @@ fig.show()
 #
 # $$\mathcal{L}(\Delta) = -\log \sigma(\Delta) = \log\left(1 + e^{-\Delta}\right).$$
 #
-# `rmcore.loss.bradley_terry_loss` computes exactly this, averaged over comparisons (notebook 2
+# `rmcore.training.loss.bradley_terry_loss` computes exactly this, averaged over comparisons (notebook 2
 # explains how it averages when a prompt has more than two answers). To call it we describe each
 # comparison as a tiny "group" of two responses ranked 1 and 2; `pair_index` turns the groups into
 # indices into a flat reward vector.

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from rmcore.data import RankedGroup, demo_data_path, read_preferences
-from rmcore.embedded import embedded_model_dir
-from rmcore.encoding import EncodedGroup, encode_groups
-from rmcore.loss import bradley_terry_loss, pair_index
-from rmcore.model import load_tokenizer
+from rmcore.data.encoding import EncodedGroup, encode_groups
+from rmcore.model.embedded import embedded_model_dir
+from rmcore.model.reward_model import load_tokenizer
+from rmcore.training.loss import bradley_terry_loss, pair_index
 
 ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "rmcore").is_dir()), Path.cwd())
 OASST = ROOT / "../shared/data/oasst/en_100_tree.jsonl"  # real rankings, read in place (see its README)

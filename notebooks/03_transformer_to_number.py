@@ -38,8 +38,8 @@ import torch
 from transformers import pipeline
 from transformers.utils import logging as hf_logging
 
-from rmcore.embedded import embedded_model_dir
-from rmcore.model import RewardModel, load_tokenizer
+from rmcore.model.embedded import embedded_model_dir
+from rmcore.model.reward_model import RewardModel, load_tokenizer
 
 hf_logging.disable_progress_bar()
 rm = RewardModel.load("embedded")  # the base model + a new, seeded reward neuron (on a GPU if there is one)

@@ -55,8 +55,8 @@ from plotly.subplots import make_subplots
 from transformers.utils import logging as hf_logging
 
 from rmcore.data import demo_data_path, read_preferences, split_groups
-from rmcore.model import RewardModel, preference_matrix
-from rmcore.train import TrainConfig, train
+from rmcore.model.reward_model import RewardModel, preference_matrix
+from rmcore.training.train import TrainConfig, train
 
 hf_logging.disable_progress_bar()
 ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "rmcore").is_dir()), Path.cwd())
@@ -88,7 +88,7 @@ print(f"train: {len(train_groups)} prompts, {comparisons(train_groups)} comparis
 # %% [markdown]
 # ## 4.2 Train
 #
-# `rmcore.train.train` does what notebooks 1-3 derived: it renders each prompt and its answers
+# `rmcore.training.train.train` does what notebooks 1-3 derived: it renders each prompt and its answers
 # with the chat template (cutting over-long prompts from the left), packs each prompt's answers
 # into one row, reads the neuron at each answer's true last token, and minimises the per-prompt
 # mean of $-\log\sigma(r_w - r_l)$ with AdamW. It calls `on_step` after every step and every

@@ -22,7 +22,7 @@
 # When it says 80%, is it right 80% of the time (calibration)? Is it just counting words (length
 # bias)? What happens when something optimises against it (reward hacking)? And how high could
 # accuracy possibly go, given that people disagree with each other (the labeler-agreement
-# ceiling)? Each measure is derived, computed by hand, and checked against `rmcore.evaluate`.
+# ceiling)? Each measure is derived, computed by hand, and checked against `rmcore.analysis.evaluate`.
 #
 # We evaluate the model notebook 4 trains. The settings below must match notebook 4's so that the
 # frozen trunk's features come from `rmcore`'s cache; training then takes seconds, and the only
@@ -52,11 +52,11 @@ import numpy as np
 import plotly.graph_objects as go
 from transformers.utils import logging as hf_logging
 
+from rmcore.analysis.evaluate import calibration_bins, evaluate, worst_pairs
+from rmcore.analysis.probes import PROBES, run_probes
 from rmcore.data import demo_data_path, read_preferences, split_groups
-from rmcore.evaluate import calibration_bins, evaluate, worst_pairs
-from rmcore.model import RewardModel
-from rmcore.probes import PROBES, run_probes
-from rmcore.train import TrainConfig, train
+from rmcore.model.reward_model import RewardModel
+from rmcore.training.train import TrainConfig, train
 
 hf_logging.disable_progress_bar()
 ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "rmcore").is_dir()), Path.cwd())
@@ -312,7 +312,7 @@ print(report.summary["length_warning"] or "rmcore sees no sign that the reward m
 # in ways that should *not* make it better (pad it with pleasantries, repeat it, add confident
 # filler, cut it short), and see which changes the model pays for.
 #
-# `rmcore.probes` holds such edits (`rmcore probe` and the app's Probe page run them). Each edited
+# `rmcore.analysis.probes` holds such edits (`rmcore probe` and the app's Probe page run them). Each edited
 # answer is scored with the prompt alone, and the change is divided by the reward's spread (its
 # standard deviation over the held-out answers), so $+1$ means "as much as the typical difference
 # between two answers". The last edit is ours: the same answer with a wrong fact, just as sure.
@@ -459,7 +459,7 @@ print(f"n = {max(ns)}: one member's pick {single:.2f}, conservative ensemble pic
 # heads. The ensemble's reward is the mean of the members' own rewards:
 
 # %%
-from rmcore.ensemble import Ensemble, train_ensemble
+from rmcore.training.ensemble import Ensemble, train_ensemble
 
 ensemble_dir = Path(tempfile.mkdtemp(prefix="rmcore-nb05-ens-")) / "ensemble"
 info = train_ensemble(config, 3, train_groups, ensemble_dir, eval_groups=eval_groups)

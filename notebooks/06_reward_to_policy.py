@@ -51,7 +51,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from rmcore.best_of_n import (
+from rmcore.policy.best_of_n import (
     best_of_n_expectation,
     brute_force_best_of_n,
     kl_best_of_n,
@@ -307,9 +307,9 @@ assert abs(estimate - exact_kl) < 4 * se
 # freshly added LoRA adapter is the identity, so the policy starts at exactly zero KL.
 
 # %%
-from rmcore.rlhf import RLHFConfig, add_lora, answer_log_probs, log_ratio_to_reference
-from rmcore.sampling import load_policy, prompt_token_ids
-from rmcore.tiny import build_tiny_model, build_tiny_reward_model
+from rmcore.model.tiny import build_tiny_model, build_tiny_reward_model
+from rmcore.policy.rlhf import RLHFConfig, add_lora, answer_log_probs, log_ratio_to_reference
+from rmcore.policy.sampling import load_policy, prompt_token_ids
 
 workdir = Path(tempfile.mkdtemp(prefix="nb06-"))
 policy_dir = build_tiny_model(workdir / "policy", seed=3)
@@ -375,8 +375,8 @@ from datasets import Dataset
 from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from rmcore.model import RewardModel
-from rmcore.reward_function import RewardFunction
+from rmcore.model.reward_model import RewardModel
+from rmcore.policy.reward_function import RewardFunction
 
 G = 4
 reward_function = RewardFunction(RewardModel.load(build_tiny_reward_model(workdir / "rm"), device="cpu"))

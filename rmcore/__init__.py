@@ -1,11 +1,9 @@
 """rmcore: train, score and probe reward models from ranked human preferences."""
 
 import importlib
-import sys
-import types
 
+from rmcore.core.errors import DataError, ModelError, RmcoreError, TrainingError
 from rmcore.data import PreferenceData, RankedGroup, read_preferences, split_groups
-from rmcore.errors import DataError, ModelError, RmcoreError, TrainingError
 
 
 def _installed_version() -> str:
@@ -23,15 +21,15 @@ __version__ = _installed_version()
 # Names whose modules import torch (seconds): resolved on first use, so `import rmcore.data` (the app's
 # first page, `rmcore validate --no-tokenize`) does not pay for torch and transformers.
 _LAZY = {
-    "EvalResult": "rmcore.evaluate",
-    "evaluate": "rmcore.evaluate",
-    "bradley_terry_loss": "rmcore.loss",
-    "RewardModel": "rmcore.model",
-    "ScoreResult": "rmcore.model",
-    "preference_matrix": "rmcore.model",
-    "TrainConfig": "rmcore.train",
-    "TrainResult": "rmcore.train",
-    "train": "rmcore.train",
+    "EvalResult": "rmcore.analysis.evaluate",
+    "evaluate": "rmcore.analysis.evaluate",
+    "bradley_terry_loss": "rmcore.training.loss",
+    "RewardModel": "rmcore.model.reward_model",
+    "ScoreResult": "rmcore.model.reward_model",
+    "preference_matrix": "rmcore.model.reward_model",
+    "TrainConfig": "rmcore.training.train",
+    "TrainResult": "rmcore.training.train",
+    "train": "rmcore.training.train",
 }
 
 
@@ -42,18 +40,6 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module 'rmcore' has no attribute {name!r}")
 
-
-class _Package(types.ModuleType):
-    """Importing the submodule rmcore.train (or rmcore.evaluate) sets the package's attribute `train` to
-    that module; the package keeps `rmcore.train` the function, as when it was imported eagerly."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _LAZY and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "DataError",

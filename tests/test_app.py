@@ -580,7 +580,7 @@ import sys, threading
 sys.path.insert(0, sys.argv[1])
 import app.resources
 app.resources.ensure_ml()  # what every path of the app that loads a model or starts training calls first
-from rmcore.model import load_sequence_classifier, load_tokenizer
+from rmcore.model.reward_model import load_sequence_classifier, load_tokenizer
 errors = []
 def load(how):
     try:
@@ -610,8 +610,8 @@ def test_models_loaded_by_two_threads_at_once_in_a_fresh_app_process(tiny_model_
 
 def test_estimate_times_one_batch_and_scales_with_epochs(tiny_model_dir, private_cache):
     from rmcore.data import split_groups
-    from rmcore.estimate import estimate_training_time, format_duration, measure_rates
-    from rmcore.train import TrainConfig
+    from rmcore.training.estimate import estimate_training_time, format_duration, measure_rates
+    from rmcore.training.train import TrainConfig
 
     train_groups, eval_groups = split_groups(read_preferences(demo_data_path()).groups, 0.2)
     for mode in ("head", "full"):
@@ -627,8 +627,8 @@ def test_estimate_times_one_batch_and_scales_with_epochs(tiny_model_dir, private
 
 
 def test_generate_samples_n_answers_and_best_of_n_takes_the_highest_reward(tiny_model_dir):
-    from rmcore.generate import Generator, best_of_n
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.policy.generate import Generator, best_of_n
 
     generator = Generator(tiny_model_dir, device="cpu")
     first = generator.sample("Name a prime number", 3, max_new_tokens=8, seed=1)

@@ -26,8 +26,8 @@ TIMEOUT = 60
 @pytest.fixture()
 def models(tiny_model_dir, tmp_path, monkeypatch):
     """The app on the tiny model, with a tiny head-mode ensemble (held-out prompts saved) in its models folder."""
-    from rmcore.config import TrainConfig
-    from rmcore.ensemble import train_ensemble
+    from rmcore.training.config import TrainConfig
+    from rmcore.training.ensemble import train_ensemble
 
     folder = tmp_path / "models"
     monkeypatch.setenv("RMCORE_APP_BASE_MODEL", str(tiny_model_dir))
@@ -60,7 +60,7 @@ def no_exception(at: AppTest) -> None:
 
 
 def test_probe_shows_an_ensembles_spread_as_error_bars_and_says_what_it_means(models):
-    from rmcore.ensemble import Ensemble
+    from rmcore.training.ensemble import Ensemble
 
     at = open_probe("ensemble:tiny-ens")
     assert "ensemble of 3 head models" in at.selectbox(key="probe_model").format_func("ensemble:tiny-ens")
@@ -112,7 +112,7 @@ def test_evaluate_shows_accuracy_against_the_members_disagreement(models):
 
 def test_probe_results_of_a_trained_model_go_onto_its_card(models, tiny_model_dir, demo_path):
     from rmcore.cli import main
-    from rmcore.model_card import render_card
+    from rmcore.model.card import render_card
 
     rm = models / "tiny-rm"
     assert main(["train", str(demo_path), "--out", str(rm), "--model", str(tiny_model_dir), "--mode", "head",

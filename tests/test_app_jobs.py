@@ -48,7 +48,7 @@ def manager(monkeypatch):
 
 
 def test_one_job_per_server_whatever_its_kind(manager, tmp_path):
-    from rmcore.config import TrainConfig
+    from rmcore.training.config import TrainConfig
 
     waiting = manager.start(WaitingRequest(Settings(), [], [], tmp_path / "policy", "policy"), "me")
     assert jobs.manager() is manager and manager.running() is waiting

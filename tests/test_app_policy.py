@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import jobs, policy_charts, policy_jobs  # noqa: E402
-from rmcore.best_of_n import bon_curve  # noqa: E402
+from rmcore.policy.best_of_n import bon_curve  # noqa: E402
 
 APP = str(ROOT / "app" / "main.py")
 PAGE = "views/policy.py"
@@ -43,7 +43,7 @@ def app_env(tiny_model_dir, tmp_path, monkeypatch):
 
 @pytest.fixture()
 def with_reward_models(app_env):
-    from rmcore.tiny import build_tiny_reward_model
+    from rmcore.model.tiny import build_tiny_reward_model
 
     build_tiny_reward_model(app_env / "rm", seed=1)
     build_tiny_reward_model(app_env / "gold", seed=2)
@@ -115,7 +115,7 @@ def test_rejection_sampling_job_runs_in_the_background_and_shows_before_after(wi
 
 
 def test_stop_ends_the_job_with_the_policy_and_a_checkpoint(with_reward_models):
-    from rmcore.rlhf import RLHFConfig
+    from rmcore.policy.rlhf import RLHFConfig
 
     models = with_reward_models
     config = RLHFConfig(reward_model=str(models / "rm"), policy=os.environ["RMCORE_APP_GENERATOR"], rounds=3, n=2,

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from rmcore.cli import main
+from rmcore.core.errors import ModelError, TrainingError
 from rmcore.data import read_preferences
-from rmcore.errors import ModelError, TrainingError
-from rmcore.train import TrainConfig, train
+from rmcore.training.train import TrainConfig, train
 
 MALFORMED = Path(__file__).parent / "data" / "malformed"
 EXPECTED = json.loads((MALFORMED / "EXPECTED.json").read_text())
@@ -50,7 +50,7 @@ def test_every_skipped_row_is_counted(tmp_path):
 CTRL_C_SCRIPT = textwrap.dedent("""
     import sys, time
     from rmcore.data import read_preferences
-    from rmcore.train import TrainConfig, train
+    from rmcore.training.train import TrainConfig, train
 
     def slow_steps(event):
         if event["event"] == "step":
@@ -86,7 +86,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_model_so_far(tiny_model_dir, demo_pat
 
 KILL_WHILE_SAVING = textwrap.dedent("""
     import os, signal, sys
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
     model = RewardModel.load(sys.argv[1], device="cpu")
     torch_save = type(model.tokenizer).save_pretrained
     def die(*args, **kwargs):
@@ -97,7 +97,7 @@ KILL_WHILE_SAVING = textwrap.dedent("""
 
 
 def test_a_process_killed_while_saving_leaves_the_previous_model(tiny_model_dir, tmp_path):
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     out = RewardModel.load(tiny_model_dir, device="cpu").save(tmp_path / "rm", {"version": 1})
     before = (out / "model.safetensors").read_bytes()
@@ -109,7 +109,7 @@ def test_a_process_killed_while_saving_leaves_the_previous_model(tiny_model_dir,
 
 
 def test_out_of_memory_names_a_smaller_setting(tiny_model_dir, demo_path, tmp_path, monkeypatch):
-    train_module = sys.modules["rmcore.train"]  # `rmcore.train` is also the function's name
+    train_module = sys.modules["rmcore.training.train"]
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -220,7 +220,7 @@ def test_gzip_is_inflated_as_a_stream_with_a_cap(tmp_path, monkeypatch):
     import gzip
     import tracemalloc
 
-    from rmcore.errors import DataError
+    from rmcore.core.errors import DataError
 
     monkeypatch.setenv("RMCORE_MAX_DATA_MB", "2")
     line = json.dumps({"prompt": "q", "chosen": "a" * 200, "rejected": "b"}) + "\n"
@@ -240,7 +240,7 @@ def test_parquet_is_checked_against_its_decoded_size_before_rows_are_built(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rmcore.errors import DataError
+    from rmcore.core.errors import DataError
 
     monkeypatch.setenv("RMCORE_MAX_DATA_MB", "8")
     long_text = "x" * 100_000
@@ -262,7 +262,7 @@ def test_parquet_is_checked_against_its_decoded_size_before_rows_are_built(tmp_p
 def test_a_file_of_many_tiny_records_is_refused_by_count(tmp_path, monkeypatch):
     import time
 
-    from rmcore.errors import DataError
+    from rmcore.core.errors import DataError
 
     monkeypatch.setenv("RMCORE_MAX_DATA_MB", "2")
     numbers = tmp_path / "ints.json"
@@ -291,8 +291,8 @@ def test_named_pipes_and_devices_are_refused_at_once(tmp_path):
 
 def test_long_texts_are_cut_by_characters_before_tokenizing(tiny_model_dir):
     from rmcore.data import RankedGroup
-    from rmcore.encoding import encode_group, max_chars
-    from rmcore.model import load_tokenizer
+    from rmcore.data.encoding import encode_group, max_chars
+    from rmcore.model.reward_model import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     words = " ".join(f"word{i % 97}" for i in range(40_000))  # ~300k characters
@@ -320,7 +320,7 @@ def test_long_texts_are_cut_by_characters_before_tokenizing(tiny_model_dir):
 def test_a_fifty_megabyte_line_is_scored_in_bounded_time(tiny_model_dir):
     import time
 
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     model = RewardModel.load(tiny_model_dir, device="cpu", max_length=64)
     start = time.perf_counter()
@@ -330,7 +330,7 @@ def test_a_fifty_megabyte_line_is_scored_in_bounded_time(tiny_model_dir):
 
 
 def test_lone_surrogates_reach_no_tokenizer(tiny_model_dir, tmp_path, capsys):
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     model = RewardModel.load(tiny_model_dir, device="cpu")
     assert len(model.score("bad \ud800 text", ["a \udfff", "b"]).rewards) == 2
@@ -402,7 +402,7 @@ def test_control_characters_from_a_file_are_escaped_in_every_message(capsys, tmp
 def test_csv_cells_that_spreadsheets_would_run_are_neutralised(tiny_model_dir, tmp_path, capsys):
     import pandas as pd
 
-    from rmcore.csv_safe import safe_table
+    from rmcore.core.csv_safe import safe_table
 
     table = safe_table(pd.DataFrame({"text": ["=1+1", "+x", "-y", "@z", "\tt", "\rr", "ok", None], "n": range(8)}))
     assert table["text"].tolist()[:7] == ["'=1+1", "'+x", "'-y", "'@z", "'\tt", "'\rr", "ok"]
@@ -457,7 +457,7 @@ def test_the_data_page_shows_any_upload_failure_as_one_message(tiny_model_dir, t
     def broken_reader(raw, name):
         raise KeyError("/srv/site-packages/somewhere")
 
-    monkeypatch.setattr("rmcore.data.read_bytes", broken_reader)
+    monkeypatch.setattr("rmcore.data.formats.read_bytes", broken_reader)
     at.get("file_uploader")[0].set_value(("odd.jsonl", b'{"prompt": "q"}\n', "application/json"))
     at.run()
     assert not at.exception and len(at.error) == 1

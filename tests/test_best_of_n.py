@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from rmcore.best_of_n import (
+from rmcore.cli import main
+from rmcore.policy.best_of_n import (
     best_of_n_expectation,
     bon_curve,
     bon_figure,
@@ -19,7 +20,6 @@ from rmcore.best_of_n import (
     powers_of_two,
     win_rate_bound,
 )
-from rmcore.cli import main
 
 
 @pytest.mark.parametrize("total", [1, 2, 5, 32])
@@ -98,7 +98,7 @@ def test_curve_recomputes_in_under_a_second():
 
 @pytest.fixture(scope="module")
 def tiny_reward_models(tmp_path_factory):
-    from rmcore.tiny import build_tiny_reward_model
+    from rmcore.model.tiny import build_tiny_reward_model
 
     root = tmp_path_factory.mktemp("rms")
     return build_tiny_reward_model(root / "rm", seed=1), build_tiny_reward_model(root / "gold", seed=2)
@@ -136,10 +136,10 @@ def test_bon_cli_refuses_a_model_that_is_not_a_reward_model(tmp_path, tiny_model
 
 def test_head_models_of_one_base_share_one_trunk_pass(tmp_path, tiny_model_dir, demo_path, private_cache,
                                                       tiny_reward_models):
-    from rmcore.best_of_n import score_proxy_and_gold, score_samples
     from rmcore.data import read_preferences
-    from rmcore.model import RewardModel
-    from rmcore.train import TrainConfig, train
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.policy.best_of_n import score_proxy_and_gold, score_samples
+    from rmcore.training.train import TrainConfig, train
 
     groups = read_preferences(demo_path).groups[:16]
     folders = []

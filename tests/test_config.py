@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rmcore.cli import NOT_ON_THE_COMMAND_LINE, build_parser
-from rmcore.config import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, default, parse_duration
+from rmcore.cli.commands import NOT_ON_THE_COMMAND_LINE, build_parser
+from rmcore.training.config import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, default, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_the_command_line_help_comes_from_train_config():
 
 
 def test_the_app_train_form_writes_no_default_of_its_own():
-    """Every number the Train form starts from is read from rmcore.config, not written in the page."""
+    """Every number the Train form starts from is read from rmcore.training.config, not written in the page."""
     source = (ROOT / "app" / "views" / "train.py").read_text()
     tree = ast.parse(source)
     widgets = ("number_input", "slider", "radio", "selectbox")
@@ -80,9 +80,9 @@ def test_no_import_cycle_between_estimate_and_train():
     """In a fresh interpreter: importing the time estimate must not import the trainer."""
     import subprocess
 
-    code = ("import sys, rmcore.estimate, rmcore.config; "
-            "assert 'rmcore.train' not in sys.modules, 'the time estimate must not need the trainer'; "
-            "assert rmcore.estimate.TrainConfig is rmcore.config.TrainConfig")
+    code = ("import sys, rmcore.training.estimate, rmcore.training.config; "
+            "assert 'rmcore.training.train' not in sys.modules, 'the time estimate must not need the trainer'; "
+            "assert rmcore.training.estimate.TrainConfig is rmcore.training.config.TrainConfig")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -114,10 +114,10 @@ def test_a_time_budget_ends_on_time_with_a_decayed_schedule_and_a_finished_model
                                                                                   tmp_path, monkeypatch,
                                                                                   private_cache):
     from rmcore.data import read_preferences, split_groups
-    from rmcore.model import RewardModel
-    from rmcore.train import train
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.training.train import train
 
-    train_module = sys.modules["rmcore.train"]
+    train_module = sys.modules["rmcore.training.train"]
     clock = FakeClock(tick=1.0)
     monkeypatch.setattr(train_module, "_clock", clock)
     groups = read_preferences(demo_path).groups
@@ -141,7 +141,7 @@ def test_a_time_budget_ends_on_time_with_a_decayed_schedule_and_a_finished_model
 
 def test_without_a_budget_the_epochs_decide(tiny_model_dir, demo_path, tmp_path, private_cache):
     from rmcore.data import read_preferences
-    from rmcore.train import train
+    from rmcore.training.train import train
 
     groups = read_preferences(demo_path).groups[:12]
     result = train(TrainConfig(model=str(tiny_model_dir), mode="head", epochs=3, batch_size=4), groups,

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rmcore.core.errors import DataError
 from rmcore.data import (
     RankedGroup,
     read_preferences,
@@ -18,7 +19,6 @@ from rmcore.data import (
     split_hh_dialogue,
     write_ranked_jsonl,
 )
-from rmcore.errors import DataError
 
 
 def write_jsonl(path, records):

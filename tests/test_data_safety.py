@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from rmcore.cli import main
+from rmcore.core.errors import ModelError
 from rmcore.data import read_preferences
-from rmcore.errors import ModelError
-from rmcore.shared_trunk import read_weights
-from rmcore.train import TrainConfig, train
+from rmcore.model.shared_trunk import read_weights
+from rmcore.training.train import TrainConfig, train
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return read_weights(folder)  # one file, or a head-mode model's shards (rmcore.shared_trunk)
+    return read_weights(folder)  # one file, or a head-mode model's shards (rmcore.model.shared_trunk)
 
 
 @pytest.fixture()
@@ -168,7 +168,7 @@ def test_a_checkpoint_swap_killed_half_way_is_put_back(tiny_model_dir, groups, t
 
 def test_ctrl_c_in_the_middle_of_a_step_resumes_to_the_uninterrupted_model(tiny_model_dir, groups, tmp_path,
                                                                           private_cache, monkeypatch):
-    train_module = sys.modules["rmcore.train"]  # `rmcore.train` is also the function's name
+    train_module = sys.modules["rmcore.training.train"]
     config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=2, lr=2e-3, seed=4)
     whole = train(config, groups, tmp_path / "whole")
     calls = {"n": 0}
@@ -248,7 +248,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 def _policy_folder(root: Path) -> Path:
     """A folder as `rmcore rlhf` saves it: a causal LM with rmcore_policy.json listing its files."""
-    from rmcore.tiny import build_tiny_model
+    from rmcore.model.tiny import build_tiny_model
 
     folder = build_tiny_model(root / "policy", seed=3)
     files = sorted(p.name for p in folder.iterdir()) + ["rmcore_policy.json"]
@@ -286,7 +286,7 @@ def test_train_never_replaces_a_policy_or_the_model_it_starts_from(trained, demo
 
 
 def test_a_reward_model_folder_is_not_a_policy_to_replace(trained, tmp_path):
-    from rmcore.model_folder import check_output_folder
+    from rmcore.core.folders import check_output_folder
 
     with pytest.raises(ModelError, match="holds an rmcore reward model"):
         check_output_folder(trained, False, metadata_file="rmcore_policy.json", what="policy")
@@ -313,7 +313,7 @@ def test_bon_never_writes_its_plot_into_a_model_folder_or_over_its_samples(train
 SEEN_SCRIPT = textwrap.dedent("""
     import json, sys
     from rmcore.data import read_preferences
-    from rmcore.train import TrainConfig, train
+    from rmcore.training.train import TrainConfig, train
 
     groups = read_preferences(sys.argv[1]).groups[:int(sys.argv[4])]
     result = train(TrainConfig(model=sys.argv[2], mode="head", epochs=2, batch_size=4), groups, sys.argv[3])

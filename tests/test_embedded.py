@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from rmcore.data import read_preferences, split_groups
-from rmcore.model import RewardModel
+from rmcore.model.reward_model import RewardModel
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def embedded():
 
 
 def test_embedded_model_converts_to_a_plain_folder(embedded):
-    from rmcore.embedded import embedded_model_dir
+    from rmcore.model.embedded import embedded_model_dir
 
     folder = embedded_model_dir()
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file()
@@ -34,7 +34,7 @@ def test_embedded_model_converts_to_a_plain_folder(embedded):
 def test_head_mode_on_the_demo_set_learns_a_clear_preference(demo_path, tmp_path):
     groups = read_preferences(demo_path).groups
     train_groups, held_out = split_groups(groups, 0.25, seed=0)
-    from rmcore.train import TrainConfig, train
+    from rmcore.training.train import TrainConfig, train
 
     result = train(TrainConfig(mode="head", epochs=20, max_length=384), train_groups, tmp_path / "rm",
                    eval_groups=held_out)

@@ -9,7 +9,14 @@ import statistics
 import pytest
 
 from rmcore.data import read_preferences
-from rmcore.ensemble import ENSEMBLE_FILE, Ensemble, EnsembleScore, bootstrap_sample, is_ensemble, train_ensemble
+from rmcore.training.ensemble import (
+    ENSEMBLE_FILE,
+    Ensemble,
+    EnsembleScore,
+    bootstrap_sample,
+    is_ensemble,
+    train_ensemble,
+)
 
 
 def test_a_bootstrap_sample_draws_whole_prompts_with_replacement(demo_path):
@@ -28,8 +35,8 @@ def test_the_conservative_pick_subtracts_k_spreads():
 
 @pytest.mark.slow
 def test_members_differ_and_their_mean_is_the_ensembles_reward(tiny_model_dir, demo_path, tmp_path, monkeypatch):
-    from rmcore.config import TrainConfig
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.training.config import TrainConfig
 
     monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
     groups = read_preferences(demo_path).groups
@@ -54,7 +61,7 @@ def test_members_differ_and_their_mean_is_the_ensembles_reward(tiny_model_dir, d
     assert abs(score.probabilities[0][1] + score.probabilities[1][0] - 1) < 1e-9
 
     # evaluation reads the mean of the members, batched, and says how accuracy falls with disagreement
-    from rmcore.ensemble import evaluate_ensemble
+    from rmcore.training.ensemble import evaluate_ensemble
 
     held_out = groups[40:46]
     result = evaluate_ensemble(ensemble, held_out)
@@ -87,8 +94,8 @@ def test_cli_train_ensemble_writes_members_and_refuses_resume(tiny_model_dir, de
 def test_a_fresh_head_is_the_head_a_fresh_load_with_that_seed_gives(tiny_model_dir):
     import torch
 
-    from rmcore.ensemble import fresh_head
-    from rmcore.model import load_sequence_classifier
+    from rmcore.model.reward_model import load_sequence_classifier
+    from rmcore.training.ensemble import fresh_head
 
     alone, _, _ = load_sequence_classifier(str(tiny_model_dir), seed=3)
     reused, _, _ = load_sequence_classifier(str(tiny_model_dir), seed=0)
@@ -107,21 +114,21 @@ def test_head_members_share_one_load_and_equal_members_trained_alone(tiny_model_
 
     from transformers import AutoModelForSequenceClassification
 
-    import rmcore.model
-    from rmcore.config import TrainConfig
-    from rmcore.ensemble import HELD_OUT_FILE
-    from rmcore.shared_trunk import HEAD_SHARD, TRUNK_SHARD, read_weights
-    from rmcore.train import train
+    import rmcore.model.reward_model
+    from rmcore.model.shared_trunk import HEAD_SHARD, TRUNK_SHARD, read_weights
+    from rmcore.training.config import TrainConfig
+    from rmcore.training.ensemble import HELD_OUT_FILE
+    from rmcore.training.train import train
 
     monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
     groups = read_preferences(demo_path).groups
     config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=2, seed=5)
     loads = []
-    real_load = rmcore.model.load_sequence_classifier
-    monkeypatch.setattr(rmcore.model, "load_sequence_classifier", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    real_load = rmcore.model.reward_model.load_sequence_classifier
+    monkeypatch.setattr(rmcore.model.reward_model, "load_sequence_classifier", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     info = train_ensemble(config, 3, groups[:24], tmp_path / "ens", eval_groups=groups[40:44])
     assert len(loads) == 1 and info["shared_trunk"] is True, "the base model is loaded once for all members"
-    monkeypatch.setattr(rmcore.model, "load_sequence_classifier", real_load)
+    monkeypatch.setattr(rmcore.model.reward_model, "load_sequence_classifier", real_load)
     members = [tmp_path / "ens" / m["path"] for m in info["members"]]
     for seed, folder in zip((5, 7), (members[0], members[2])):
         alone = tmp_path / f"alone-{seed}"
@@ -145,9 +152,9 @@ def test_head_members_share_one_load_and_equal_members_trained_alone(tiny_model_
 def test_an_ensemble_is_read_as_a_reward_model_with_the_members_mean(tiny_model_dir, demo_path, tmp_path,
                                                                      monkeypatch):
     """What takes a RewardModel (probes, scoring a file) takes an ensemble, and reads the members' mean."""
-    from rmcore.config import TrainConfig
-    from rmcore.probes import run_probes
-    from rmcore.scoring import scored_records
+    from rmcore.analysis.probes import run_probes
+    from rmcore.analysis.scoring import scored_records
+    from rmcore.training.config import TrainConfig
 
     monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
     groups = read_preferences(demo_path).groups
@@ -166,7 +173,7 @@ def test_an_ensemble_is_read_as_a_reward_model_with_the_members_mean(tiny_model_
 
 
 def test_what_an_ensembles_spread_says():
-    from rmcore.ensemble import reading
+    from rmcore.training.ensemble import reading
 
     settled = EnsembleScore(mean=[2.0, 0.5, 0.0], spread=[0.1, 0.4, 0.2], members=[], probabilities=[], best=0,
                             conservative_best=0, k=1.0)
@@ -183,8 +190,8 @@ def test_what_an_ensembles_spread_says():
 def test_ensembles_are_listed_newest_first_and_a_damaged_file_is_named(tmp_path):
     import os
 
-    from rmcore.ensemble import ensemble_folders, member_folders, read_info
-    from rmcore.errors import ModelError
+    from rmcore.core.errors import ModelError
+    from rmcore.training.ensemble import ensemble_folders, member_folders, read_info
 
     for age, name in enumerate(["new", "old"]):
         (tmp_path / name).mkdir()

@@ -8,8 +8,7 @@ import random
 
 import pytest
 
-from rmcore.data import RankedGroup
-from rmcore.evaluate import (
+from rmcore.analysis.evaluate import (
     binomial_se,
     compare,
     kendall_tau,
@@ -17,6 +16,7 @@ from rmcore.evaluate import (
     paired_bootstrap,
     result_from_rewards,
 )
+from rmcore.data import RankedGroup
 
 
 def group(responses, ranks, source="f.jsonl:1"):
@@ -90,8 +90,8 @@ def test_kendall_tau_per_prompt_and_best_of_k():
 
 
 def test_accuracy_per_category_read_from_the_file(tmp_path):
+    from rmcore.analysis.evaluate import categories_for
     from rmcore.data import read_preferences
-    from rmcore.evaluate import categories_for
 
     rows = [{"prompt": "q1", "chosen": "good", "rejected": "bad one", "subset": "chat"},
             {"prompt": "q2", "chosen": "right", "rejected": "wrong", "subset": "math"},

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rmcore.errors import ModelError, TrainingError
-from rmcore.model import RewardModel
-from rmcore.reward_function import RewardFunction
-from rmcore.rlhf import POLICY_METADATA_FILE, RLHFConfig, train_policy
+from rmcore.core.errors import ModelError, TrainingError
+from rmcore.model.reward_model import RewardModel
+from rmcore.policy.reward_function import RewardFunction
+from rmcore.policy.rlhf import POLICY_METADATA_FILE, RLHFConfig, train_policy
 
 PROMPTS = ["How do I boil an egg?", "Name a prime number", "Why is the sky blue?", "Say hi"]
 HELD_OUT = ["What is 2 + 2?"]
@@ -25,7 +25,7 @@ CONTRACT_KEYS = {"step", "total_steps", "reward_mean", "gold_mean", "kl", "lengt
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny random policy, a reward model and a gold judge, each saved as rmcore saves them."""
-    from rmcore.tiny import build_tiny_model, build_tiny_reward_model
+    from rmcore.model.tiny import build_tiny_model, build_tiny_reward_model
 
     root = tmp_path_factory.mktemp("grpo")
     return {"policy": build_tiny_model(root / "policy", seed=3), "reward": build_tiny_reward_model(root / "rm"),

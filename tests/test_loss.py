@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmcore.encoding import EncodedGroup
-from rmcore.loss import bradley_terry_loss, pair_index
-from rmcore.model import preference_matrix
+from rmcore.data.encoding import EncodedGroup
+from rmcore.model.reward_model import preference_matrix
+from rmcore.training.loss import bradley_terry_loss, pair_index
 
 
 def group(ranks, margin=0.0):

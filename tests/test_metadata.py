@@ -9,9 +9,9 @@ import pytest
 from app import jobs, settings
 from app.policy_jobs import list_policies
 from app.state import LoadedData
+from rmcore.core.errors import ModelError
+from rmcore.core.folders import METADATA_FILE, POLICY_METADATA_FILE, read_metadata
 from rmcore.data import RankedGroup, groups_fingerprint
-from rmcore.errors import ModelError
-from rmcore.model_folder import METADATA_FILE, POLICY_METADATA_FILE, read_metadata
 
 
 def test_read_metadata_reads_the_file_and_names_a_damaged_one(tmp_path):
@@ -44,7 +44,7 @@ def test_the_data_fingerprint_follows_every_edit_and_the_app_uses_rmcores():
 
 @pytest.fixture(scope="module")
 def tiny_reward_model_dir(tmp_path_factory):
-    from rmcore.tiny import build_tiny_reward_model
+    from rmcore.model.tiny import build_tiny_reward_model
 
     return build_tiny_reward_model(tmp_path_factory.mktemp("rm") / "rm", seed=1)
 

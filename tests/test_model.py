@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
+from rmcore.core.errors import ModelError
 from rmcore.data import RankedGroup
-from rmcore.errors import ModelError
-from rmcore.model import RewardModel, save_reward_model
+from rmcore.model.reward_model import RewardModel, save_reward_model
 
 PROMPT = "How do I keep bread fresh?"
 CANDIDATES = ["Wrap it and keep it at room temperature.", "Freeze slices.", "No.", "Bread is made of flour."]
@@ -189,7 +189,7 @@ def test_conversation_prompts_render_with_the_chat_template(tiny):
     assert tiny.tokenizer.decode(enc.prompt_ids + enc.response_ids[0]) == text
 
 
-# ----------------------------------------------------------------------------- the prompt cache (rmcore.prompt_cache)
+# ----------------------------------------------------------------------------- the prompt cache (rmcore.model.prompt_cache)
 
 
 @pytest.fixture()
@@ -266,7 +266,7 @@ def test_sessions_scoring_at_once_get_what_they_would_alone(fresh):
 def test_models_with_sliding_window_layers_do_not_use_a_cached_prefix():
     from transformers import LlamaConfig
 
-    from rmcore.attention import supports_prefix
+    from rmcore.model.attention import supports_prefix
 
     config = LlamaConfig(num_hidden_layers=2)
     config._attn_implementation = "sdpa"

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from rmcore.model_card import CARD_FILE, held_out_metrics, render_card
+from rmcore.model.card import CARD_FILE, held_out_metrics, render_card
 
 METADATA = {
     "rmcore_version": "0.1.0", "base_model": "SmolLM2-135M-Instruct", "mode": "head",
@@ -16,7 +16,7 @@ METADATA = {
              "eval_prompts": 6, "train_comparisons": 344, "truncated_prompts": 2, "truncated_responses": 5,
              "eval_length_baseline": 0.6125},
     "metrics": {"eval": {"eval_loss": 0.3726, "eval_accuracy": 0.8249, "eval_margin": 1.25, "eval_comparisons": 40}},
-    "probes": [  # two answers probed with `rmcore probe` (rmcore.probes.record_probes)
+    "probes": [  # two answers probed with `rmcore probe` (rmcore.analysis.probes.record_probes)
         {"prompt": "How do I boil an egg?", "response": "Simmer it | then cool it.", "original_reward": 1.25,
          "spread": 1.2, "spread_source": "demo", "measured_at": "2026-11-30T11:00:00+0000",
          "rows": [{"name": "hope", "label": 'append "I hope this helps!"', "kind": "no better", "reward": 0.77,

@@ -122,7 +122,7 @@ def test_rmcore_data_does_not_import_torch_and_the_package_names_still_resolve()
         import sys
         import rmcore.data
         assert "torch" not in sys.modules
-        import rmcore.evaluate, rmcore.train  # the submodules that share a name with a function
+        import rmcore.analysis.evaluate, rmcore.training.train  # the modules of the functions rmcore.evaluate and rmcore.train
         import rmcore
         from rmcore import RewardModel, TrainConfig, evaluate, train
         assert callable(train) and callable(evaluate) and rmcore.train is train and rmcore.evaluate is evaluate
@@ -137,7 +137,7 @@ def test_rmcore_data_does_not_import_torch_and_the_package_names_still_resolve()
 
 
 def test_line_progress_prints_lines_off_a_terminal():
-    from rmcore.progress import LineProgress, progress
+    from rmcore.core.progress import LineProgress, progress
 
     stream = io.StringIO()  # not a terminal
     bar = progress(10, "prompts", "score", stream=stream)
@@ -162,9 +162,9 @@ def test_line_progress_prints_lines_off_a_terminal():
 
 def test_file_scoring_reports_progress_within_a_chunk(tiny_model_dir, demo_path):
     """20 prompts are one chunk of 8 x batch size: progress came only at its end, so a long chunk said 0/20."""
+    from rmcore.analysis.scoring import scored_records
     from rmcore.data import read_preferences
-    from rmcore.model import RewardModel
-    from rmcore.scoring import scored_records
+    from rmcore.model.reward_model import RewardModel
 
     groups = read_preferences(demo_path).groups[:20]
     seen: list[int] = []
@@ -206,7 +206,7 @@ ANSWERS = ["Simmer it for 9 minutes, then cool it in cold water.", "idk, google 
 def head_models(tiny_model_dir, demo_path, tmp_path, private_cache):
     """Two head-mode models trained (differently) from the same base, in a models folder."""
     from rmcore.data import read_preferences
-    from rmcore.train import TrainConfig, train
+    from rmcore.training.train import TrainConfig, train
 
     groups = read_preferences(demo_path).groups[:12]
     models = tmp_path / "models"
@@ -228,8 +228,8 @@ def plain_transformers_rewards(folder: Path, texts: list[str]) -> tuple[list[flo
 
 
 def test_head_mode_models_share_one_trunk_shard_and_load_with_plain_transformers(head_models, private_cache):
-    from rmcore.model import RewardModel
-    from rmcore.shared_trunk import HEAD_SHARD, INDEX_FILE, TRUNK_SHARD, folder_size
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.model.shared_trunk import HEAD_SHARD, INDEX_FILE, TRUNK_SHARD, folder_size
 
     first, second = head_models / "first", head_models / "second"
     for folder in (first, second):
@@ -254,10 +254,10 @@ def test_without_a_hard_link_the_trunk_is_copied_and_the_user_told(tiny_model_di
                                                                     private_cache, monkeypatch):
     import errno
 
-    from rmcore import shared_trunk
     from rmcore.data import read_preferences
-    from rmcore.model import RewardModel
-    from rmcore.train import TrainConfig, train
+    from rmcore.model import shared_trunk
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.training.train import TrainConfig, train
 
     def no_link(source, target):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
@@ -279,8 +279,8 @@ def test_export_zip_holds_every_weight_and_loads_elsewhere(head_models, tmp_path
 
     sys.path.insert(0, str(ROOT))
     from app.files import zip_folder
-    from rmcore.model import RewardModel
-    from rmcore.shared_trunk import TRUNK_SHARD
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.model.shared_trunk import TRUNK_SHARD
 
     folder = head_models / "first"
     with zipfile.ZipFile(io.BytesIO(zip_folder(folder))) as archive:
@@ -296,8 +296,8 @@ def test_export_zip_holds_every_weight_and_loads_elsewhere(head_models, tmp_path
 def test_delete_model_removes_only_rmcore_models_inside_the_models_folder(head_models, private_cache, monkeypatch):
     sys.path.insert(0, str(ROOT))
     from app import settings
-    from rmcore.model import RewardModel
-    from rmcore.shared_trunk import TRUNK_SHARD, folder_size
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.model.shared_trunk import TRUNK_SHARD, folder_size
 
     monkeypatch.setenv("RMCORE_MODELS_DIR", str(head_models))
     (head_models / "first" / "held_out.jsonl").write_text("")  # the app writes it beside the models it trains

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rmcore.batching import pack_groups, split_by_tokens
 from rmcore.data import read_preferences, split_groups
-from rmcore.model import PackedRewardModel, RewardModel
-from rmcore.train import TrainConfig, train
+from rmcore.model.batching import pack_groups, split_by_tokens
+from rmcore.model.reward_model import PackedRewardModel, RewardModel
+from rmcore.training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from rmcore.probes import FILLER, FLATTERY, HOPE, PROBES, edited_answers, run_probes
+from rmcore.analysis.probes import FILLER, FLATTERY, HOPE, PROBES, edited_answers, run_probes
 
 ANSWER = "Boil the eggs for 11 minutes. Then cool them in ice water. The shells come off cleanly."
 
@@ -35,14 +35,14 @@ def test_the_wrong_facts_version_is_the_users_text_and_an_unchanged_one_is_left_
 
 
 def test_lines_become_bullets_and_short_answers_are_still_cut():
-    from rmcore.probes import as_bullets, cut_in_half
+    from rmcore.analysis.probes import as_bullets, cut_in_half
 
     assert as_bullets("first\n* second\n\nthird") == "- first\n- second\n- third"
     assert cut_in_half("word") == "wo" and cut_in_half("one two three four") == "one two"
 
 
 def test_the_report_changes_are_the_models_rewards_in_spreads(tiny_model_dir):
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     model = RewardModel.load(tiny_model_dir)
     report = run_probes(model, "How do I boil an egg?", ANSWER, wrong_facts="Eggs boil at 20 degrees.",
@@ -79,7 +79,7 @@ def test_cli_probe_prints_json_with_the_spread_it_used(tiny_model_dir, demo_path
 
 
 def _report(delta_units: float, spread: float | None = 0.5):
-    from rmcore.probes import ProbeReport
+    from rmcore.analysis.probes import ProbeReport
 
     rows = [{"name": p.name, "label": p.label, "kind": p.kind, "text": "edited", "reward": 1.0 + delta_units,
              "delta": delta_units * (spread or 1), "delta_units": delta_units} for p in PROBES]
@@ -96,8 +96,8 @@ def _model_folder(tmp_path, readme_is_ours: bool = True):
 
 
 def test_probes_are_recorded_in_rmcore_json_and_the_card_shows_their_mean(tmp_path):
-    from rmcore.model_card import render_card
-    from rmcore.probes import MAX_RECORDED_RUNS, record_probes, recorded_runs
+    from rmcore.analysis.probes import MAX_RECORDED_RUNS, record_probes, recorded_runs
+    from rmcore.model.card import render_card
 
     folder = _model_folder(tmp_path)
     notes = record_probes(folder, _report(0.5), "Q1", "A1")
@@ -120,8 +120,8 @@ def test_probes_are_recorded_in_rmcore_json_and_the_card_shows_their_mean(tmp_pa
 
 
 def test_a_readme_rmcore_did_not_write_is_left_alone_and_a_non_model_folder_refused(tmp_path):
-    from rmcore.errors import ModelError
-    from rmcore.probes import record_probes
+    from rmcore.analysis.probes import record_probes
+    from rmcore.core.errors import ModelError
 
     folder = _model_folder(tmp_path, readme_is_ours=False)
     notes = record_probes(folder, _report(0.5), "Q", "A")
@@ -138,7 +138,7 @@ def test_a_readme_rmcore_did_not_write_is_left_alone_and_a_non_model_folder_refu
 @pytest.mark.slow
 def test_cli_probe_records_into_a_trained_model_unless_told_not_to(tiny_model_dir, demo_path, tmp_path, monkeypatch):
     from rmcore.cli import main
-    from rmcore.model_card import render_card
+    from rmcore.model.card import render_card
 
     monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "rm"

@@ -1,4 +1,4 @@
-"""Rank editing and the pair numbers the app shows, from rmcore.ranking."""
+"""Rank editing and the pair numbers the app shows, from rmcore.data.ranking."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from rmcore.data import RankedGroup, ordered_pairs
-from rmcore.ranking import (
+from rmcore.data.ranking import (
     best_response,
     dense_ranks,
     pair_loss,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rmcore.cli import main
-from rmcore.errors import ModelError
-from rmcore.rlhf import CHECKPOINT_DIR, POLICY_METADATA_FILE, RLHFConfig, split_prompts, train_policy
+from rmcore.core.errors import ModelError
+from rmcore.policy.rlhf import CHECKPOINT_DIR, POLICY_METADATA_FILE, RLHFConfig, split_prompts, train_policy
 
 TRAIN = ["Name a prime.", "Boil an egg?", "Say hello.", "What is 2 + 2?"]
 HELD_OUT = ["Name a colour.", "Why is the sky blue?"]
@@ -18,7 +18,7 @@ HELD_OUT = ["Name a colour.", "Why is the sky blue?"]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from rmcore.tiny import build_tiny_model, build_tiny_reward_model
+    from rmcore.model.tiny import build_tiny_model, build_tiny_reward_model
 
     root = tmp_path_factory.mktemp("rlhf")
     return {"policy": build_tiny_model(root / "policy", seed=3), "rm": build_tiny_reward_model(root / "rm", seed=1),

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from rmcore.cli import main
+from rmcore.core.errors import DataError
 from rmcore.data import read_preferences
-from rmcore.errors import DataError
-from rmcore.sampling import end_token_ids, load_policy, read_prompts, sample
+from rmcore.policy.sampling import end_token_ids, load_policy, read_prompts, sample
 
 PROMPTS = ["Name a prime number.", "How do I boil an egg?", "Say hello.", "What is 2 + 2?"]
 
@@ -128,7 +128,7 @@ def test_a_samples_file_whose_last_record_lacks_its_newline_is_continued_whole(t
 
 def test_samples_with_line_separators_inside_answers_read_back(tmp_path):
     """U+2028 and U+0085 inside a JSON string are not line ends: the file reads back whole."""
-    from rmcore.sampling import read_samples_file
+    from rmcore.policy.sampling import read_samples_file
 
     record = {"prompt": "q", "responses": ["one\u2028two", "three\u0085four"], "sampling": {}}
     out = tmp_path / "samples.jsonl"

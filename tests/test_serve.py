@@ -72,7 +72,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def library(tiny_model_dir):
-    from rmcore.model import RewardModel
+    from rmcore.model.reward_model import RewardModel
 
     return RewardModel.load(tiny_model_dir, max_length=MAX_LENGTH)
 
@@ -216,7 +216,7 @@ def test_a_request_that_fails_in_a_round_fails_alone(library):
     fails alone gets the 500, the others of its round get exactly their own rewards."""
     import asyncio
 
-    from rmcore.serve import ApiError, Batcher, Stats
+    from rmcore.serving.service import ApiError, Batcher, Stats
 
     poison = library.tokenizer("zebra", add_special_tokens=False)["input_ids"][0]
     real = library.rewards_for
@@ -394,7 +394,7 @@ def test_command_line_errors_are_one_line_and_status_2(tiny_model_dir, tmp_path,
 
 
 def test_template_split_finds_the_last_assistant_turn(library):
-    from rmcore.serve import TemplateShape
+    from rmcore.serving.service import TemplateShape
 
     shape = TemplateShape.of(library.tokenizer)
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},

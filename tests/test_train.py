@@ -12,11 +12,11 @@ import threading
 import pytest
 import torch
 
+from rmcore.core.errors import TrainingError
 from rmcore.data import read_preferences, split_groups
-from rmcore.errors import TrainingError
-from rmcore.model import RewardModel, load_sequence_classifier
-from rmcore.shared_trunk import read_weights
-from rmcore.train import TrainConfig, train
+from rmcore.model.reward_model import RewardModel, load_sequence_classifier
+from rmcore.model.shared_trunk import read_weights
+from rmcore.training.train import TrainConfig, train
 
 STEP_KEYS = {"loss", "accuracy", "margin", "reward_mean", "reward_std", "lr", "tokens_per_s", "progress",
              "step", "total_steps", "eta_s"}
@@ -29,7 +29,7 @@ def demo_split(demo_path):
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
-    return read_weights(folder)  # one file, or a head-mode model's shards (rmcore.shared_trunk)
+    return read_weights(folder)  # one file, or a head-mode model's shards (rmcore.model.shared_trunk)
 
 
 @pytest.mark.parametrize(("mode", "lr"), [("head", 5e-2), ("lora", 5e-3), ("full", 2e-3)])
@@ -125,7 +125,7 @@ def test_head_mode_reuses_cached_trunk_features(tiny_model_dir, demo_split, tmp_
 
 def test_edited_data_computes_trunk_features_only_for_the_changed_prompt(tiny_model_dir, demo_split, tmp_path,
                                                                        private_cache):
-    from rmcore.estimate import StepRates, estimate_training_time
+    from rmcore.training.estimate import StepRates, estimate_training_time
 
     train_groups, eval_groups = demo_split
     config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=1)
@@ -165,7 +165,7 @@ def test_edited_data_computes_trunk_features_only_for_the_changed_prompt(tiny_mo
 
 def test_evaluating_a_head_model_reads_the_trunk_features_its_training_cached(tiny_model_dir, demo_split, tmp_path,
                                                                              private_cache):
-    from rmcore.evaluate import evaluate
+    from rmcore.analysis.evaluate import evaluate
 
     train_groups, eval_groups = demo_split
     train(TrainConfig(model=str(tiny_model_dir), mode="head", epochs=2, lr=5e-2), train_groups, tmp_path / "rm",
@@ -226,14 +226,14 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_mode
         out = original(x)
         return out * float("nan") if calls["n"] > 3 else out
 
-    import rmcore.loss
+    import rmcore.training.loss
 
-    rmcore.loss.F.logsigmoid = nan_after_three_steps
+    rmcore.training.loss.F.logsigmoid = nan_after_three_steps
     try:
         with pytest.raises(TrainingError, match="loss became nan at step 4"):
             train(config, poisoned, tmp_path / "rm")
     finally:
-        rmcore.loss.F.logsigmoid = original
+        rmcore.training.loss.F.logsigmoid = original
     state = json.loads((tmp_path / "rm" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 2
 

@@ -8,11 +8,11 @@ import streamlit as st
 
 from app import charts, resources, settings, state
 from app.ui import error_text, md, user_errors
-from rmcore.config import default
+from rmcore.core.errors import DataError
 from rmcore.data import RANKED_FORMATS, write_ranked_jsonl
-from rmcore.encoding import count_truncated, encode_groups
-from rmcore.errors import DataError
-from rmcore.ranking import best_response, read_ranks, with_best_response
+from rmcore.data.encoding import count_truncated, encode_groups
+from rmcore.data.ranking import best_response, read_ranks, with_best_response
+from rmcore.training.config import default
 
 log = logging.getLogger(__name__)
 REPORT_MAX_LENGTH = default("max_length")  # the Train page's default; the report counts truncation at it

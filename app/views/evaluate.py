@@ -10,12 +10,12 @@ import streamlit as st
 from app import charts, resources, settings, state
 from app.jobs import read_held_out
 from app.ui import fmt, md, pick_model, user_errors
+from rmcore.analysis.evaluate import categories_from_records, compare, compare_sentence, evaluate, worst_pairs
+from rmcore.core.errors import DataError
 from rmcore.data import groups_fingerprint, read_preferences_bytes
-from rmcore.ensemble import evaluate_ensemble
-from rmcore.errors import DataError
-from rmcore.estimate import format_duration
-from rmcore.evaluate import categories_from_records, compare, compare_sentence, evaluate, worst_pairs
-from rmcore.records import read_bytes
+from rmcore.data.records import read_bytes
+from rmcore.training.ensemble import evaluate_ensemble
+from rmcore.training.estimate import format_duration
 
 HELD_OUT = "held-out prompts saved with this model"
 LOADED = "the data set loaded on the Data page"
@@ -159,7 +159,7 @@ def show(result) -> None:
 
 
 def ensemble_section(s) -> None:
-    """An ensemble's accuracy as its members disagree more (rmcore.ensemble.evaluate_ensemble)."""
+    """An ensemble's accuracy as its members disagree more (rmcore.training.ensemble.evaluate_ensemble)."""
     info = s["ensemble"]
     st.subheader("Accuracy against ensemble disagreement")
     left, right = st.columns([3, 2], gap="large")

@@ -12,8 +12,8 @@ from app.jobs import metrics_history
 from app.models_list import deleted_message, megabytes, models_section
 from app.policy_export import policies_section
 from app.ui import fmt, md, pick_model
-from rmcore.encoding import render_text
-from rmcore.shared_trunk import folder_size
+from rmcore.data.encoding import render_text
+from rmcore.model.shared_trunk import folder_size
 
 
 def usage_code(name: str) -> str:
@@ -29,7 +29,7 @@ def usage_code(name: str) -> str:
 
 def model_card_text(folder: Path, meta: dict) -> str:
     """The saved card without its YAML block (models saved before cards existed get one rendered now)."""
-    from rmcore.model_card import CARD_FILE, render_card
+    from rmcore.model.card import CARD_FILE, render_card
 
     card = folder / CARD_FILE
     text = card.read_text() if card.is_file() else render_card(meta, folder.name)

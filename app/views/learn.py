@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import charts, settings
 from app.ui import md
-from rmcore.ranking import pair_loss, preference_probability
+from rmcore.data.ranking import pair_loss, preference_probability
 
 
 def page() -> None:

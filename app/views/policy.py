@@ -24,7 +24,7 @@ GOODHART = (
 
 def prompts_from(source: str) -> list:
     from rmcore.data import demo_data_path
-    from rmcore.sampling import read_prompts, unique_prompts
+    from rmcore.policy.sampling import read_prompts, unique_prompts
 
     if source == PROMPT_SOURCES[0]:
         return read_prompts(demo_data_path())
@@ -84,8 +84,8 @@ def bon_section(proxy, gold_name: str | None, prompts: list) -> None:
 
 
 def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -> None:
-    from rmcore.best_of_n import curve_from_records, score_proxy_and_gold
-    from rmcore.sampling import sample
+    from rmcore.policy.best_of_n import curve_from_records, score_proxy_and_gold
+    from rmcore.policy.sampling import sample
 
     generator = resources.generator(settings.generator_model())
     bar = st.progress(0.0, text="sampling…")
@@ -110,7 +110,7 @@ def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -
 
 
 def show_bon(result: dict) -> None:
-    from rmcore.best_of_n import bon_figure
+    from rmcore.policy.best_of_n import bon_figure
 
     curve = result["curve"]
     st.plotly_chart(bon_figure(curve), key="bon_curve")
@@ -173,7 +173,7 @@ def unused_policy_name(base: str = "policy-rs") -> str:
 
 
 def start_job(proxy, gold_name, prompts, rounds, n, max_new, lr, kl_coef, eval_samples, name) -> None:
-    from rmcore.rlhf import RLHFConfig, split_prompts
+    from rmcore.policy.rlhf import RLHFConfig, split_prompts
 
     train_prompts, eval_prompts = split_prompts(prompts, 0.33, 0)
     config = RLHFConfig(

@@ -11,12 +11,12 @@ import streamlit as st
 from app import charts, resources, settings
 from app.jobs import read_held_out
 from app.ui import md, pick_model, user_errors
+from rmcore.analysis.probes import record_probes, reward_spread, run_probes, verdict
+from rmcore.analysis.scoring import scored_records
+from rmcore.core.errors import DataError, RmcoreError
+from rmcore.core.folders import read_metadata
 from rmcore.data import demo_data_path, read_preferences, read_preferences_bytes
-from rmcore.ensemble import member_folders, reading
-from rmcore.errors import DataError, RmcoreError
-from rmcore.model_folder import read_metadata
-from rmcore.probes import record_probes, reward_spread, run_probes, verdict
-from rmcore.scoring import scored_records
+from rmcore.training.ensemble import member_folders, reading
 
 MIN_CANDIDATES, MAX_CANDIDATES = 2, 9
 EXAMPLE_PROMPT = "How do I boil an egg so that it peels easily?"
@@ -137,7 +137,7 @@ def cut_at_limit(tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:
 
 
 def loaded(choice):
-    """The model to score with: a RewardModel, or an rmcore.ensemble.Ensemble (the members' mean reward)."""
+    """The model to score with: a RewardModel, or an rmcore.training.ensemble.Ensemble (the members' mean reward)."""
     return resources.ensemble(choice) if choice.kind == "ensemble" else resources.reward_model(choice)
 
 
@@ -207,7 +207,7 @@ def results_section(choice, prompt: str, candidates: list[str], numbers: list[in
 
 
 def disagreement_section(result, members: int, numbers: list[int]) -> None:
-    """What the ensemble's spread says, in words, and the conservative pick (rmcore.ensemble)."""
+    """What the ensemble's spread says, in words, and the conservative pick (rmcore.training.ensemble)."""
     st.markdown("**Do the members agree?**")
     said = reading(result)
     st.write(
@@ -342,7 +342,7 @@ SPREAD_PROMPTS = 40
 
 
 def probes_section(choice, prompt: str, candidates: list[str], numbers: list[int]) -> None:
-    """Counterfactual edits of one answer and how far each moves its reward (rmcore.probes)."""
+    """Counterfactual edits of one answer and how far each moves its reward (rmcore.analysis.probes)."""
     st.subheader("What is it really rewarding?")
     st.caption(
         "Edits that make an answer no better (a pleasantry, flattery, repetition, filler, bullet points) should "

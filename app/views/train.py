@@ -9,7 +9,8 @@ import streamlit as st
 from app import charts, resources, settings, state
 from app.jobs import JobBusy, JobRequest, TrainingJob, manager, resumable, resume_request
 from app.ui import duration, fmt, md, user_errors
-from rmcore.config import (
+from rmcore.data import split_groups
+from rmcore.training.config import (
     APP_DEFAULT_TIME_BUDGET_MIN,
     APP_TIME_BUDGETS_MIN,
     DEFAULT_EPOCHS,
@@ -19,7 +20,6 @@ from rmcore.config import (
     default,
     help_text,
 )
-from rmcore.data import split_groups
 
 LEARNING_RATES = [
     "default",
@@ -244,7 +244,7 @@ def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> Non
         )
         cached = st.session_state.get("train_estimate")
         if cached is None or cached[0] != key:
-            from rmcore.estimate import estimate_training_time  # torch: only once a page needs a model
+            from rmcore.training.estimate import estimate_training_time  # torch: only once a page needs a model
 
             try:
                 with st.spinner("Timing one batch on this machine…"):

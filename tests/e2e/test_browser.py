@@ -38,7 +38,7 @@ def server(tmp_path_factory):
     """`streamlit run app/main.py` on a free port, pointed at a tiny model and a private models folder."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (make browser installs Debian's)")
-    from rmcore.tiny import build_tiny_model
+    from rmcore.model.tiny import build_tiny_model
 
     work = tmp_path_factory.mktemp("e2e")
     tiny = build_tiny_model(work / "tiny-llama")

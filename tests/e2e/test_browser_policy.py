@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 def policy_server(tmp_path_factory):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (make browser installs Debian's)")
-    from rmcore.tiny import build_tiny_model, build_tiny_reward_model
+    from rmcore.model.tiny import build_tiny_model, build_tiny_reward_model
 
     work = tmp_path_factory.mktemp("e2e-policy")
     tiny = build_tiny_model(work / "tiny-llama")

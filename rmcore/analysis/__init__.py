@@ -1,0 +1,1 @@
+"""What a reward model says: evaluation, counterfactual probes, scoring files of prompts."""

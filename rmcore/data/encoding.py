@@ -1,0 +1,179 @@
+"""Turn (prompt, responses) into token ids, identically for training, scoring and evaluation.
+
+The text a reward model sees is the chat-template rendering of the conversation with the response
+as the assistant's turn, exactly as `tokenizer.apply_chat_template` writes it, so the saved model
+gives the same reward through `transformers.pipeline` on that text. The prompt part (everything up
+to the assistant's turn) is tokenized once per group and shared by its K responses.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+
+from rmcore.data.formats import Message, RankedGroup, ordered_pairs
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # not characters: a Rust tokenizer refuses the whole text
+_MESSAGE_OVERHEAD = 16  # characters a chat template adds around one message, counted generously
+_longest_token: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class EncodedGroup:
+    """Token ids of one group: the shared prompt and each response's continuation."""
+
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+    ranks: list[int | None]
+    margin: float = 0.0
+    prompt_truncated: bool = False
+    truncated: tuple[int, ...] = ()  # indexes of the responses whose end was cut
+
+    @property
+    def responses_truncated(self) -> int:
+        return len(self.truncated)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the packed row: the prompt once plus every response."""
+        return len(self.prompt_ids) + sum(len(r) for r in self.response_ids)
+
+    @property
+    def unshared_tokens(self) -> int:
+        """Tokens if each response were a separate sequence repeating the prompt."""
+        return sum(len(self.prompt_ids) + len(r) for r in self.response_ids)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return ordered_pairs(self.ranks)
+
+
+def _fallback_prompt(messages: list[Message]) -> str:
+    """For tokenizers without a chat template: a plain 'Role: text' transcript."""
+    turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+    return turns + "Assistant:"
+
+
+def render_prompt(tokenizer, messages: list[Message]) -> str:
+    """The text before the response: the conversation plus the assistant-turn header."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _fallback_prompt(messages)
+
+
+def render_response(tokenizer, messages: list[Message], response: str, prompt_text: str | None = None) -> str:
+    """The text the response adds after `render_prompt` (content plus end-of-turn markers)."""
+    if getattr(tokenizer, "chat_template", None):
+        prompt_text = prompt_text if prompt_text is not None else render_prompt(tokenizer, messages)
+        full = tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": response}], tokenize=False
+        )
+        if full.startswith(prompt_text):
+            return full[len(prompt_text) :]
+        return response + (tokenizer.eos_token or "")
+    return " " + response + (tokenizer.eos_token or "")
+
+
+def render_text(tokenizer, messages: list[Message], response: str) -> str:
+    """The whole text a reward is read from; give this to a text-classification pipeline."""
+    prompt_text = render_prompt(tokenizer, messages)
+    return prompt_text + render_response(tokenizer, messages, response, prompt_text)
+
+
+def split_at_shared_prompt(tokenizer, prompt_text: str, full_texts: list[str]) -> tuple[list[int], list[list[int]]]:
+    """Tokenize each whole text once and split it where the tokens stop being shared by every text.
+
+    A response's tokens are those of its whole rendered text, as a pipeline or TRL's reward-model
+    path tokenizes `render_text`: tokenizing the prompt and the response apart differs when the
+    tokenizer merges across the boundary (a response starting with "  " or "\\n\\n" after the
+    header's "\\n"). The shared prompt is then one or two tokens shorter; rewards are unchanged.
+    """
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
+    full_ids = tokenizer(full_texts, add_special_tokens=True)["input_ids"]
+    shared = len(prompt_ids)
+    for ids in full_ids:
+        shared = min(shared, len(ids) - 1)  # every response keeps at least one token
+        while shared and ids[:shared] != prompt_ids[:shared]:
+            shared -= 1
+    return prompt_ids[:shared], [ids[shared:] for ids in full_ids]
+
+
+def encode_group(tokenizer, group: RankedGroup, max_length: int) -> EncodedGroup:
+    """Tokenize a group; over-long rows lose prompt tokens from the left first, then response tail.
+
+    Every response of a group shares one prompt, so the prompt is cut to fit the longest response.
+    It keeps at least a quarter of `max_length` (when it has that many) before responses are cut.
+    """
+    # Text far past max_length tokens is cut by characters first (tokenizing a 50 MB line costs gigabytes).
+    chars = max_chars(tokenizer, max_length)
+    prompt = clip_prompt(group.prompt, chars)
+    responses = [_clean(r[:chars]) for r in group.responses]
+    prompt_text = render_prompt(tokenizer, prompt)
+    prompt_ids, response_ids = split_at_shared_prompt(tokenizer, prompt_text, [
+        prompt_text + render_response(tokenizer, prompt, r, prompt_text) for r in responses
+    ])
+    longest = max(len(r) for r in response_ids)
+    prompt_truncated = False
+    truncated: list[int] = []
+    if len(prompt_ids) + longest > max_length:
+        keep = max(max_length - longest, min(len(prompt_ids), max_length // 4))
+        if keep < len(prompt_ids):
+            prompt_ids = prompt_ids[len(prompt_ids) - keep :]
+            prompt_truncated = True
+        room = max_length - len(prompt_ids)
+        for i, ids in enumerate(response_ids):
+            if len(ids) > room:
+                response_ids[i] = ids[:room]
+                truncated.append(i)
+    return EncodedGroup(
+        prompt_ids, response_ids, list(group.ranks), group.margin, prompt_truncated, tuple(truncated)
+    )
+
+
+def max_chars(tokenizer, max_length: int) -> int:
+    """Characters that surely hold more than `max_length` tokens.
+
+    No token is longer than the vocabulary's longest entry, so text past this many characters
+    would be cut after tokenizing anyway; cutting it before gives the same tokens, cheaply.
+    """
+    longest = _longest_token.get(tokenizer)
+    if longest is None:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        longest = max(map(len, vocab), default=64)
+        try:
+            _longest_token[tokenizer] = longest
+        except TypeError:  # not weak-referenceable: computed again next time
+            pass
+    return (max_length + _MESSAGE_OVERHEAD) * max(longest, 1)
+
+
+def clip_prompt(messages: list[Message], chars: int) -> list[Message]:
+    """The prompt's last `chars` characters as messages (a prompt is cut from the left).
+
+    Earlier messages that cannot reach the kept tokens are dropped, a long message keeps its end,
+    and lone surrogates (not characters) become U+FFFD.
+    """
+    kept: list[Message] = []
+    budget = chars
+    for message in reversed(messages):
+        if budget <= 0:
+            break
+        content = message["content"]
+        if len(content) > budget:
+            content = content[len(content) - budget :]
+        budget -= len(content) + _MESSAGE_OVERHEAD
+        kept.append({**message, "content": _clean(content)})
+    return kept[::-1]
+
+
+def _clean(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def encode_groups(tokenizer, groups: list[RankedGroup], max_length: int) -> list[EncodedGroup]:
+    return [encode_group(tokenizer, g, max_length) for g in groups]
+
+
+def count_truncated(encoded: list[EncodedGroup]) -> tuple[int, int]:
+    """(prompts truncated, responses truncated), for the validation report."""
+    return sum(e.prompt_truncated for e in encoded), sum(e.responses_truncated for e in encoded)

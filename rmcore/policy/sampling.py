@@ -1,0 +1,414 @@
+"""Sample n answers per prompt from a policy (a causal LM), batched, with the KV cache.
+
+The raw material of best-of-n and of RLHF: many answers to the same prompts. Prompts are rendered
+with the same chat template rmcore scores with (rmcore.data.encoding.render_prompt), and an answer ends
+where the policy emits its end-of-turn token; an answer that runs into `max_new_tokens` first is
+marked `hit_limit` (it was cut, and a reward model may judge the cut).
+
+`write_samples` appends one record per prompt to a JSONL file in rmcore's unranked-candidates
+format (prompt, responses), so `rmcore score --data` reads it; a rerun with the same settings
+skips the prompts already there, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rmcore.core.errors import DataError, ModelError
+from rmcore.data import Message, read_preferences
+from rmcore.data.encoding import render_prompt
+
+Prompt = str | list[Message]
+SEQUENCES_PER_CALL = 128  # sequences per generate call: 1.25x the tokens/s of 32 on 2 CPU cores (4 x 32 answers)
+
+
+@dataclass
+class Sample:
+    text: str  # the answer as the user reads it (special tokens removed, stripped)
+    tokens: list[int]  # answer token ids as generated, up to and including the end-of-turn token if emitted
+    hit_limit: bool  # True when the answer ran into max_new_tokens before its end-of-turn token
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class SamplingSettings:
+    """What makes two sampling runs interchangeable (a file is resumed only with the same settings)."""
+
+    model: str
+    n: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+    def check(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be above 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+def load_policy(name: str | os.PathLike | None = None, *, device: str | None = None):
+    """(model, tokenizer, display name) of a causal LM: "embedded" or a local HF folder."""
+    from transformers import AutoModelForCausalLM
+
+    from rmcore.model.device import autodetect_device
+    from rmcore.model.reward_model import (
+        from_pretrained_safely,
+        is_reward_model_folder,
+        load_tokenizer,
+        resolve_model_path,
+    )
+
+    path, display = resolve_model_path(name)
+    if is_reward_model_folder(path):
+        raise ModelError(f"{path}: is a reward model (a sequence classifier), not a policy that writes text; "
+                         "pass a causal LM folder or 'embedded'")
+    tokenizer = load_tokenizer(path)
+    model = from_pretrained_safely(AutoModelForCausalLM, path, dtype=torch.float32)
+    model.to(device or autodetect_device()).eval()
+    return model, tokenizer, display
+
+
+def as_messages(prompt: Prompt) -> list[Message]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def end_token_ids(tokenizer, model=None) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS, the model's, and ChatML's <|im_end|>."""
+    ids = {tokenizer.eos_token_id}
+    generation = getattr(model, "generation_config", None)
+    eos = getattr(generation, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+def prompt_token_ids(tokenizer, prompt: Prompt) -> list[int]:
+    """The prompt as the policy sees it: rendered with the chat template, up to the assistant header."""
+    return tokenizer(render_prompt(tokenizer, as_messages(prompt)), add_special_tokens=True)["input_ids"]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@torch.inference_mode()
+def sample(policy_model, tokenizer, prompts: list[Prompt], n: int, max_new_tokens: int = 96,
+           temperature: float = 1.0, seed: int = 0, *, top_p: float = 1.0,
+           sequences_per_call: int = SEQUENCES_PER_CALL,
+           on_progress: Callable[[float, int], None] | None = None,
+           stop_event: threading.Event | None = None) -> list[list[Sample]]:
+    """n sampled answers for each prompt, in prompt order; reproducible for a seed.
+
+    Prompts are generated together (left-padded, n sequences each) so that about
+    `sequences_per_call` sequences share a `generate` call. `on_progress(prompts_done, total)` is
+    called at every generated token (prompts_done is fractional inside a call); a set
+    `stop_event` returns the prompts finished so far.
+    """
+    results: list[list[Sample]] = []
+
+    def on_token(done: float) -> None:
+        if on_progress is not None:
+            on_progress(done, len(prompts))
+
+    for chunk in iter_samples(policy_model, tokenizer, prompts, n, max_new_tokens, temperature, seed,
+                              top_p=top_p, sequences_per_call=sequences_per_call,
+                              on_token=on_token if on_progress is not None else None):
+        results.extend(chunk)
+        if on_progress is not None:
+            on_progress(len(results), len(prompts))
+        if stop_event is not None and stop_event.is_set():
+            break
+    return results
+
+
+def iter_samples(policy_model, tokenizer, prompts: list[Prompt], n: int, max_new_tokens: int,
+                 temperature: float, seed: int, *, top_p: float = 1.0, first_index: int = 0,
+                 sequences_per_call: int = SEQUENCES_PER_CALL,
+                 on_token: Callable[[float], None] | None = None) -> Iterator[list[list[Sample]]]:
+    """Yield the samples of a few prompts at a time (one `generate` call each).
+
+    The random seed of a call is derived from `seed` and the index of its first prompt
+    (`first_index` + position), so a resumed run draws what an uninterrupted one would when it
+    resumes at a call boundary. `on_token(prompts_done)` is called at every generated token with
+    a fractional count of prompts done (a call's prompts count as done in proportion to its
+    tokens), so progress moves during a long call.
+    """
+    SamplingSettings("", n, max_new_tokens, temperature, top_p, seed).check()
+    per_call = max(1, sequences_per_call // n)
+    for start in range(0, len(prompts), per_call):
+        torch.manual_seed(seed * 1_000_003 + first_index + start)
+        size = len(prompts[start : start + per_call])
+        ticker = None
+        if on_token is not None:
+            def ticker(step: int, start=start, size=size) -> None:
+                on_token(start + size * min(step, max_new_tokens) / max_new_tokens)
+        yield _generate(policy_model, tokenizer, prompts[start : start + per_call], n, max_new_tokens,
+                        temperature, top_p, ticker)
+
+
+def _token_ticker(callback: Callable[[int], None]):
+    """A stopping criterion that never stops: it counts generated tokens for progress reports."""
+    from transformers import StoppingCriteria
+
+    class TokenTicker(StoppingCriteria):
+        def __init__(self):
+            self.step = 0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.step += 1
+            callback(self.step)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return TokenTicker()
+
+
+def _generate(model, tokenizer, prompts: list[Prompt], n: int, max_new_tokens: int, temperature: float,
+              top_p: float, on_step: Callable[[int], None] | None = None) -> list[list[Sample]]:
+    device = next(model.parameters()).device
+    encoded = [prompt_token_ids(tokenizer, p) for p in prompts]
+    width = max(len(ids) for ids in encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # left padding, so every prompt ends where generation starts
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)  # (P, T)
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+    ends = end_token_ids(tokenizer, model)
+    try:
+        output = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=temperature,
+            top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=n, use_cache=True,
+            pad_token_id=pad_id, eos_token_id=ends,
+            stopping_criteria=[_token_ticker(on_step)] if on_step is not None else None,
+        )  # (P * n, T + new): the n answers of a prompt are consecutive rows
+    except RuntimeError as exc:
+        raise ModelError(f"generation failed ({exc})") from None
+    new_tokens = output[:, width:].tolist()
+    samples = [_to_sample(tokenizer, row, ends) for row in new_tokens]
+    return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def _to_sample(tokenizer, row: list[int], ends: list[int]) -> Sample:
+    end = next((i for i, token in enumerate(row) if token in ends), None)
+    tokens = row if end is None else row[: end + 1]
+    text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return Sample(text, tokens, end is None)
+
+
+# ----------------------------------------------------------------------------- prompt files
+
+
+def read_prompts(path: str | os.PathLike) -> list[Prompt]:
+    """Prompts from a plain .txt (one instruction per line) or from any file rmcore reads (its prompts,
+    each once, in file order)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(str(path), "no such file")
+    if path.is_dir():
+        raise DataError(str(path), "is a folder, not a prompts file")
+    if path.suffix.lower() == ".txt":
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        prompts: list[Prompt] = [line.strip() for line in lines if line.strip()]
+    else:
+        groups = read_preferences(path, for_scoring=True).groups
+        prompts = unique_prompts([g.prompt for g in groups])
+    if not prompts:
+        raise DataError(str(path), "no prompts in the file (a .txt needs one instruction per line)")
+    return prompts
+
+
+def unique_prompts(conversations: list[list[Message]]) -> list[Prompt]:
+    """Each prompt once, in order; a single user turn becomes its plain text."""
+    seen: set[str] = set()
+    prompts: list[Prompt] = []
+    for messages in conversations:
+        key = json.dumps(messages, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            single = len(messages) == 1 and messages[0]["role"] == "user"
+            prompts.append(messages[0]["content"] if single else messages)
+    return prompts
+
+
+# ----------------------------------------------------------------------------- samples files
+
+
+def sample_record(prompt: Prompt, samples: list[Sample], settings: SamplingSettings) -> dict[str, Any]:
+    """One line of a samples file: an unranked-candidates record plus what a reader of samples needs."""
+    return {
+        "prompt": prompt,
+        "responses": [s.text for s in samples],
+        "num_tokens": [s.num_tokens for s in samples],
+        "hit_limit": [s.hit_limit for s in samples],
+        "sampling": asdict(settings),
+    }
+
+
+def read_samples_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete records of a samples file (a cut-off last line from an interrupted write is left out)."""
+    path = Path(path)
+    records = []
+    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may be inside a JSON string
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the write that was interrupted
+                break
+            raise DataError(f"{path}:{number}", "not valid JSON; is this a samples file from rmcore sample?") from None
+        if not isinstance(record, dict) or "responses" not in record or "sampling" not in record:
+            raise DataError(f"{path}:{number}", "not a samples record (prompt, responses, sampling); "
+                                                "rmcore sample writes only to a new file or to its own samples file")
+        records.append(record)
+    return records
+
+
+def prompts_done(path: Path, settings: SamplingSettings) -> set[str]:
+    """Keys of the prompts already in `path`; refuse a file that is not a samples file of these settings."""
+    if not path.exists():
+        return set()
+    if path.is_dir():
+        raise DataError(str(path), "is a folder; --out must be a .jsonl file")
+    records = read_samples_file(path) if path.stat().st_size else []
+    if not records:
+        raise DataError(str(path), "exists and holds no samples record; rmcore sample never writes over a file: "
+                                   "choose a new --out file")
+    wanted = asdict(settings)
+    for record in records:
+        if record["sampling"] != wanted:
+            differ = sorted(k for k in wanted if record["sampling"].get(k) != wanted[k])
+            verb = "differs" if len(differ) == 1 else "differ"
+            raise DataError(str(path), f"already holds samples made with other settings ({', '.join(differ)} "
+                                       f"{verb}); choose a new --out file, or the same settings to continue it")
+    return {prompt_key(r["prompt"]) for r in records}
+
+
+def prompt_key(prompt: Prompt) -> str:
+    return json.dumps(prompt, sort_keys=True)
+
+
+def write_samples(policy_model, tokenizer, prompts: list[Prompt], out_path: str | os.PathLike,
+                  settings: SamplingSettings, *, sequences_per_call: int = SEQUENCES_PER_CALL,
+                  on_progress: Callable[[float, int], None] | None = None) -> tuple[int, int]:
+    """Append the samples of the prompts not yet in `out_path`; returns (prompts written, prompts skipped).
+
+    Each generate call's prompts are written and flushed as soon as they are done, so a killed
+    run loses at most one call's work.
+    """
+    settings.check()
+    out_path = Path(out_path)
+    done = prompts_done(out_path, settings)
+    todo = [p for p in prompts if prompt_key(p) not in done]
+    skipped = len(prompts) - len(todo)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_partial_line(out_path)
+    written = 0
+    first_index = skipped  # seeds follow the prompt's position in the whole run
+    if on_progress is not None:
+        on_progress(skipped, len(prompts))
+    def on_token(done_in_run: float) -> None:
+        if on_progress is not None:
+            on_progress(skipped + done_in_run, len(prompts))
+
+    for chunk in iter_samples(policy_model, tokenizer, todo, settings.n, settings.max_new_tokens,
+                              settings.temperature, settings.seed, top_p=settings.top_p,
+                              first_index=first_index, sequences_per_call=sequences_per_call,
+                              on_token=on_token if on_progress is not None else None):
+        lines = "".join(json.dumps(sample_record(prompt, samples, settings), ensure_ascii=False) + "\n"
+                        for prompt, samples in zip(todo[written : written + len(chunk)], chunk, strict=True))
+        with out_path.open("a", encoding="utf-8") as out:  # opened per call: no empty file before the first
+            out.write(lines)
+        written += len(chunk)
+        if on_progress is not None:
+            on_progress(skipped + written, len(prompts))
+    return written, skipped
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Make appending start on a clean line: an unterminated last line that is a whole record (a file
+    edited by hand, or copied without its final newline) gets its newline; one cut off by a write
+    killed half-way is removed (read_samples_file leaves it out too, so its prompt is sampled again)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    if _is_json(data[keep:]):
+        with path.open("ab") as handle:
+            handle.write(b"\n")
+        return
+    with path.open("r+b") as handle:
+        handle.truncate(keep)
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+class Progress:
+    """Progress with time left on stderr: a redrawn line on a terminal, else a line every few seconds."""
+
+    def __init__(self, what: str, stream=None, every_s: float = 5.0):
+        import sys
+
+        self.what = what
+        self.stream = stream or sys.stderr
+        self.every_s = every_s
+        self.started = time.perf_counter()
+        self.first_done: int | None = None
+        self.last_line = 0.0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, done: float, total: int) -> None:
+        now = time.perf_counter()
+        if self.first_done is None:  # count speed from the first report (skipped work is not ours)
+            self.first_done, self.started = done, now
+            return self._show(done, total, None)
+        rate_done = done - self.first_done
+        eta = (now - self.started) / rate_done * (total - done) if rate_done > 0 else None
+        redraw = 0.2 if self.tty else self.every_s  # a terminal line is redrawn in place, a log gets a line
+        if done == total or now - self.last_line >= redraw:
+            self._show(done, total, eta)
+
+    def _show(self, done: float, total: int, eta: float | None) -> None:
+        self.last_line = time.perf_counter()
+        left = f", {format_duration(eta)} left" if eta is not None and done < total else ""
+        line = f"{self.what}: {int(done)}/{total} ({done / max(total, 1):.0%}){left}"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done == total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -1,0 +1,1 @@
+"""`rmcore serve`: a reward model as an HTTP service."""

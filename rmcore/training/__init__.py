@@ -1,0 +1,1 @@
+"""Training a reward model: settings, the loss, modes, trunk features, checkpoints, the time budget, ensembles."""

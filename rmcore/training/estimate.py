@@ -1,0 +1,201 @@
+"""Estimate how long a training run will take on this machine, by timing one batch before it starts.
+
+The cost of a run is almost all token work, so we time one real batch of the user's data in the
+chosen mode (forward only for head mode, whose trunk runs once to cache features; forward,
+backward and an optimizer step for lora and full), turn it into seconds per token, and multiply by
+the tokens the run will see:
+
+    head:      load + (train + eval tokens) x forward s/token + steps x (tiny head step)
+    lora/full: load + epochs x train tokens x train s/token + (epochs + 1) x eval tokens x forward s/token
+
+The rates depend on the model, the mode and the device, not on the data set, so a caller (the app)
+can measure them once and reuse them while the user changes epochs, batch size or the data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from rmcore.data import RankedGroup
+from rmcore.data.encoding import EncodedGroup, encode_groups
+from rmcore.model.batching import pack_groups
+from rmcore.model.device import autocast, autodetect_device
+from rmcore.model.reward_model import load_sequence_classifier, load_tokenizer, resolve_model_path
+from rmcore.training.config import TrainConfig
+from rmcore.training.modes import setup_mode
+
+HEAD_STEP_S = 0.003  # one optimizer step of the reward neuron on cached features (measured: ~1-3 ms)
+SAVE_BYTES_PER_S = 150e6  # writing safetensors, tokenizer and the atomic rename
+
+
+@dataclass
+class StepRates:
+    """Seconds per token of one model in one mode on one device (what `measure_rates` timed)."""
+
+    model: str
+    mode: str
+    device: str
+    load_s: float  # loading the model and adding the reward neuron
+    forward_s_per_token: float  # inference (features, held-out evaluation)
+    train_s_per_token: float  # forward + backward + optimizer step (0 for head mode: it trains on features)
+    parameters: int  # parameters saved at the end (for the save time)
+
+
+@dataclass
+class TimeEstimate:
+    seconds: float
+    parts: dict[str, float] = field(default_factory=dict)  # load, features, training, evaluation, save
+    steps: int = 0
+    train_tokens: int = 0  # packed tokens of one epoch (each prompt once, then its K responses)
+    eval_tokens: int = 0
+    cached_features: bool = False  # head mode: the trunk features are already in the cache
+    device: str = "cpu"
+
+    def describe(self) -> str:
+        """One line for people: "about 1 min 20 s on cpu (features 50 s, training 25 s, ...)"."""
+        parts = ", ".join(f"{k} {format_duration(v)}" for k, v in self.parts.items() if v >= 0.5)
+        cached = "; trunk features already cached" if self.cached_features else ""
+        return f"about {format_duration(self.seconds)} on {self.device} ({parts}{cached})"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        return f"{seconds:.1f} s" if seconds < 1 else f"{seconds:.0f} s"
+    if seconds < 60:
+        return f"{round(seconds):.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s" if minutes < 10 else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _sample_batch(encoded: list[EncodedGroup], batch_size: int) -> list[EncodedGroup]:
+    """A batch of typical length: `batch_size` groups around the median packed length."""
+    order = sorted(encoded, key=lambda g: g.num_tokens)
+    middle = len(order) // 2
+    start = max(0, min(middle - batch_size // 2, len(order) - batch_size))
+    return order[start : start + batch_size]
+
+
+def measure_rates(
+    config: TrainConfig, groups: list[RankedGroup], *, device: str | None = None, sample_groups: int = 2
+) -> StepRates:
+    """Load the base model as training would and time a small batch of `groups` in `config.mode`.
+
+    `sample_groups` prompts of median length (with all their responses) are run once to warm up and
+    once timed; for lora and full one training step is timed too. A few seconds on a CPU for the
+    embedded model. The loaded copy is thrown away, so nothing cached elsewhere is touched.
+    """
+    config.check()
+    device = device or autodetect_device()
+    started = time.perf_counter()
+    path, name = resolve_model_path(config.model)
+    classifier, tokenizer, _ = load_sequence_classifier(path, seed=config.seed)
+    load_s = time.perf_counter() - started
+    usable = [g for g in groups if g.pairs()] or groups
+    size = max(1, min(sample_groups, config.batch_size, len(usable)))
+    encoded = encode_groups(tokenizer, usable[: max(size * 8, 64)], config.max_length)
+    batch_groups = _sample_batch(encoded, size)
+    batch = pack_groups(batch_groups, tokenizer.pad_token_id).to(device)
+    tokens = max(1, batch.real_tokens)
+
+    parameters = sum(p.numel() for p in classifier.parameters())  # what is saved (LoRA is merged)
+    packed, trainable = setup_mode(config, classifier)
+    packed.to(device)
+
+    def forward_once() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast(device):
+            packed(batch, features_only=config.mode == "head")
+        _sync(device)
+        return time.perf_counter() - t0
+
+    packed.eval()
+    forward_once()  # warm-up: first calls allocate and pick kernels
+    forward_s = forward_once()
+
+    train_s = 0.0
+    if config.mode != "head":
+        params = [p for p in trainable.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate())
+        packed.train()
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast(device):
+            rewards = packed(batch)
+        rewards.float().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        train_s = time.perf_counter() - t0  # the forward warm-up above is enough; a second step doubles the wait
+    return StepRates(name, config.mode, device, load_s, forward_s / tokens, train_s / tokens, parameters)
+
+
+def estimate_training_time(
+    config: TrainConfig,
+    train_groups: list[RankedGroup],
+    eval_groups: list[RankedGroup] | None = None,
+    *,
+    rates: StepRates | None = None,
+    tokenizer=None,
+) -> TimeEstimate:
+    """Seconds the run would take here; pass `rates` (from `measure_rates`) to skip the timing."""
+    config.check()
+    if rates is None:
+        rates = measure_rates(config, train_groups)
+    if tokenizer is None:
+        path, _ = resolve_model_path(config.model)
+        tokenizer = load_tokenizer(path)
+    encoded = encode_groups(tokenizer, train_groups, config.max_length)
+    encoded_eval = encode_groups(tokenizer, eval_groups or [], config.max_length)
+    train_tokens = sum(g.num_tokens for g in encoded)
+    eval_tokens = sum(g.num_tokens for g in encoded_eval)
+    steps = math.ceil(len(encoded) / config.batch_size) * config.epochs
+    parts = {"loading": rates.load_s}
+    cached = False
+    if config.mode == "head":
+        uncached_tokens = _uncached_tokens(config, encoded + encoded_eval, rates.device)
+        cached = uncached_tokens == 0
+        parts["features"] = uncached_tokens * rates.forward_s_per_token
+        parts["training"] = steps * HEAD_STEP_S
+        parts["evaluation"] = 0.0
+    else:
+        parts["training"] = config.epochs * train_tokens * rates.train_s_per_token
+        parts["evaluation"] = (config.epochs + 1) * eval_tokens * rates.forward_s_per_token
+    parts["saving"] = 1.0 + rates.parameters * 4 / SAVE_BYTES_PER_S
+    seconds = sum(parts.values())
+    if config.time_budget_s and seconds > config.time_budget_s:  # training stops early to end on time
+        fixed = seconds - parts["training"]
+        share = max(0.0, config.time_budget_s - fixed) / max(parts["training"], 1e-9)
+        parts["training"] *= min(1.0, share)
+        steps = max(1, int(steps * min(1.0, share)))
+        seconds = sum(parts.values())
+    return TimeEstimate(seconds, parts, steps, train_tokens, eval_tokens, cached, rates.device)
+
+
+def _uncached_tokens(config: TrainConfig, encoded: list[EncodedGroup], device: str) -> int:
+    """Tokens of the groups whose trunk features head-mode training would have to compute."""
+    total = sum(g.num_tokens for g in encoded)
+    if not config.cache_features:
+        return total
+    try:
+        from rmcore.model.device import mixed_precision_for
+        from rmcore.model.feature_cache import FeatureCache, group_key
+
+        path, _ = resolve_model_path(config.model)
+        cached = FeatureCache.for_model(path, mixed_precision_for(device)).cached_keys()
+        return sum(g.num_tokens for g in encoded if group_key(g) not in cached)
+    except Exception:  # an estimate must never fail because of the cache
+        return total
