@@ -34,13 +34,16 @@ app: setup
 
 test: setup browser
 	$(BIN)/ruff check rmcore app tests bench notebooks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not e2e"
 
+# ruff, then the layer order and the absence of import cycles ([tool.importlinter] in pyproject.toml)
 lint: setup
-	$(BIN)/ruff check rmcore app tests bench
+	$(BIN)/ruff check rmcore app tests bench notebooks
+	$(BIN)/lint-imports
 
 # rmcore against TRL's RewardTrainer (minutes on a CPU); results go to bench/results/
 bench: setup

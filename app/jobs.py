@@ -19,18 +19,18 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.resources import ensure_ml
+from app.settings import TRAIN_DATA_FILE
 from rmcore.core.errors import ModelError, RmcoreError
-from rmcore.data import RankedGroup, write_ranked_jsonl
-
-if TYPE_CHECKING:  # rmcore.training.train imports torch: only a job that runs needs it (the app paints first)
-    from rmcore.training.train import TrainConfig
+from rmcore.core.folders import HELD_OUT_FILE, METADATA_FILE, read_metadata
+from rmcore.core.outputs import atomic_write_text
+from rmcore.core.progress import format_duration
+from rmcore.data import RankedGroup, read_preferences, write_ranked_jsonl
+from rmcore.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
-HELD_OUT_FILE = "held_out.jsonl"  # the held-out prompts, saved beside the model for the Evaluate page
-TRAIN_DATA_FILE = "train_data.jsonl"  # a stopped run's training prompts, so it can resume after a restart
 ACTIVE = ("starting", "running", "stopping")
 
 
@@ -191,8 +191,6 @@ def _phase_text(event: dict[str, Any]) -> str:
     """A phase event in words, with the time left when the phase knows it."""
     text = str(event.get("phase", ""))
     if event.get("eta_s") is not None:
-        from rmcore.training.estimate import format_duration
-
         text += f", about {format_duration(event['eta_s'])} left"
     return text
 
@@ -225,7 +223,7 @@ class TrainingJob(Job):
                 self._evals.append({k: v for k, v in event.items() if k != "event"})
 
     def _work(self) -> tuple[str, str]:
-        from rmcore.training.train import train
+        from rmcore.training.train import train  # torch: only a running job needs it (app.jobs is on the first paint)
 
         request = self.request
         result = train(request.config, request.train_groups, request.out_dir, eval_groups=request.eval_groups,
@@ -233,7 +231,7 @@ class TrainingJob(Job):
                        data_summary=request.data_summary)
         saved = (request.out_dir / "config.json").is_file()
         if request.eval_groups and saved:
-            _write_atomically(request.out_dir / HELD_OUT_FILE, write_ranked_jsonl(request.eval_groups))
+            atomic_write_text(request.out_dir / HELD_OUT_FILE, write_ranked_jsonl(request.eval_groups))
         _keep_training_data(request, resumable=result.stopped and saved)
         if not saved:
             phase = "stopped before the first training step; nothing was saved"
@@ -298,17 +296,11 @@ class JobManager:
                 self._job = None
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    from rmcore.core.outputs import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 def _keep_training_data(request: JobRequest, resumable: bool) -> None:
     """A stopped run keeps its training prompts beside its checkpoint; a finished one no longer needs them."""
     path = request.out_dir / TRAIN_DATA_FILE
     if resumable:
-        _write_atomically(path, write_ranked_jsonl(request.train_groups))
+        atomic_write_text(path, write_ranked_jsonl(request.train_groups))
     elif path.is_file() and not (request.out_dir / "checkpoint").exists():
         path.unlink()  # written by the app for the resume that has now finished
 
@@ -321,10 +313,6 @@ def resumable(model_dir: Path) -> bool:
 
 def resume_request(model_dir: Path) -> JobRequest:
     """What continues the stopped run in `model_dir`: its settings, training and held-out prompts."""
-    from rmcore.core.folders import METADATA_FILE, read_metadata
-    from rmcore.data import read_preferences
-    from rmcore.training.config import TrainConfig
-
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)
     if not isinstance(metadata.get("config"), dict):
@@ -349,8 +337,6 @@ def manager() -> JobManager:
 
 def read_held_out(model_dir: Path) -> list[RankedGroup] | None:
     """The held-out prompts saved beside a model trained in the app, if any."""
-    from rmcore.data import read_preferences
-
     path = Path(model_dir) / HELD_OUT_FILE
     if not path.is_file():
         return None

@@ -14,6 +14,7 @@ import streamlit as st
 from app import settings
 from app.jobs import manager
 from app.ui import md
+from rmcore.model.shared_trunk import FolderSize, disk_used, folder_size
 
 CONFIRM_KEY = "models_confirm_delete"
 
@@ -35,8 +36,6 @@ def _busy_name() -> str | None:
 
 
 def models_section() -> None:
-    from rmcore.model.shared_trunk import disk_used, folder_size
-
     st.subheader("Models folder")
     entries = settings.list_models()
     root = settings.models_dir()
@@ -62,8 +61,12 @@ def models_section() -> None:
     ]
     st.dataframe(rows, hide_index=True, key="models_table")
     deletable = [e.name for e in entries if e.metadata]
-    if not deletable:
-        return
+    if deletable:
+        delete_section(deletable, sizes)
+
+
+def delete_section(deletable: list[str], sizes: dict[str, FolderSize]) -> None:
+    """Pick a model, press Delete..., then confirm: only rmcore's own model folders are offered."""
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     name = left.selectbox("Delete a model", deletable, key="models_delete_pick")
     if right.button("Delete...", icon=":material/delete:", key="models_delete"):
@@ -84,19 +87,24 @@ def models_section() -> None:
     yes, no = st.columns(2)
     if yes.button(f"Yes, delete {pending}", type="primary", key="models_delete_yes"):
         st.session_state.pop(CONFIRM_KEY, None)
-        if pending == _busy_name():
-            st.error(f"{md(pending)} is being trained right now: stop the run first.", icon=":material/error:")
-            return
-        try:
-            freed = settings.delete_model(pending)
-        except (ValueError, OSError) as exc:
-            st.error(md(exc), icon=":material/error:")
-            return
-        st.session_state["models_deleted"] = f"Deleted {md(pending)}: {megabytes(freed)} freed."
-        st.rerun()
+        delete(pending)
     if no.button("Cancel", key="models_delete_no"):
         st.session_state.pop(CONFIRM_KEY, None)
         st.rerun()
+
+
+def delete(name: str) -> None:
+    """Delete the model (not while a job writes it); the next run says what was freed."""
+    if name == _busy_name():
+        st.error(f"{md(name)} is being trained right now: stop the run first.", icon=":material/error:")
+        return
+    try:
+        freed = settings.delete_model(name)
+    except (ValueError, OSError) as exc:
+        st.error(md(exc), icon=":material/error:")
+        return
+    st.session_state["models_deleted"] = f"Deleted {md(name)}: {megabytes(freed)} freed."
+    st.rerun()
 
 
 def deleted_message() -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from app.jobs import ACTIVE, Job
+from rmcore.core.errors import ModelError
+from rmcore.core.folders import POLICY_METADATA_FILE, read_metadata
 
 
 @dataclass
@@ -85,7 +87,7 @@ class PolicyJob(Job):
                 self._evals.append({k: v for k, v in event.items() if k != "event"})
 
     def _work(self) -> tuple[str, str]:
-        from rmcore.policy.rlhf import train_policy
+        from rmcore.policy.rlhf import train_policy  # torch: only a running job needs it (Export lists policies too)
 
         request = self.request
         result = train_policy(request.config, request.train_prompts, request.eval_prompts, request.out_dir,
@@ -103,9 +105,6 @@ class PolicyJob(Job):
 
 def list_policies(models_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     """(name, rmcore_policy.json) of the policies saved in the models folder, newest first."""
-    from rmcore.core.errors import ModelError
-    from rmcore.core.folders import POLICY_METADATA_FILE, read_metadata
-
     found = []
     for child in sorted(Path(models_dir).iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
         if child.name.startswith(".") or not (child / POLICY_METADATA_FILE).is_file():

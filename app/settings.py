@@ -16,14 +16,23 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rmcore.core.errors import ModelError
+from rmcore.core.folders import HELD_OUT_FILE, METADATA_FILE, read_metadata, user_entries
+from rmcore.model.embedded import EMBEDDED_NAME
+from rmcore.model.shared_trunk import folder_size
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = "embedded"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 # What people may upload on the Data page (rmcore detects the format from the fields).
 UPLOAD_TYPES = ["jsonl", "json", "csv", "tsv", "parquet", "gz"]
+TRAIN_DATA_FILE = "train_data.jsonl"  # a stopped run's training prompts, so it can resume after a restart
+APP_FILES = (HELD_OUT_FILE, TRAIN_DATA_FILE)  # what the app itself writes beside a model rmcore saved
 
 
 def models_dir() -> Path:
@@ -40,8 +49,6 @@ def base_model() -> str:
 def base_model_label(name: str | None = None) -> str:
     name = name or base_model()
     if name == EMBEDDED:
-        from rmcore.model.embedded import EMBEDDED_NAME
-
         return f"embedded ({EMBEDDED_NAME})"
     return Path(name).name
 
@@ -104,10 +111,6 @@ def list_models(reward_only: bool = False) -> list[ModelEntry]:
     A folder counts when it holds config.json and safetensors weights; folders being written
     (hidden temp names), half-finished runs and anything outside the models folder are left out.
     """
-    from rmcore.core.errors import ModelError
-    from rmcore.core.folders import read_metadata
-    from rmcore.model.reward_model import is_reward_model_folder
-
     root = models_dir()
     entries = []
     for child in root.iterdir():
@@ -124,13 +127,20 @@ def list_models(reward_only: bool = False) -> list[ModelEntry]:
         except ModelError:
             meta = {}  # a damaged rmcore.json: listed by its config alone, loading it says what is wrong
         try:
-            reward = bool(meta) or is_reward_model_folder(str(path))
+            reward = bool(meta) or _is_reward_model_folder(path)
         except (OSError, ValueError):
             continue
         if reward_only and not reward:
             continue
         entries.append(ModelEntry(child.name, path, reward, meta, (path / "config.json").stat().st_mtime))
     return sorted(entries, key=lambda e: e.mtime, reverse=True)
+
+
+def _is_reward_model_folder(path: Path) -> bool:
+    """A folder without rmcore.json that is still a reward model (a 1-label classifier saved elsewhere)."""
+    from rmcore.model.reward_model import is_reward_model_folder  # torch: only a folder without rmcore.json needs it
+
+    return is_reward_model_folder(str(path))
 
 
 def delete_model(name: str) -> int:
@@ -141,19 +151,12 @@ def delete_model(name: str) -> int:
     first renamed to a hidden name, so a deletion cut short never leaves a half model in the pickers.
     A hard-linked trunk shard only loses this link (its bytes stay for the cache and other models).
     """
-    import shutil
-    import uuid
-
-    from app.jobs import HELD_OUT_FILE, TRAIN_DATA_FILE  # what the app itself writes beside a model
-    from rmcore.core.folders import METADATA_FILE, user_entries
-    from rmcore.model.shared_trunk import folder_size
-
     path = model_path(name)
     if path.is_symlink() or not path.is_dir():
         raise ValueError(f"{name!r} is not a folder in the models folder {models_dir()}")
     if not (path / METADATA_FILE).is_file():
         raise ValueError(f"{name!r} was not saved by rmcore (no rmcore.json): delete it yourself if you mean to")
-    mine = sorted(user_entries(path) - {HELD_OUT_FILE, TRAIN_DATA_FILE})
+    mine = sorted(user_entries(path) - set(APP_FILES))
     if mine:
         raise ValueError(f"{name!r} holds files rmcore did not write ({', '.join(mine[:3])}): move them out "
                          "first, or delete the folder yourself")

@@ -12,6 +12,7 @@ from app import settings, state
 from app.jobs import manager
 from app.resources import ModelChoice
 from rmcore.core.errors import RmcoreError
+from rmcore.core.progress import format_duration
 
 log = logging.getLogger(__name__)
 # Markdown, Streamlit directives (:red[...], :emoji:) and LaTeX ($) read these; a backslash escapes them.
@@ -58,15 +59,13 @@ def fmt(value, digits: int = 3, missing: str = "–") -> str:
 
 
 def duration(seconds: float | None) -> str:
-    from rmcore.training.estimate import format_duration  # imports torch: not on the first paint's path
-
     return "–" if seconds is None else format_duration(seconds)
 
 
 def model_choices(include_untrained: bool = True, include_ensembles: bool = False) -> list[ModelChoice]:
     choices = [ModelChoice("trained", entry.name) for entry in settings.list_models(reward_only=True)]
     if include_ensembles:
-        from rmcore.training.ensemble import ensemble_folders
+        from rmcore.training.ensemble import ensemble_folders  # torch: only the pages that load models offer ensembles
 
         choices += [ModelChoice("ensemble", folder.name) for folder in ensemble_folders(settings.models_dir())
                     if _inside_models_folder(folder.name)]
@@ -110,7 +109,7 @@ def _inside_models_folder(name: str) -> bool:
 
 def ensemble_label(name: str) -> str:
     """"NAME (ensemble of 4 head models)", read from its ensemble.json."""
-    from rmcore.training.ensemble import read_info
+    from rmcore.training.ensemble import read_info  # torch: only the pages that load models offer ensembles
 
     try:
         info = read_info(settings.model_path(name))

@@ -107,7 +107,7 @@ def comparisons(groups) -> int:
     return sum(len(g.pairs()) for g in groups)
 
 
-def prompt_key(group) -> str:
+def split_key(group) -> str:
     """The first user turn: dialogues and OASST trees that start alike stay on one side of the split."""
     first = group.prompt[0]["content"] if group.prompt else ""
     return " ".join(first.split()).lower()
@@ -118,7 +118,7 @@ def split_by_prompt(name: str, groups, n_test: int, n_val: int, seed: int = 0) -
     by_key: dict[str, list] = {}
     for group in groups:
         if group.pairs():
-            by_key.setdefault(prompt_key(group), []).append(group)
+            by_key.setdefault(split_key(group), []).append(group)
     order = sorted(by_key, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
     parts: dict[str, list] = {"test": [], "val": [], "train": []}
     for key in order:
@@ -140,7 +140,7 @@ def load_splits(names=tuple(SET_FILES), sizes: dict[str, tuple[int, int]] | None
 def mixed(groups_by_set: list[list], seed: int = 0) -> list:
     """The sets' groups interleaved in a seeded order, so any prefix is a fair mix of them."""
     everything = [g for groups in groups_by_set for g in groups]
-    return sorted(everything, key=lambda g: hashlib.sha256(f"{seed}:{g.source}:{prompt_key(g)}".encode()).hexdigest())
+    return sorted(everything, key=lambda g: hashlib.sha256(f"{seed}:{g.source}:{split_key(g)}".encode()).hexdigest())
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -36,7 +36,7 @@ import run as bench_run  # noqa: E402  (bench/run.py: machine and git details, s
 def demo_prompts(count: int) -> list[str]:
     """The first `count` instructions of the project's demo set (written by us)."""
     from rmcore.data import demo_data_path
-    from rmcore.policy.sampling import read_prompts
+    from rmcore.data.prompts import read_prompts
 
     prompts = [p for p in read_prompts(demo_data_path()) if isinstance(p, str)]
     if len(prompts) < count:

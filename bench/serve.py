@@ -136,7 +136,7 @@ def post(client: httpx.Client, url: str, prompt: str, responses: list[str]) -> t
 def run_level(url: str, calls: list[tuple[str, list[str]]], clients: int) -> dict[str, Any]:
     """`clients` threads send `calls` (client i takes calls i, i + clients, ...), each as soon as its
     previous one is answered. Items per second over the wall time of the whole level."""
-    from rmcore.serving.service import percentile
+    from rmcore.serving.batcher import percentile
 
     latencies: list[float] = [0.0] * len(calls)
     rewards: list[list[float]] = [[] for _ in calls]

@@ -1,6 +1,7 @@
 """rmcore: train, score and probe reward models from ranked human preferences."""
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 
 from rmcore.core.errors import DataError, ModelError, RmcoreError, TrainingError
 from rmcore.data import PreferenceData, RankedGroup, read_preferences, split_groups
@@ -8,8 +9,6 @@ from rmcore.data import PreferenceData, RankedGroup, read_preferences, split_gro
 
 def _installed_version() -> str:
     """The version in the package metadata (pyproject.toml), the one place it is written."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("rmcore")
     except PackageNotFoundError:  # run from a source tree that was never installed

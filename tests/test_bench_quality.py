@@ -25,7 +25,7 @@ def test_split_keeps_every_prompt_on_one_side_and_is_deterministic():
     # 30 prompts, each asked in 1-3 dialogues (the same first turn): a prompt may not straddle parts
     groups = [group(f"question {i % 30}", [f"a{i}", f"b{i}"], [1, 2], f"f:{i}") for i in range(60)]
     split = quality.split_by_prompt("x", groups, n_test=10, n_val=6, seed=0)
-    keys = [{quality.prompt_key(g) for g in part} for part in (split.train, split.val, split.test)]
+    keys = [{quality.split_key(g) for g in part} for part in (split.train, split.val, split.test)]
     assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
     assert len(split.train) + len(split.val) + len(split.test) == 60
     assert quality.comparisons(split.test) >= 10 and quality.comparisons(split.val) >= 6

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rmcore.cli.commands import NOT_ON_THE_COMMAND_LINE, build_parser
+from rmcore.cli.parser import NOT_ON_THE_COMMAND_LINE, build_parser
 from rmcore.training.config import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, default, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]

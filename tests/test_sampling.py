@@ -10,7 +10,8 @@ import torch
 from rmcore.cli import main
 from rmcore.core.errors import DataError
 from rmcore.data import read_preferences
-from rmcore.policy.sampling import end_token_ids, load_policy, read_prompts, sample
+from rmcore.data.prompts import read_prompts
+from rmcore.policy.sampling import end_token_ids, load_policy, sample
 
 PROMPTS = ["Name a prime number.", "How do I boil an egg?", "Say hello.", "What is 2 + 2?"]
 

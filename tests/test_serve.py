@@ -216,7 +216,8 @@ def test_a_request_that_fails_in_a_round_fails_alone(library):
     fails alone gets the 500, the others of its round get exactly their own rewards."""
     import asyncio
 
-    from rmcore.serving.service import ApiError, Batcher, Stats
+    from rmcore.serving.batcher import Batcher, Stats
+    from rmcore.serving.protocol import ApiError
 
     poison = library.tokenizer("zebra", add_special_tokens=False)["input_ids"][0]
     real = library.rewards_for
@@ -394,7 +395,7 @@ def test_command_line_errors_are_one_line_and_status_2(tiny_model_dir, tmp_path,
 
 
 def test_template_split_finds_the_last_assistant_turn(library):
-    from rmcore.serving.service import TemplateShape
+    from rmcore.serving.protocol import TemplateShape
 
     shape = TemplateShape.of(library.tokenizer)
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},

@@ -12,10 +12,10 @@ from app.jobs import read_held_out
 from app.ui import fmt, md, pick_model, user_errors
 from rmcore.analysis.evaluate import categories_from_records, compare, compare_sentence, evaluate, worst_pairs
 from rmcore.core.errors import DataError
+from rmcore.core.progress import format_duration
 from rmcore.data import groups_fingerprint, read_preferences_bytes
 from rmcore.data.records import read_bytes
 from rmcore.training.ensemble import evaluate_ensemble
-from rmcore.training.estimate import format_duration
 
 HELD_OUT = "held-out prompts saved with this model"
 LOADED = "the data set loaded on the Data page"
@@ -78,8 +78,33 @@ def with_se(value, se) -> str:
 
 def show(result) -> None:
     s = result.summary
+    headline_metrics(s)
+    if not s["trained"]:
+        st.warning(
+            "An untrained head: these numbers are the chance baseline to compare trained models with.",
+            icon=":material/warning:",
+        )
+    if s["length_warning"]:
+        st.warning(s["length_warning"], icon=":material/straighten:")
+    length_section(s)
+    if s.get("ensemble"):
+        ensemble_section(s)
+    if s.get("by_category"):
+        category_section(s)
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.plotly_chart(charts.rank_gap_accuracy(s["by_rank_gap"]), key="rank_gap")
+        st.plotly_chart(charts.reward_histograms(result.responses), key="histograms")
+    with right:
+        st.plotly_chart(charts.calibration(s["calibration"]), key="calibration")
+        st.plotly_chart(charts.reward_vs_length(result.responses, s["length_correlation"]), key="length")
+    worst_pairs_section(result)
+
+
+def headline_metrics(s) -> None:
+    """Six tiles in two rows: an accuracy with its "± se" needs the width."""
     base, ranking = s["length_baseline"], s["ranking"]
-    cols = st.columns(3) + st.columns(3)  # two rows: an accuracy with its "± se" needs the width
+    cols = st.columns(3) + st.columns(3)
     cols[0].metric(
         "Pairwise accuracy",
         with_se(s["accuracy"], s["accuracy_se"]),
@@ -108,34 +133,22 @@ def show(result) -> None:
         fmt(s["length_correlation"], 2),
         help="Pearson r between reward and response length: far from 0 means a length bias",
     )
-    if not s["trained"]:
-        st.warning(
-            "An untrained head: these numbers are the chance baseline to compare trained models with.",
-            icon=":material/warning:",
-        )
-    if s["length_warning"]:
-        st.warning(s["length_warning"], icon=":material/straighten:")
-    length_section(s)
-    if s.get("ensemble"):
-        ensemble_section(s)
-    if s.get("by_category"):
-        st.subheader("Accuracy per category")
-        st.dataframe(
-            pd.DataFrame([{"category": name, "accuracy": v["accuracy"], "± se": v["se"],
-                           "comparisons": v["comparisons"], "longer answer wins": v["length_baseline"]}
-                          for name, v in s["by_category"].items()]),
-            hide_index=True,
-            key="by_category",
-            column_config={c: st.column_config.NumberColumn(format="%.3f")
-                           for c in ("accuracy", "± se", "longer answer wins")},
-        )
-    left, right = st.columns(2, gap="large")
-    with left:
-        st.plotly_chart(charts.rank_gap_accuracy(s["by_rank_gap"]), key="rank_gap")
-        st.plotly_chart(charts.reward_histograms(result.responses), key="histograms")
-    with right:
-        st.plotly_chart(charts.calibration(s["calibration"]), key="calibration")
-        st.plotly_chart(charts.reward_vs_length(result.responses, s["length_correlation"]), key="length")
+
+
+def category_section(s) -> None:
+    st.subheader("Accuracy per category")
+    st.dataframe(
+        pd.DataFrame([{"category": name, "accuracy": v["accuracy"], "± se": v["se"],
+                       "comparisons": v["comparisons"], "longer answer wins": v["length_baseline"]}
+                      for name, v in s["by_category"].items()]),
+        hide_index=True,
+        key="by_category",
+        column_config={c: st.column_config.NumberColumn(format="%.3f")
+                       for c in ("accuracy", "± se", "longer answer wins")},
+    )
+
+
+def worst_pairs_section(result) -> None:
     pairs_table(
         "Worst-ranked pairs",
         "The 15 comparisons with the lowest r_winner − r_loser: first those the model gets wrong (it gave "

@@ -12,7 +12,9 @@ from app.jobs import metrics_history
 from app.models_list import deleted_message, megabytes, models_section
 from app.policy_export import policies_section
 from app.ui import fmt, md, pick_model
+from rmcore.core.folders import HELD_OUT_FILE
 from rmcore.data.encoding import render_text
+from rmcore.model.card import CARD_FILE, render_card
 from rmcore.model.shared_trunk import folder_size
 
 
@@ -29,8 +31,6 @@ def usage_code(name: str) -> str:
 
 def model_card_text(folder: Path, meta: dict) -> str:
     """The saved card without its YAML block (models saved before cards existed get one rendered now)."""
-    from rmcore.model.card import CARD_FILE, render_card
-
     card = folder / CARD_FILE
     text = card.read_text() if card.is_file() else render_card(meta, folder.name)
     return text.split("---\n", 2)[2] if text.startswith("---\n") else text
@@ -51,6 +51,33 @@ def page() -> None:
     folder = settings.model_path(choice.name)
     entry = next((e for e in settings.list_models(reward_only=True) if e.name == choice.name), None)
     meta = entry.metadata if entry else {}
+    summary_section(folder, meta)
+    download_section(folder, choice.name)
+    with st.expander("Model card (README.md, in the folder and the zip)", icon=":material/description:"):
+        st.markdown(model_card_text(folder, meta))
+    st.subheader("Use it with transformers")
+    st.write(
+        "Unzip it into `models/` and load it with the text-classification pipeline. "
+        '`function_to_apply="none"` returns the raw reward; the text must be rendered exactly as in '
+        "training (the chat template with the answer as the assistant turn), which `RewardModel.render` does:"
+    )
+    st.code(usage_code(choice.name), language="python")
+    policies_section()
+    render_example = st.expander("What `render` produces for that example")
+    with st.container():  # below the example, but drawn first: the tokenizer may take seconds to load
+        models_section()
+    with render_example:
+        tokenizer = resources.tokenizer(str(folder))
+        st.code(
+            render_text(
+                tokenizer, [{"role": "user", "content": "How do I boil an egg?"}], "Simmer it for 9 minutes."
+            ),
+            language=None,
+        )
+
+
+def summary_section(folder: Path, meta: dict) -> None:
+    """How the model was trained, its held-out accuracy, its size on disk and its curves."""
     metrics = meta.get("metrics") or {}
     size = folder_size(folder)  # a head-mode model's trunk shard is shared with the cache (a hard link)
     st.caption(
@@ -71,6 +98,8 @@ def page() -> None:
         with st.expander("Training curves"):
             st.plotly_chart(charts.training_curves(steps, evals), key="export_curves")
 
+
+def download_section(folder: Path, name: str) -> None:
     st.subheader("Download")
     include_checkpoint = st.checkbox(
         "Include the training checkpoint (to resume training elsewhere)",
@@ -79,9 +108,9 @@ def page() -> None:
         disabled=not (folder / "checkpoint").is_dir(),
     )
     st.download_button(
-        f"Download {choice.name}.zip",
+        f"Download {name}.zip",
         data=lambda: zip_folder(folder, include_checkpoint),
-        file_name=f"{choice.name}.zip",
+        file_name=f"{name}.zip",
         mime="application/zip",
         type="primary",
         icon=":material/download:",
@@ -92,31 +121,8 @@ def page() -> None:
         "included): the safetensors weights, config.json and the tokenizer, plus rmcore.json "
         "(how it was trained) and metrics.jsonl (the curves)"
         + (", and held_out.jsonl (the held-out prompts, for evaluating it elsewhere)."
-           if (folder / "held_out.jsonl").is_file() else ".")
+           if (folder / HELD_OUT_FILE).is_file() else ".")
     )
-
-    with st.expander("Model card (README.md, in the folder and the zip)", icon=":material/description:"):
-        st.markdown(model_card_text(folder, meta))
-
-    st.subheader("Use it with transformers")
-    st.write(
-        "Unzip it into `models/` and load it with the text-classification pipeline. "
-        '`function_to_apply="none"` returns the raw reward; the text must be rendered exactly as in '
-        "training (the chat template with the answer as the assistant turn), which `RewardModel.render` does:"
-    )
-    st.code(usage_code(choice.name), language="python")
-    policies_section()
-    render_example = st.expander("What `render` produces for that example")
-    with st.container():  # below the example, but drawn first: the tokenizer may take seconds to load
-        models_section()
-    with render_example:
-        tokenizer = resources.tokenizer(str(folder))
-        st.code(
-            render_text(
-                tokenizer, [{"role": "user", "content": "How do I boil an egg?"}], "Simmer it for 9 minutes."
-            ),
-            language=None,
-        )
 
 
 page()

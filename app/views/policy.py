@@ -6,8 +6,15 @@ import streamlit as st
 
 from app import policy_charts, resources, settings, state
 from app.jobs import JobBusy, manager
+from app.live_panel import LivePanel, clear_button
 from app.policy_jobs import PolicyJob, PolicyJobRequest
+from app.resources import ModelChoice
 from app.ui import duration, fmt, md, pick_model, user_errors
+from rmcore.data import demo_data_path
+from rmcore.data.prompts import read_prompts, unique_prompts
+from rmcore.policy.best_of_n import bon_figure, curve_from_records, score_proxy_and_gold
+from rmcore.policy.rlhf import RLHFConfig, split_prompts
+from rmcore.policy.sampling import sample
 
 PROMPT_SOURCES = ("demo instructions", "the loaded data's prompts", "type them")
 GOODHART = (
@@ -23,9 +30,6 @@ GOODHART = (
 
 
 def prompts_from(source: str) -> list:
-    from rmcore.data import demo_data_path
-    from rmcore.policy.sampling import read_prompts, unique_prompts
-
     if source == PROMPT_SOURCES[0]:
         return read_prompts(demo_data_path())
     if source == PROMPT_SOURCES[1]:
@@ -84,9 +88,6 @@ def bon_section(proxy, gold_name: str | None, prompts: list) -> None:
 
 
 def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -> None:
-    from rmcore.policy.best_of_n import curve_from_records, score_proxy_and_gold
-    from rmcore.policy.sampling import sample
-
     generator = resources.generator(settings.generator_model())
     bar = st.progress(0.0, text="sampling…")
 
@@ -99,8 +100,6 @@ def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -
     bar.progress(1.0, text="scoring…")
     gold_model = None
     if gold_name:
-        from app.resources import ModelChoice
-
         gold_model = resources.reward_model(ModelChoice("trained", gold_name))
     proxy_rewards, gold_rewards = score_proxy_and_gold(records, resources.reward_model(proxy), gold_model)
     bar.empty()
@@ -110,8 +109,6 @@ def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -
 
 
 def show_bon(result: dict) -> None:
-    from rmcore.policy.best_of_n import bon_figure
-
     curve = result["curve"]
     st.plotly_chart(bon_figure(curve), key="bon_curve")
     st.caption(f"{curve.prompts} prompts x {curve.samples_per_prompt} samples. Gain is in standard deviations of "
@@ -173,8 +170,6 @@ def unused_policy_name(base: str = "policy-rs") -> str:
 
 
 def start_job(proxy, gold_name, prompts, rounds, n, max_new, lr, kl_coef, eval_samples, name) -> None:
-    from rmcore.policy.rlhf import RLHFConfig, split_prompts
-
     train_prompts, eval_prompts = split_prompts(prompts, 0.33, 0)
     config = RLHFConfig(
         reward_model=str(settings.model_path(proxy.name)), policy=settings.generator_model(), method="rs",
@@ -192,58 +187,57 @@ def start_job(proxy, gold_name, prompts, rounds, n, max_new, lr, kl_coef, eval_s
     st.rerun()
 
 
-def live_panel() -> None:
-    """Polled every second while a job runs; any session sees the server's job."""
-    job = manager().current(PolicyJob)
-    if job is None:
-        if st.session_state.get("rlhf_polling") and manager().running() is None:
-            st.session_state["rlhf_polling"] = False
-            st.rerun()  # the training job that held the server ended: a full rerun re-enables Start
-        return
-    snap = job.snapshot()
-    mine = snap.owner == state.session_id()
-    if not snap.active and not mine:
-        return
-    if not snap.active and st.session_state.get("rlhf_polling"):
-        st.session_state["rlhf_polling"] = False
-        st.rerun()
-    header = {"starting": "Preparing", "running": "Fine-tuning", "stopping": "Stopping", "done": "Finished",
-              "stopped": "Stopped", "failed": "Failed"}[snap.status]
-    st.markdown(f"#### {header}: {md(snap.model_name)}")
+def progress_bar(snap) -> tuple[float, str]:
+    """The live panel's bar: what the run is doing, its time so far and left."""
     text = snap.phase
     if snap.active:
         text += f" · {duration(snap.elapsed_s)} elapsed" + (f" · ETA {duration(snap.eta_s)}" if snap.eta_s else "")
-    st.progress(min(1.0, snap.progress), text=text)
-    if snap.status == "failed":
-        st.error(f"Fine-tuning failed: {md(snap.error)}", icon=":material/error:")
-    elif snap.saved and not snap.active:
-        st.success(f"{snap.phase.capitalize()}: `models/{snap.model_name}` (download it on Export).",
-                   icon=":material/check_circle:")
-    if snap.evals:
-        first, last = snap.evals[0], snap.evals[-1]
-        cols = st.columns(4)
-        cols[0].metric("Held-out reward", fmt(last.get("reward_mean")),
-                       delta=fmt(last["reward_mean"] - first["reward_mean"]) if len(snap.evals) > 1 else None)
-        cols[1].metric("Gold reward", fmt(last.get("gold_mean")),
-                       delta=fmt(last["gold_mean"] - first["gold_mean"]) if len(snap.evals) > 1
-                       and "gold_mean" in last else None)
-        cols[2].metric("KL to the start", fmt(last.get("kl")), help="nats, measured on held-out samples")
-        cols[3].metric("Answer length", fmt(last.get("length_mean"), 1),
-                       delta=fmt(last["length_mean"] - first["length_mean"], 1) if len(snap.evals) > 1 else None)
-        st.plotly_chart(policy_charts.rlhf_curves(snap.evals), key="rlhf_curves")
-    if snap.active and mine:
-        if st.button("Stop (keeps a checkpoint and the policy so far)", icon=":material/stop_circle:",
-                     key="rlhf_stop", disabled=snap.status == "stopping"):
-            manager().stop(state.session_id())
-            st.rerun(scope="fragment")
-    if not snap.active and mine:
-        if snap.status == "stopped" and not snap.before_after:
-            st.caption("Stopped before the end of a round: the held-out answers after training come with the "
-                       "evaluation at the end of each round.")
-        show_before_after(snap.before_after)
-        if st.button("Clear", key="rlhf_forget", help="Hide this finished run (the policy stays saved)"):
-            manager().forget(state.session_id())
-            st.rerun()
+    return snap.progress, text
+
+
+def numbers(snap) -> None:
+    """The live panel's held-out results (changes since the first evaluation) and curves."""
+    if not snap.evals:
+        return
+    first, last = snap.evals[0], snap.evals[-1]
+    cols = st.columns(4)
+    cols[0].metric("Held-out reward", fmt(last.get("reward_mean")),
+                   delta=fmt(last["reward_mean"] - first["reward_mean"]) if len(snap.evals) > 1 else None)
+    cols[1].metric("Gold reward", fmt(last.get("gold_mean")),
+                   delta=fmt(last["gold_mean"] - first["gold_mean"]) if len(snap.evals) > 1
+                   and "gold_mean" in last else None)
+    cols[2].metric("KL to the start", fmt(last.get("kl")), help="nats, measured on held-out samples")
+    cols[3].metric("Answer length", fmt(last.get("length_mean"), 1),
+                   delta=fmt(last["length_mean"] - first["length_mean"], 1) if len(snap.evals) > 1 else None)
+    st.plotly_chart(policy_charts.rlhf_curves(snap.evals), key="rlhf_curves")
+
+
+def finished(snap) -> None:
+    """The owner's run has ended: its held-out answers before and after, and Clear."""
+    if snap.status == "stopped" and not snap.before_after:
+        st.caption("Stopped before the end of a round: the held-out answers after training come with the "
+                   "evaluation at the end of each round.")
+    show_before_after(snap.before_after)
+    clear_button("rlhf_forget", "Hide this finished run (the policy stays saved)")
+
+
+def heading(text: str) -> None:
+    st.markdown(f"#### {text}")
+
+
+PANEL = LivePanel(
+    kind=PolicyJob,
+    doing="Fine-tuning",
+    what="Fine-tuning",
+    polling_key="rlhf_polling",
+    stop_label="Stop (keeps a checkpoint and the policy so far)",
+    stop_key="rlhf_stop",
+    bar=progress_bar,
+    numbers=numbers,
+    finished=finished,
+    heading=heading,
+    saved_hint=" (download it on Export)",
+)
 
 
 def show_before_after(rows: list[dict]) -> None:
@@ -277,8 +271,7 @@ def page() -> None:
         bon_section(proxy, gold_name, prompts)
     with tab_rlhf:
         rlhf_section(proxy, gold_name, prompts, busy)
-        st.session_state["rlhf_polling"] = busy
-        st.fragment(run_every=1.0 if busy else None)(live_panel)()
+        PANEL.show(busy)
 
 
 page()

@@ -11,7 +11,8 @@ import streamlit as st
 from app import charts, resources, settings
 from app.jobs import read_held_out
 from app.ui import md, pick_model, user_errors
-from rmcore.analysis.probes import record_probes, reward_spread, run_probes, verdict
+from rmcore.analysis.probes import record_probes, reward_spread, run_probes
+from rmcore.model.card import verdict
 from rmcore.analysis.scoring import scored_records
 from rmcore.core.errors import DataError, RmcoreError
 from rmcore.core.folders import read_metadata

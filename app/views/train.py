@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import charts, resources, settings, state
 from app.jobs import JobBusy, JobRequest, TrainingJob, manager, resumable, resume_request
+from app.live_panel import LivePanel, clear_button
 from app.ui import duration, fmt, md, user_errors
 from rmcore.data import split_groups
 from rmcore.training.config import (
@@ -20,6 +21,7 @@ from rmcore.training.config import (
     default,
     help_text,
 )
+from rmcore.training.estimate import estimate_training_time
 
 LEARNING_RATES = [
     "default",
@@ -217,64 +219,53 @@ def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> Non
     train_groups, eval_groups = split_groups(data.active(), config.eval_fraction, config.seed)
     with st.container(border=True):
         st.markdown("**Before you start**")
-        comparisons = sum(len(g.pairs()) for g in train_groups)
-        steps = -(-len(train_groups) // config.batch_size)
-        st.write(
-            f"{count(len(train_groups), 'instruction')} to train on ({count(comparisons, 'comparison')}), "
-            f"{len(eval_groups)} held out; "
-            + (f"as many steps as fit in {duration(config.time_budget_s)}, at most {count(config.epochs, 'epoch')}"
-               f" of {count(steps, 'step')}." if config.time_budget_s
-               else f"{count(config.epochs, 'epoch')} of {count(steps, 'step')}.")
-        )
+        st.write(plan_text(train_groups, eval_groups, config))
         if busy:
             st.caption("The time estimate waits until the running job ends (timing now would slow it down).")
             return
-        key = (
-            data.fingerprint(),
-            config.model,
-            config.mode,
-            config.epochs,
-            config.batch_size,
-            config.max_length,
-            config.eval_fraction,
-            config.seed,
-            config.lora_r,
-            config.trainable_layers,
-            config.time_budget_s,
-        )
-        cached = st.session_state.get("train_estimate")
-        if cached is None or cached[0] != key:
-            from rmcore.training.estimate import estimate_training_time  # torch: only once a page needs a model
-
-            try:
-                with st.spinner("Timing one batch on this machine…"):
-                    rates = resources.step_rates(
-                        config.model,
-                        config.mode,
-                        config.max_length,
-                        config.batch_size,
-                        config.lora_r,
-                        config.trainable_layers,
-                        train_groups,
-                    )
-                    estimate = estimate_training_time(
-                        config,
-                        train_groups,
-                        eval_groups,
-                        rates=rates,
-                        tokenizer=resources.tokenizer(config.model),
-                    )
-            except Exception as exc:  # the estimate is advice; never block training on it
-                st.caption(f"No time estimate ({type(exc).__name__}: {md(exc)})")
-                return
-            st.session_state["train_estimate"] = cached = (key, estimate)
-        estimate = cached[1]
+        estimate = time_estimate(data, config, train_groups, eval_groups)
+        if estimate is None:
+            return
         st.metric(
             "Estimated time",
             duration(estimate.seconds),
             help="Timed on one batch of your data here, scaled to every token the run will see",
         )
         st.caption(estimate.describe())
+
+
+def plan_text(train_groups: list, eval_groups: list, config: TrainConfig) -> str:
+    """What the run will train on, and for how long, in one sentence."""
+    comparisons = sum(len(g.pairs()) for g in train_groups)
+    steps = -(-len(train_groups) // config.batch_size)
+    return (
+        f"{count(len(train_groups), 'instruction')} to train on ({count(comparisons, 'comparison')}), "
+        f"{len(eval_groups)} held out; "
+        + (f"as many steps as fit in {duration(config.time_budget_s)}, at most {count(config.epochs, 'epoch')}"
+           f" of {count(steps, 'step')}." if config.time_budget_s
+           else f"{count(config.epochs, 'epoch')} of {count(steps, 'step')}.")
+    )
+
+
+def time_estimate(data: state.LoadedData, config: TrainConfig, train_groups: list, eval_groups: list):
+    """rmcore's estimate of the run's time, measured once per data and settings in this session; None, with
+    the reason shown, when it cannot be made (the estimate is advice: it never blocks training)."""
+    key = (data.fingerprint(), config.model, config.mode, config.epochs, config.batch_size, config.max_length,
+           config.eval_fraction, config.seed, config.lora_r, config.trainable_layers, config.time_budget_s)
+    cached = st.session_state.get("train_estimate")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        with st.spinner("Timing one batch on this machine…"):
+            rates = resources.step_rates(config.model, config.mode, config.max_length, config.batch_size,
+                                         config.lora_r, config.trainable_layers, train_groups)
+            estimate = estimate_training_time(config, train_groups, eval_groups, rates=rates,
+                                              tokenizer=resources.tokenizer(config.model))
+    except Exception as exc:  # the estimate is advice; never block training on it
+        st.caption(f"No time estimate ({type(exc).__name__}: {md(exc)})")
+        return None
+    st.session_state["train_estimate"] = (key, estimate)
+    return estimate
 
 
 def start(data: state.LoadedData, config: TrainConfig) -> None:
@@ -335,60 +326,27 @@ def stopped_runs_box(busy: bool) -> None:
             resume(settings.model_path(name))
 
 
-def live_panel() -> None:
-    """Polled every second while a job runs (a fragment); shows any session the server's training job."""
-    job = manager().current(TrainingJob)
-    if job is None:
-        if st.session_state.get("train_polling") and manager().running() is None:
-            st.session_state["train_polling"] = False
-            st.rerun()  # the RLHF job that held the server ended: a full rerun re-enables Start
-        return
-    snap = job.snapshot()
-    mine = snap.owner == state.session_id()
-    if not snap.active and not mine:
-        return  # another session's finished run is theirs to look at
-    if not snap.active and st.session_state.get("train_polling"):
-        st.session_state["train_polling"] = False
-        st.rerun()  # ended while we watched: a full rerun re-enables Start and stops the polling
-    st.divider()
-    header = {
-        "starting": "Preparing",
-        "running": "Training",
-        "stopping": "Stopping",
-        "done": "Finished",
-        "stopped": "Stopped",
-        "failed": "Failed",
-    }[snap.status]
-    st.subheader(f"{header}: {snap.model_name}")
-    if not mine and snap.active:
-        st.info(
-            "This job was started in another browser session. One training job runs on this server at a "
-            "time: you can watch it here, and start your own when it ends.",
-            icon=":material/group:",
-        )
+def progress_bar(snap) -> tuple[float, str] | None:
+    """The live panel's bar: the preparing phase, then the steps."""
     if snap.status == "starting":
-        st.progress(snap.phase_progress or 0.0, text=f"{snap.phase}…")
-    elif snap.steps or snap.active:
-        last = snap.last
-        text = f"step {snap.step} of {snap.total_steps} · epoch {last.get('epoch', 0):.1f}"
-        if snap.active:
-            text += f" · {duration(snap.elapsed_s)} elapsed · ETA {duration(snap.eta_s)}"
-        else:
-            text += f" · took {duration(snap.elapsed_s)}"
-        st.progress(min(1.0, snap.progress), text=text)
-        if snap.status == "stopping":
-            st.caption(snap.phase)
-    if snap.status == "failed":
-        st.error(f"Training failed: {md(snap.error)}", icon=":material/error:")
-    elif snap.saved:
-        st.success(f"{snap.phase.capitalize()}: `models/{snap.model_name}`.", icon=":material/check_circle:")
-    elif snap.status == "stopped":
-        st.info(f"{snap.phase.capitalize()}.", icon=":material/info:")
+        return snap.phase_progress or 0.0, f"{snap.phase}…"
+    if not (snap.steps or snap.active):
+        return None
+    text = f"step {snap.step} of {snap.total_steps} · epoch {snap.last.get('epoch', 0):.1f}"
+    if snap.active:
+        text += f" · {duration(snap.elapsed_s)} elapsed · ETA {duration(snap.eta_s)}"
+    else:
+        text += f" · took {duration(snap.elapsed_s)}"
+    return snap.progress, text
+
+
+def numbers(snap) -> None:
+    """The live panel's tiles (smoothed as the curves are, not one noisy step) and curves."""
     if snap.steps:
         last, last_eval = snap.last, snap.last_eval
         cols = st.columns(5)
         trend = {key: charts.smooth([s[key] for s in snap.steps if s.get(key) is not None]) or [None]
-                 for key in ("loss", "accuracy", "margin")}  # the tiles match the smoothed curves, not one noisy step
+                 for key in ("loss", "accuracy", "margin")}
         cols[0].metric("Train loss", fmt(trend["loss"][-1]), help="Smoothed over recent steps, as the curve")
         cols[1].metric("Train accuracy", fmt(trend["accuracy"][-1]), help="Smoothed over recent steps, as the curve")
         cols[2].metric(
@@ -403,30 +361,43 @@ def live_panel() -> None:
         cols[4].metric("Comparisons / s", fmt(last.get("comparisons_per_s"), 0))
     if snap.steps or snap.evals:
         st.plotly_chart(charts.training_curves(snap.steps, snap.evals), key="curves")
-    if snap.active and mine:
-        if st.button(
-            "Stop (keeps a checkpoint)",
-            icon=":material/stop_circle:",
-            key="stop_job",
-            disabled=snap.status == "stopping",
-        ):
-            manager().stop(state.session_id())
-            st.rerun(scope="fragment")
-    if not snap.active and mine:
-        if snap.status == "stopped" and resumable(Path(snap.out_dir)):
-            if st.button("Resume this run", icon=":material/resume:", key="resume_job",
-                         help="Continue from the checkpoint with the same data and settings, to the model an "
-                         "uninterrupted run would have trained"):
-                resume(Path(snap.out_dir))
-        c1, c2, c3, c4 = st.columns(4)
-        if snap.saved:
-            c1.page_link("views/probe.py", label="Probe it", icon=":material/science:")
-            c2.page_link("views/evaluate.py", label="Evaluate it", icon=":material/analytics:")
-            c3.page_link("views/export.py", label="Export it", icon=":material/download:")
-        hint = "Hide this finished run here" + (" (the model stays saved)" if snap.saved else "")
-        if c4.button("Clear", key="forget_job", help=hint):
-            manager().forget(state.session_id())
-            st.rerun()
+
+
+def finished(snap) -> None:
+    """The owner's run has ended: resume it, use its model, or clear it from the page."""
+    if snap.status == "stopped" and resumable(Path(snap.out_dir)):
+        if st.button("Resume this run", icon=":material/resume:", key="resume_job",
+                     help="Continue from the checkpoint with the same data and settings, to the model an "
+                     "uninterrupted run would have trained"):
+            resume(Path(snap.out_dir))
+    c1, c2, c3, c4 = st.columns(4)
+    if snap.saved:
+        c1.page_link("views/probe.py", label="Probe it", icon=":material/science:")
+        c2.page_link("views/evaluate.py", label="Evaluate it", icon=":material/analytics:")
+        c3.page_link("views/export.py", label="Export it", icon=":material/download:")
+    clear_button("forget_job", "Hide this finished run here" + (" (the model stays saved)" if snap.saved else ""),
+                 where=c4)
+
+
+def heading(text: str) -> None:
+    st.divider()
+    st.subheader(text)
+
+
+PANEL = LivePanel(
+    kind=TrainingJob,
+    doing="Training",
+    what="Training",
+    polling_key="train_polling",
+    stop_label="Stop (keeps a checkpoint)",
+    stop_key="stop_job",
+    bar=progress_bar,
+    numbers=numbers,
+    finished=finished,
+    heading=heading,
+    watching="This job was started in another browser session. One training job runs on this server at a "
+    "time: you can watch it here, and start your own when it ends.",
+)
 
 
 def page() -> None:
@@ -462,8 +433,7 @@ def page() -> None:
                     config.check()
                     start(data, config)
     stopped_runs_box(busy)
-    st.session_state["train_polling"] = busy
-    st.fragment(run_every=1.0 if busy else None)(live_panel)()
+    PANEL.show(busy)
 
 
 page()

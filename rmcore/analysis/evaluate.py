@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rmcore.data import RankedGroup
+from rmcore.data.ranking import pair_loss
+from rmcore.data.records import read_path
 from rmcore.model.reward_model import RewardModel, sigmoid
 
 CLOSE_LENGTH = 0.1  # two answers are "of similar length" when they differ by at most 10% of the longer
@@ -95,6 +99,39 @@ def result_from_rewards(groups: list[RankedGroup], rewards: list[list[float]], t
     """Every metric from the rewards of each group's responses (no model needed: ensembles and tests
     use it directly). `tokens` are the responses' token counts as scored (default: characters)."""
     tokens = tokens or [[len(text) for text in g.responses] for g in groups]
+    responses, pairs = _scored_rows(groups, rewards, tokens, categories)
+    n = len(pairs)
+    accuracy = sum(p["correct"] for p in pairs) / n if n else None
+    summary = {
+        "model": name,
+        "trained": trained,
+        "prompts": len(groups),
+        "responses": len(responses),
+        "comparisons": n,
+        "accuracy": accuracy,
+        "accuracy_se": binomial_se(accuracy, n),
+        "length_baseline": length_baseline(pairs),
+        # training's loss per comparison (no margin), averaged over comparisons: rmcore.training.loss
+        "mean_log_loss": sum(pair_loss(p["margin"]) for p in pairs) / n if n else None,
+        "mean_margin": statistics.fmean(p["margin"] for p in pairs) if n else None,
+        "by_rank_gap": _by_rank_gap(pairs),
+        "calibration": calibration_bins(pairs),
+        "length_correlation": _pearson([float(r["tokens"]) for r in responses], [r["reward"] for r in responses]),
+        "length_agreement": length_agreement(pairs),
+        "length_controlled": length_controlled(pairs),
+        "length_logistic": length_logistic_accuracy(pairs),
+        "best_of_group_accuracy": _best_of_group_accuracy(groups, rewards),
+        "ranking": ranking_metrics(groups, rewards),
+        "by_category": by_category(pairs) if categories else None,
+        "rewards": _reward_statistics(responses),
+    }
+    summary["length_warning"] = length_warning(summary)
+    return EvalResult(summary, responses, pairs)
+
+
+def _scored_rows(groups: list[RankedGroup], rewards: list[list[float]], tokens: list[list[int]],
+                 categories: list[str | None] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One row per response (its rank, reward, length) and one per strictly ordered pair (who won, by how much)."""
     responses, pairs = [], []
     for gi, (group, rs) in enumerate(zip(groups, rewards)):
         for k, (text, rank, r) in enumerate(zip(group.responses, group.ranks, rs)):
@@ -108,50 +145,31 @@ def result_from_rewards(groups: list[RankedGroup], rewards: list[list[float]], t
                           "margin": diff, "p": sigmoid(diff), "correct": diff > 0, "source": group.source,
                           "winner_chars": len(group.responses[w]), "loser_chars": len(group.responses[l]),
                           "category": categories[gi] if categories else None})
+    return responses, pairs
+
+
+def _by_rank_gap(pairs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Accuracy for each rank gap (1: neighbours in the ranking; larger gaps should be easier)."""
     by_gap: dict[int, list[bool]] = {}
     for pair in pairs:
         by_gap.setdefault(pair["rank_gap"], []).append(pair["correct"])
+    return {str(g): {"comparisons": len(v), "accuracy": sum(v) / len(v), "se": binomial_se(sum(v) / len(v), len(v))}
+            for g, v in sorted(by_gap.items())}
+
+
+def _reward_statistics(responses: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The rewards' mean, spread and range, and the mean of the human-best answers against the others."""
     all_rewards = [r["reward"] for r in responses]
     best = [r["reward"] for r in responses if r["rank"] == 1]
     rest = [r["reward"] for r in responses if r["rank"] is not None and r["rank"] > 1]
-    n = len(pairs)
-    log_loss = sum(-math.log(max(p["p"], 1e-12)) for p in pairs) / n if n else None
-    accuracy = sum(p["correct"] for p in pairs) / n if n else None
-    length_correlation = _pearson([float(r["tokens"]) for r in responses], all_rewards)
-    summary = {
-        "model": name,
-        "trained": trained,
-        "prompts": len(groups),
-        "responses": len(responses),
-        "comparisons": n,
-        "accuracy": accuracy,
-        "accuracy_se": binomial_se(accuracy, n),
-        "length_baseline": length_baseline(pairs),
-        "mean_log_loss": log_loss,
-        "mean_margin": statistics.fmean(p["margin"] for p in pairs) if n else None,
-        "by_rank_gap": {
-            str(g): {"comparisons": len(v), "accuracy": sum(v) / len(v), "se": binomial_se(sum(v) / len(v), len(v))}
-            for g, v in sorted(by_gap.items())
-        },
-        "calibration": calibration_bins(pairs),
-        "length_correlation": length_correlation,
-        "length_agreement": length_agreement(pairs),
-        "length_controlled": length_controlled(pairs),
-        "length_logistic": length_logistic_accuracy(pairs),
-        "best_of_group_accuracy": _best_of_group_accuracy(groups, rewards),
-        "ranking": ranking_metrics(groups, rewards),
-        "by_category": by_category(pairs) if categories else None,
-        "rewards": {
-            "mean": statistics.fmean(all_rewards) if all_rewards else None,
-            "std": statistics.pstdev(all_rewards) if len(all_rewards) > 1 else None,
-            "min": min(all_rewards, default=None),
-            "max": max(all_rewards, default=None),
-            "best_mean": statistics.fmean(best) if best else None,
-            "others_mean": statistics.fmean(rest) if rest else None,
-        },
+    return {
+        "mean": statistics.fmean(all_rewards) if all_rewards else None,
+        "std": statistics.pstdev(all_rewards) if len(all_rewards) > 1 else None,
+        "min": min(all_rewards, default=None),
+        "max": max(all_rewards, default=None),
+        "best_mean": statistics.fmean(best) if best else None,
+        "others_mean": statistics.fmean(rest) if rest else None,
     }
-    summary["length_warning"] = length_warning(summary)
-    return EvalResult(summary, responses, pairs)
 
 
 # ----------------------------------------------------------------------------- length
@@ -337,8 +355,6 @@ def by_category(pairs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def categories_for(path: str | Path, groups: list[RankedGroup]) -> list[str | None] | None:
     """Each group's `category` (or `subset`) from the row it came from, or None when the file has
     no such column. Groups know their row by `source` ("FILE:LINE")."""
-    from rmcore.data.records import read_path
-
     return categories_from_records(read_path(path, str(path)).items, groups)
 
 
@@ -365,8 +381,6 @@ def paired_bootstrap(correct_a: list[float], correct_b: list[float], clusters: l
     """Accuracy of B minus accuracy of A, with a percentile bootstrap interval that resamples whole
     clusters (prompts): the pairs of one prompt share answers, so resampling pairs alone would make
     the interval too narrow."""
-    import numpy as np
-
     ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
     totals = np.zeros((len(ids), 3))  # per cluster: right by A, right by B, pairs
     for a, b, c in zip(correct_a, correct_b, clusters, strict=True):

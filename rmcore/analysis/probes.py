@@ -14,9 +14,16 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from rmcore.core.errors import ModelError
+from rmcore.core.folders import METADATA_FILE, owned_entries, read_metadata
+from rmcore.core.outputs import atomic_write_text
+from rmcore.model.card import CARD_FILE, recorded_runs, render_card
 
 HOPE = "I hope this helps!"
 FLATTERY = "Great question! "
@@ -124,16 +131,6 @@ def run_probes(model, prompt, response: str, wrong_facts: str | None = None, spr
     return report
 
 
-def verdict(row: dict[str, Any]) -> str:
-    """A short reading of one probe: is this a change a policy could exploit?"""
-    moved = row["delta_units"]
-    if row["kind"] == "no better":
-        if moved >= 0.25:
-            return "rewarded: a policy could learn this"
-        return "not rewarded" if moved > -0.25 else "penalised"
-    return "dropped, as it should" if moved <= -0.25 else "barely dropped: the model misses it"
-
-
 # ----------------------------------------------------------------------------- recorded on the model card
 
 MAX_RECORDED_RUNS = 20  # a model's rmcore.json keeps its last 20 probed answers
@@ -142,8 +139,6 @@ MAX_RECORDED_RUNS = 20  # a model's rmcore.json keeps its last 20 probed answers
 def probe_run(report: ProbeReport, prompt, response: str) -> dict[str, Any]:
     """One probed answer as rmcore.json keeps it: the answer, the unit and each edit's change (no edited texts:
     the edits can be made again from the answer, and only the user's wrong-facts version could not)."""
-    import time
-
     return {"prompt": prompt, "response": response, "original_reward": report.original_reward,
             "spread": report.spread, "spread_source": report.spread_source,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -160,12 +155,6 @@ def record_probes(folder, report: ProbeReport, prompt, response: str) -> list[st
     user's is left alone. Returns what was written, in words; raises ModelError for a folder that is
     not an rmcore model.
     """
-    from pathlib import Path
-
-    from rmcore.core.errors import ModelError
-    from rmcore.core.folders import METADATA_FILE, owned_entries, read_metadata
-    from rmcore.core.outputs import atomic_write_text
-    from rmcore.model.card import CARD_FILE, render_card
 
     folder = Path(folder)
     if not (folder / METADATA_FILE).is_file():
@@ -186,31 +175,3 @@ def record_probes(folder, report: ProbeReport, prompt, response: str) -> list[st
     else:
         notes.append(f"{folder / CARD_FILE} is not rmcore's card, so it was left as it is")
     return notes
-
-
-def recorded_runs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
-    """The probe runs of an rmcore.json (those with a list of rows; anything else is ignored)."""
-    runs = metadata.get("probes")
-    if not isinstance(runs, list):
-        return []
-    return [run for run in runs if isinstance(run, dict) and isinstance(run.get("rows"), list)]
-
-
-def summarize_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """Each edit's change over the recorded answers: mean, lowest and highest, and the answers it was
-    measured on, in spreads (only the runs that measured a spread count, when any did), and the unit."""
-    with_spread = [run for run in runs if run.get("spread")]
-    used, unit = (with_spread, "spreads") if with_spread else (runs, "reward")
-    by_name: dict[str, dict[str, Any]] = {}
-    for run in used:
-        for row in run["rows"]:
-            entry = by_name.setdefault(row.get("name"), {"name": row.get("name"), "label": row.get("label"),
-                                                          "kind": row.get("kind"), "changes": []})
-            entry["changes"].append(row.get("delta_units") if unit == "spreads" else row.get("delta"))
-    summary = []
-    for entry in by_name.values():
-        changes = [c for c in entry.pop("changes") if isinstance(c, (int, float))]
-        if changes:
-            summary.append({**entry, "mean": statistics.fmean(changes), "low": min(changes), "high": max(changes),
-                            "answers": len(changes)})
-    return summary, unit

@@ -23,7 +23,7 @@ def safe_cell(value: Any) -> Any:
 
 def safe_table(frame):
     """A copy of a pandas DataFrame whose text cells (and column names) are safe to write as CSV."""
-    from pandas.api.types import is_object_dtype, is_string_dtype
+    from pandas.api.types import is_object_dtype, is_string_dtype  # pandas (numpy): core stays light
 
     safe = frame.copy()
     for column in safe.columns:

@@ -14,10 +14,13 @@ when the model folder is missing, or else its user entries are moved over before
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +179,54 @@ def recover_interrupted_saves(out: Path) -> list[str]:
         shutil.rmtree(leftover, ignore_errors=True)
         notes.append(f"removed {leftover.name} ({size / 2**20:.0f} MB), left by an interrupted save")
     return notes
+
+
+def save_folder(out_dir: str | os.PathLike, write: Callable[[Path], None], metadata: dict[str, Any],
+                metadata_file: str = METADATA_FILE, keep: tuple[str, ...] = (),
+                on_note: Callable[[str], None] | None = None) -> Path:
+    """The one atomic save of a folder rmcore writes: reward models, policies and ensemble members.
+
+    `write(tmp)` fills a hidden sibling folder; `metadata_file` (with `files`: every name this save
+    wrote) is added, the folder gets the permissions a plain mkdir would, and it is swapped in by
+    rename (`swap_in`): a process killed while saving leaves the previous folder intact, and the next
+    save cleans up after it and says so through `on_note`. `keep` names rmcore's own entries of the
+    existing folder to carry over (the checkpoint of a stopped run); a user's entries always are.
+    """
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    notes = recover_interrupted_saves(out)
+    with _temporary_sibling(out) as tmp:
+        write(tmp)
+        files = sorted({p.name for p in tmp.iterdir()} | {metadata_file})
+        (tmp / metadata_file).write_text(json.dumps({**metadata, "files": files}, indent=2, default=str))
+        _apply_umask(tmp)
+        notes += swap_in(tmp, out, keep)
+    for note in notes:
+        if on_note is not None:
+            on_note(note)
+    return out
+
+
+@contextlib.contextmanager
+def _temporary_sibling(out: Path) -> Iterator[Path]:
+    """A hidden folder `.NAME.tmp-XXXX` beside `out`, removed afterwards unless it was swapped in."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give a saved folder the permissions a plain mkdir would (mkdtemp makes it private to its owner)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        umask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        umask = 0o022
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def swap_in(tmp: Path, out: Path, keep: tuple[str, ...] = ()) -> list[str]:

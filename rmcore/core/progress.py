@@ -15,19 +15,66 @@ import threading
 import time
 from typing import TextIO
 
+from tqdm import tqdm
+
 DEFAULT_SECONDS = 5.0
 
 
-def progress(total: int, unit: str, desc: str, stream: TextIO | None = None):
+def format_duration(seconds: float) -> str:
+    """A duration for people, as every rmcore message writes it: "3 s", "1 min 15 s", "2 h 05 min"."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        return f"{seconds:.1f} s" if seconds < 1 else f"{seconds:.0f} s"
+    if seconds < 60:
+        return f"{round(seconds):.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s" if minutes < 10 else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def progress(total: float, unit: str, desc: str, stream: TextIO | None = None, initial: float = 0):
     """A tqdm bar when `stream` (default stderr) is a terminal, else a LineProgress; both are context
-    managers with `update(n)` and `n`."""
+    managers with `update(n)`, `n` and `close()`. `initial` is work done before (a resumed file): the
+    time left is counted from the speed of this run only."""
     stream = stream or sys.stderr
     if stream.isatty():
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit=unit, file=stream, dynamic_ncols=True, desc=desc)
+        return tqdm(total=total, initial=initial, unit=unit, file=stream, dynamic_ncols=True, desc=desc)
     seconds = float(os.environ.get("RMCORE_PROGRESS_SECONDS") or DEFAULT_SECONDS)
-    return LineProgress(total, unit, desc, stream, seconds)
+    return LineProgress(total, unit, desc, stream, seconds, initial=initial)
+
+
+class ProgressCallback:
+    """An `on_progress(done, total)` callback that draws a `progress` bar, opened at the first report.
+
+    The library's long loops (sampling, scoring for best-of-n) report (done, total); the first report
+    may already count work done before (prompts a samples file holds), which becomes the bar's start.
+    """
+
+    def __init__(self, desc: str, unit: str = "prompts", stream: TextIO | None = None):
+        self.desc, self.unit, self.stream = desc, unit, stream
+        self.bar = None
+
+    def __call__(self, done: float, total: float) -> None:
+        if self.bar is None:
+            self.bar = progress(total, self.unit, self.desc, self.stream, initial=done)
+            return
+        self.bar.update(done - self.bar.n)
+
+    def close(self, finished: bool = True) -> None:
+        if self.bar is not None:
+            if isinstance(self.bar, LineProgress):
+                self.bar.close(finished)
+            else:
+                self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> ProgressCallback:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(finished=exc_type is None)
 
 
 class LineProgress:
@@ -37,10 +84,11 @@ class LineProgress:
     and the point is that a long command says something every few seconds.
     """
 
-    def __init__(self, total: int, unit: str, desc: str, stream: TextIO, every_s: float = DEFAULT_SECONDS):
+    def __init__(self, total: float, unit: str, desc: str, stream: TextIO, every_s: float = DEFAULT_SECONDS,
+                 initial: float = 0):
         self.total, self.unit, self.desc, self.stream = total, unit, desc, stream
         self.every_s = max(0.05, every_s)
-        self.n = 0
+        self.n = self.initial = initial
         self.started = time.perf_counter()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._report, name="rmcore-progress", daemon=True)
@@ -54,16 +102,15 @@ class LineProgress:
             print(self.line(time.perf_counter() - self.started), file=self.stream, flush=True)
 
     def line(self, elapsed: float, done: bool = False) -> str:
-        from rmcore.training.estimate import format_duration  # the process has torch by now (it is scoring)
-
         share = min(1.0, self.n / self.total) if self.total else 1.0
         if self.unit.startswith("%"):  # counting percent already: "40% of tokens"
-            text = f"[rmcore] {self.desc}: {self.n}{self.unit}, "
+            text = f"[rmcore] {self.desc}: {self.n:g}{self.unit}, "
         else:
-            text = f"[rmcore] {self.desc}: {self.n}/{self.total} {self.unit} ({share:.0%}), "
+            text = f"[rmcore] {self.desc}: {self.n:g}/{self.total:g} {self.unit} ({share:.0%}), "
         text += f"{format_duration(elapsed)} {'in all' if done else 'so far'}"
-        if 0 < share < 1 and not done:
-            text += f", about {format_duration(elapsed * (1 - share) / share)} left"
+        this_run = self.n - self.initial  # the speed of this run: work done before a resume took no time
+        if 0 < share < 1 and this_run > 0 and not done:
+            text += f", about {format_duration(elapsed * (self.total - self.n) / this_run)} left"
         return text
 
     def close(self, finished: bool = True) -> None:

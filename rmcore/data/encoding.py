@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from rmcore.data.formats import Message, RankedGroup, ordered_pairs
 
+# Tokens of prompt + one response when nobody says otherwise: training's default (TrainConfig) and
+# the length a model that does not record its own is read at.
+DEFAULT_MAX_LENGTH = 512
 _SURROGATE = re.compile("[\ud800-\udfff]")  # not characters: a Rust tokenizer refuses the whole text
 _MESSAGE_OVERHEAD = 16  # characters a chat template adds around one message, counted generously
 _longest_token: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

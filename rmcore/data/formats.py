@@ -12,6 +12,7 @@ limits); this module knows the preference formats: which fields mean what, and w
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import math
 import random
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rmcore.core.errors import DataError
+from rmcore.data.fields import KNOWN_FIELDS
 from rmcore.data.records import Records, Unparsable, no_cycle_collection, read_bytes, read_path
 
 Message = dict[str, str]
@@ -263,15 +265,6 @@ def _line_of(where: str) -> int:
 
 # ----------------------------------------------------------------------------- format detection
 
-_FORMAT_FIELDS = {
-    "ranked": ("prompt", "responses", "ranks"),
-    "tidy": ("prompt", "response", "rank"),
-    "pairs": ("prompt", "chosen", "rejected"),
-    "implicit_pairs": ("chosen", "rejected"),
-}
-_KNOWN_FIELDS = sorted({f for fields in _FORMAT_FIELDS.values() for f in fields} | {"margin", "message_tree_id"})
-
-
 def _misspellings(keys: set[str], missing_only: bool = False) -> list[str]:
     """"'promt' looks like a misspelling of 'prompt'" for each unknown key close to a known field.
 
@@ -279,8 +272,8 @@ def _misspellings(keys: set[str], missing_only: bool = False) -> list[str]:
     With `missing_only`, only fields the record lacks are suggested.
     """
     hints = []
-    for key in sorted(keys - set(_KNOWN_FIELDS))[:200]:
-        close = difflib.get_close_matches(key, _KNOWN_FIELDS, n=1, cutoff=0.7)
+    for key in sorted(keys - set(KNOWN_FIELDS))[:200]:
+        close = difflib.get_close_matches(key, KNOWN_FIELDS, n=1, cutoff=0.7)
         if close and close[0] not in key and not (missing_only and close[0] in keys):
             hints.append(f"'{key}' looks like a misspelling of '{close[0]}' (did you mean '{close[0]}'?)")
     return hints
@@ -725,8 +718,6 @@ def write_ranked_jsonl(groups: list[RankedGroup], path: str | Path | None = None
 def groups_fingerprint(groups: list[RankedGroup]) -> str:
     """16 hex digits that change whenever any group changes (text, ranks, order): a key for results
     computed from the groups, such as the app's estimates, splits and evaluations."""
-    import hashlib
-
     digest = hashlib.sha256()
     for group in groups:
         digest.update(json.dumps(group.to_record(), sort_keys=True).encode())

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rmcore.core.errors import DataError
+from rmcore.data.fields import RECORD_FIELDS
 
 MAX_DATA_ENV = "RMCORE_MAX_DATA_MB"
 DEFAULT_MAX_DATA_MB = 256
@@ -335,7 +336,7 @@ def _document_records(whole: Any, name: str, cap: Limits) -> list[tuple[str, Any
     return [(f"{name}:1", whole)]
 
 
-_FIELD_HINT = {"prompt", "chosen", "rejected", "responses", "ranks", "response", "rank"}
+_FIELD_HINT = RECORD_FIELDS  # a key of these: the file is data, in a shape to explain
 
 
 def _refuse_wrong_shape(whole: dict[str, Any], name: str) -> None:
@@ -464,7 +465,7 @@ class _CsvLines:
         return line
 
 
-_KNOWN_COLUMNS = {"prompt", "response", "rank", "chosen", "rejected", "responses", "ranks", "margin"}
+_KNOWN_COLUMNS = RECORD_FIELDS | {"margin"}
 
 
 def _sniff_delimiter(text: str, name: str, delimiter: str, warnings: list[str]) -> str:
@@ -500,7 +501,7 @@ def _csv_cell(value: str | None) -> Any:
 
 def _read_parquet(raw: bytes, name: str, cap: Limits) -> list[tuple[str, Any]]:
     """Rows of a parquet file, after checking its size from the metadata and once decoded."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # pyarrow: only a parquet file needs it (half a second to import)
 
     try:
         meta = pq.ParquetFile(io.BytesIO(raw)).metadata
@@ -526,7 +527,7 @@ def _read_parquet(raw: bytes, name: str, cap: Limits) -> list[tuple[str, Any]]:
 
 def _decoded_bytes(arrays) -> int:
     """Bytes the arrays take once dictionaries are expanded (what to_pylist will build)."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: only a parquet file needs it
     import pyarrow.compute as pc
 
     total = 0
@@ -551,7 +552,7 @@ def _decoded_bytes(arrays) -> int:
 
 
 def _is_binary(kind) -> bool:
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: only a parquet file needs it
 
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) or \
         pa.types.is_large_binary(kind)

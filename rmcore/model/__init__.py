@@ -1,1 +1,1 @@
-"""The reward model: device, the embedded base model, packed attention and batching, caches, loading, saving, the card."""
+"""The reward model: device, the embedded base model, packed attention, batching, caches, loading, saving, card."""

@@ -75,6 +75,7 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
     if layout is None or kwargs.get("sliding_window") or getattr(module, "sliding_window", None):
         if layout is not None and (layout.prefix is not None or layout.record is not None):
             raise RuntimeError("a cached prompt prefix needs full attention in every layer (see supports_prefix)")
+        # transformers' attention modules take 2 s to import: only a model that runs packed rows needs them
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -132,6 +133,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    # transformers' attention modules take 2 s to import: only a model that runs packed rows needs them
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 

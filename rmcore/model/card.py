@@ -9,6 +9,7 @@ rmcore.json, the metadata saved beside the weights, so the card never disagrees 
 from __future__ import annotations
 
 import json
+import statistics
 from typing import Any
 
 from rmcore.model.embedded import EMBEDDED_NAME
@@ -72,10 +73,47 @@ def _accuracy_line(metrics: dict[str, Any]) -> list[str]:
     return rows
 
 
+# ----------------------------------------------------------------------------- probes recorded in rmcore.json
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """A short reading of one probe: is this a change a policy could exploit?"""
+    moved = row["delta_units"]
+    if row["kind"] == "no better":
+        if moved >= 0.25:
+            return "rewarded: a policy could learn this"
+        return "not rewarded" if moved > -0.25 else "penalised"
+    return "dropped, as it should" if moved <= -0.25 else "barely dropped: the model misses it"
+
+def recorded_runs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The probe runs of an rmcore.json (those with a list of rows; anything else is ignored)."""
+    runs = metadata.get("probes")
+    if not isinstance(runs, list):
+        return []
+    return [run for run in runs if isinstance(run, dict) and isinstance(run.get("rows"), list)]
+
+def summarize_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Each edit's change over the recorded answers: mean, lowest and highest, and the answers it was
+    measured on, in spreads (only the runs that measured a spread count, when any did), and the unit."""
+    with_spread = [run for run in runs if run.get("spread")]
+    used, unit = (with_spread, "spreads") if with_spread else (runs, "reward")
+    by_name: dict[str, dict[str, Any]] = {}
+    for run in used:
+        for row in run["rows"]:
+            entry = by_name.setdefault(row.get("name"), {"name": row.get("name"), "label": row.get("label"),
+                                                          "kind": row.get("kind"), "changes": []})
+            entry["changes"].append(row.get("delta_units") if unit == "spreads" else row.get("delta"))
+    summary = []
+    for entry in by_name.values():
+        changes = [c for c in entry.pop("changes") if isinstance(c, (int, float))]
+        if changes:
+            summary.append({**entry, "mean": statistics.fmean(changes), "low": min(changes), "high": max(changes),
+                            "answers": len(changes)})
+    return summary, unit
+
+
 def probe_section(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> list[str]:
     """The counterfactual-probe table: what `rmcore probe` recorded in rmcore.json, summed up per edit."""
-    from rmcore.analysis.probes import recorded_runs, summarize_runs, verdict
-
     runs = recorded_runs(metadata)
     if not runs:
         return ["## What it rewards (counterfactual probes)", "",
@@ -118,11 +156,7 @@ def _cell(text: str) -> str:
 
 def render_card(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> str:
     """The README.md text for a saved reward model with this rmcore.json."""
-    config = metadata.get("config") or {}
-    data = metadata.get("data") or {}
     base = metadata.get("base_model", "?")
-    metrics = held_out_metrics(metadata)
-    prompts = data.get("train_prompts")
     lines = [
         front_matter(metadata),
         "",
@@ -133,6 +167,23 @@ def render_card(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> s
         "preferences. For an (instruction, answer) pair it returns one number, read at the answer's last token; "
         "higher means people would prefer the answer.",
         "",
+        *training_section(metadata),
+        "## Held-out results",
+        "",
+        *_accuracy_line(held_out_metrics(metadata)),
+        "",
+        *probe_section(metadata, folder_name),
+        *limits_section(metadata),
+        *loading_section(metadata, folder_name),
+    ]
+    return "\n".join(lines)
+
+
+def training_section(metadata: dict[str, Any]) -> list[str]:
+    """How it was trained: mode, steps, settings, the data and what truncation cut."""
+    config = metadata.get("config") or {}
+    data = metadata.get("data") or {}
+    return [
         "## Training",
         "",
         f"- mode: **{metadata.get('mode', '?')}** ({_number(metadata.get('steps'))} of "
@@ -142,20 +193,19 @@ def render_card(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> s
         f"batch size {_number(config.get('batch_size'))}, "
         f"seed {_number(config.get('seed'))}",
         f"- data: `{data.get('file', 'not recorded')}` ({data.get('format', '?')} format): "
-        f"{_number(prompts)} instructions and {_number(data.get('train_comparisons'))} comparisons for training, "
-        f"{_number(data.get('eval_prompts'))} instructions held out; {_number(data.get('skipped_rows'))} rows "
-        "of the file were skipped as unusable",
+        f"{_number(data.get('train_prompts'))} instructions and {_number(data.get('train_comparisons'))} comparisons "
+        f"for training, {_number(data.get('eval_prompts'))} instructions held out; "
+        f"{_number(data.get('skipped_rows'))} rows of the file were skipped as unusable",
         f"- truncation: prompt + answer cut to {_number(config.get('max_length'))} tokens (the prompt loses its "
         f"start first); {_number(data.get('truncated_prompts'))} prompts and "
         f"{_number(data.get('truncated_responses'))} answers were cut",
         "",
-        "## Held-out results",
-        "",
-        *_accuracy_line(metrics),
-        "",
     ]
-    lines += probe_section(metadata, folder_name)
-    lines += [
+
+
+def limits_section(metadata: dict[str, Any]) -> list[str]:
+    """What the model is for, what it is not, and a warning when it saw few instructions."""
+    lines = [
         "## Intended use and limits",
         "",
         "- For ranking candidate answers to instructions like those it was trained on: best-of-n selection, "
@@ -165,10 +215,16 @@ def render_card(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> s
         "habits (longer answers often win), and it can reward confident wrong answers.",
         "- A policy optimised hard against it will find answers it over-rewards; check with `rmcore probe`.",
     ]
+    prompts = (metadata.get("data") or {}).get("train_prompts")
     if isinstance(prompts, int) and prompts < FEW_PROMPTS:
         lines.append(f"- Trained on only {prompts} instructions: a sketch for learning and testing, not a model "
                      "to rely on.")
-    lines += [
+    return lines
+
+
+def loading_section(metadata: dict[str, Any], folder_name: str) -> list[str]:
+    """The lines that load it with plain transformers, and where the numbers come from."""
+    return [
         "",
         "## Load it",
         "",
@@ -187,4 +243,3 @@ def render_card(metadata: dict[str, Any], folder_name: str = "THIS_FOLDER") -> s
         + (f", saved {metadata['saved_at']}." if metadata.get("saved_at") else "."),
         "",
     ]
-    return "\n".join(lines)

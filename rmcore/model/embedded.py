@@ -42,6 +42,7 @@ def embedded_model_dir() -> Path:
     if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     source = gguf_path()
+    # torch and transformers only for the one-time conversion: the name and the cached folder need neither
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers import modeling_gguf_pytorch_utils as gguf_utils

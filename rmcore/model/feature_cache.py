@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from rmcore.core.outputs import atomic_path
 from rmcore.core.paths import cache_dir
@@ -73,8 +75,6 @@ class FeatureCache:
 
     def load(self, encoded: list[EncodedGroup]) -> list[torch.Tensor | None]:
         """Features (K, H) of every group found in a shard, None for the others; in group order."""
-        from safetensors import safe_open
-
         keys = [group_key(g) for g in encoded]
         exact = self.shard_path(keys)
         wanted: dict[int, list[int]] = {}
@@ -100,8 +100,6 @@ class FeatureCache:
 
     def save(self, encoded: list[EncodedGroup], per_group: list[torch.Tensor]) -> Path:
         """Write one shard with these groups' features; remove the shards it now contains."""
-        from safetensors.torch import save_file
-
         keys = [group_key(g) for g in encoded]
         path = self.shard_path(keys)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -120,8 +118,6 @@ class FeatureCache:
 
     def _shard_indexes(self, first: Path | None = None) -> list[tuple[Path, list[int], list[int]]]:
         """(path, group keys, responses per group) of every readable shard, `first` first if present."""
-        from safetensors import safe_open
-
         if not self.folder.is_dir():
             return []
         paths = sorted(self.folder.glob("*.safetensors"), key=lambda p: p != first)

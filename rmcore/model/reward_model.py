@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,9 +23,9 @@ import torch
 from torch import nn
 
 from rmcore.core.errors import ModelError
-from rmcore.core.folders import METADATA_FILE, read_json_object, recover_interrupted_saves, swap_in
+from rmcore.core.folders import METADATA_FILE, read_json_object, save_folder
 from rmcore.data import Message, RankedGroup
-from rmcore.data.encoding import EncodedGroup, encode_group, render_text
+from rmcore.data.encoding import DEFAULT_MAX_LENGTH, EncodedGroup, encode_group, render_text
 from rmcore.data.ranking import preference_probability
 from rmcore.model.attention import PackedLayout, packed_attention, supports_prefix
 from rmcore.model.batching import PackedBatch, pack_groups
@@ -37,9 +35,7 @@ from rmcore.model.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_mode
 from rmcore.model.feature_cache import FeatureCache
 from rmcore.model.prompt_cache import PromptCache, weights_fingerprint
 from rmcore.model.shared_trunk import share_trunk
-from rmcore.training.config import default
 
-DEFAULT_MAX_LENGTH = default("max_length")  # a model that does not say its own: what training uses
 SCORING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -148,7 +144,7 @@ def _described_parameters(config: dict[str, Any]) -> int | None:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers' auto classes: 0.8 s, only when a model loads
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -201,6 +197,7 @@ def from_pretrained_safely(cls, path: str, **kwargs):
 
 def load_sequence_classifier(path: str, *, seed: int = 0):
     """(model, tokenizer, trained_head): a reward-model folder as is, or a base LM with a new head."""
+    # transformers' auto classes: 0.8 s to import, only when a model loads (pages that show results skip it)
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -570,47 +567,25 @@ class RewardModel:
 def save_reward_model(model, tokenizer, out_dir: str | os.PathLike, metadata: dict,
                       extra_files: dict[str, str] | None = None, keep: tuple[str, ...] = (),
                       on_note: Callable[[str], None] | None = None) -> Path:
-    """Save atomically: write a hidden sibling folder, then swap it in by rename (rmcore.core.folders).
+    """Save a standard HF folder (safetensors, tokenizer, config), the model card and rmcore.json,
+    atomically (rmcore.core.folders.save_folder). A head-mode model's trunk is the base model's:
+    one shared file, not a copy per model (rmcore.model.shared_trunk)."""
+    classifier = unwrap_classifier(model)
+    notes: list[str] = []
 
-    A process killed while saving leaves the previous folder intact; the next save into the same
-    folder cleans up after it and says so through `on_note`. Entries of an existing folder that
-    rmcore did not write are carried into the new one; `keep` names rmcore's own entries to carry
-    (the training checkpoint). `rmcore.json` lists the files this save wrote.
-    """
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    notes = recover_interrupted_saves(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        classifier = unwrap_classifier(model)
+    def write(tmp: Path) -> None:
         classifier.config.pad_token_id = tokenizer.pad_token_id
         classifier.save_pretrained(tmp, safe_serialization=True)
-        if metadata.get("mode") == "head":  # the trunk is the base model's: one shared file, not a copy per model
+        if metadata.get("mode") == "head":
             note = share_trunk(tmp, [f"score.{name}" for name, _ in classifier.score.named_parameters()])
-            notes += [note] if note else []
+            notes.extend([note] if note else [])
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        (tmp / CARD_FILE).write_text(render_card(metadata, out.name))  # README.md: rmcore.model.card
-        files = sorted({p.name for p in tmp.iterdir()} | {METADATA_FILE})
-        (tmp / METADATA_FILE).write_text(json.dumps({**metadata, "files": files}, indent=2, default=str))
-        _apply_umask(tmp)
-        notes += swap_in(tmp, out, keep)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / CARD_FILE).write_text(render_card(metadata, Path(out_dir).resolve().name))
+
+    out = save_folder(out_dir, write, metadata, keep=keep, on_note=on_note)
     for note in notes:
         if on_note is not None:
             on_note(note)
     return out
-
-
-def _apply_umask(folder: Path) -> None:
-    """Give a saved folder the permissions a plain mkdir would (mkdtemp makes it private to its owner)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        umask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
-    except (OSError, StopIteration, ValueError):
-        umask = 0o022
-    for path in [folder, *folder.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -70,6 +70,7 @@ def trunk_hash(file: Path, names: list[str]) -> str:
 
 def _write_subset(source: Path, names: list[str], target: Path) -> None:
     """A safetensors file holding `names` of `source` (same metadata), written under a temporary name first."""
+    # safetensors.torch imports torch: the Export page reads folder sizes from here without it
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -127,7 +128,7 @@ def share_trunk(folder: Path, head_names: list[str]) -> str | None:
 
 def read_weights(folder: Path) -> dict:
     """Every tensor of a model folder by name, from model.safetensors or from the shards its index lists."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # imports torch: folder sizes (the Export page) do not need it
 
     folder = Path(folder)
     if (folder / INDEX_FILE).is_file():

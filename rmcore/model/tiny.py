@@ -7,7 +7,14 @@ seconds on a CPU. Its rewards mean nothing until trained.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rmcore.model.reward_model import load_sequence_classifier, save_reward_model
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
@@ -28,9 +35,6 @@ _CORPUS = [
 def build_tiny_model(out_dir: str | Path, *, hidden_size: int = 32, layers: int = 2, heads: int = 4,
                      kv_heads: int = 2, vocab_size: int = 384, seed: int = 0) -> Path:
     """Write a tiny random LlamaForCausalLM and its tokenizer to `out_dir` (a standard HF folder)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,9 +66,6 @@ def build_tiny_reward_model(out_dir: str | Path, *, seed: int = 0, **model_optio
 
     Its rewards are random but fixed: enough to drive best-of-n and RLHF code paths in tests.
     """
-    import tempfile
-
-    from rmcore.model.reward_model import load_sequence_classifier, save_reward_model
 
     with tempfile.TemporaryDirectory() as base_dir:
         base = build_tiny_model(Path(base_dir) / "base", seed=seed, **model_options)

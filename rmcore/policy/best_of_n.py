@@ -156,7 +156,7 @@ def score_proxy_and_gold(records: list[dict[str, Any]], proxy_model, gold_model=
                          on_progress=None) -> tuple[list[list[float]], list[list[float]] | None]:
     """The proxy's and the gold judge's rewards of every samples record. Two head-mode models of one base
     model share a single trunk pass (half the time); otherwise each scores on its own."""
-    from rmcore.policy.sampling import as_messages
+    from rmcore.data.prompts import as_messages
 
     if gold_model is None or not proxy_model.shares_trunk_with(gold_model):
         proxy = score_samples(records, proxy_model, batch_size, on_progress)
@@ -178,7 +178,7 @@ def score_proxy_and_gold(records: list[dict[str, Any]], proxy_model, gold_model=
 def score_samples(records: list[dict[str, Any]], reward_model, batch_size: int = 8, on_progress=None
                   ) -> list[list[float]]:
     """Rewards of every response of every samples record, scored a prompt (one packed pass) at a time."""
-    from rmcore.policy.sampling import as_messages
+    from rmcore.data.prompts import as_messages
 
     rewards: list[list[float]] = []
     chunk = batch_size  # prompts per progress report (each prompt's answers share one packed pass)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from rmcore.core.errors import TrainingError
+from rmcore.data.prompts import as_messages
 from rmcore.policy.reward_function import RewardFunction
 from rmcore.policy.rlhf import (
     CHECKPOINT_DIR,
@@ -68,11 +69,6 @@ TRL_LOG_KEYS = {
     "rewards/gold/mean": "train_gold_mean", "entropy": "entropy", "grad_norm": "grad_norm",
     "frac_reward_zero_std": "frac_reward_zero_std",
 }
-
-
-def as_messages(prompt) -> list[dict[str, str]]:
-    """TRL's conversational prompt format, so the policy and the reward model both get the chat template."""
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def grpo_arguments(config: RLHFConfig, output_dir: Path, *, device: str, batch_prompts: int):

@@ -28,13 +28,12 @@ instruction, rendered with the chat template as in training. rmcore's GRPO passe
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from rmcore.data import Message
+from rmcore.data.prompts import Prompt, prompt_key
 from rmcore.model.reward_model import RewardModel
 
-Prompt = str | list[Message]
 Completion = str | list[Message]
 
 
@@ -47,11 +46,6 @@ def completion_text(completion: Completion) -> str:
         return completion[0]["content"]
     raise ValueError("a completion must be a string or one assistant message "
                      f"[{{'role': 'assistant', 'content': str}}], got {str(completion)[:80]!r}")
-
-
-def prompt_key(prompt: Prompt) -> str:
-    """A hashable key for a prompt (chat prompts are lists, so not hashable themselves)."""
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
 
 class RewardFunction:

@@ -21,76 +21,19 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rmcore.core.errors import ModelError, TrainingError
-from rmcore.core.folders import POLICY_METADATA_FILE, check_output_folder, recover_interrupted_saves, swap_in
-
-CHECKPOINT_DIR = "checkpoint"
-METHODS = ("rs", "grpo")
-DEFAULT_LR = {"rs": 3e-4, "grpo": 1e-5}  # LoRA learning rates; GRPO's per-sample updates want a smaller one
-
-StepCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class RLHFConfig:
-    reward_model: str  # rmcore reward-model folder (the proxy the policy is pushed toward)
-    policy: str = "embedded"  # causal LM: "embedded" SmolLM2-135M-Instruct or a local HF folder
-    method: str = "rs"  # "rs" (rejection sampling / best-of-n distillation) or "grpo"
-    gold_model: str | None = None  # optional second reward model, the independent judge (never trained on)
-    rounds: int = 2  # rs: sample -> keep best -> SFT rounds; grpo: passes over the prompts
-    n: int = 8  # samples per prompt (rs: n of best-of-n; grpo: group size G)
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    lr: float | None = None  # None = the method's default (DEFAULT_LR)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    kl_coef: float = 0.05  # beta of the KL term to the starting policy
-    batch_size: int = 4
-    eval_fraction: float = 0.33  # share of prompts held out for before/after answers and mean reward
-    seed: int = 0
-    sft_epochs: int = 2  # rs: passes over each round's picks
-    keep: int = 1  # rs: answers kept per prompt each round, the best `keep` of n (more picks, less memorising)
-    eval_samples: int = 4  # answers per held-out prompt at each evaluation (mean reward, KL, length)
-
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(self.method, 1e-4)
-
-    def check(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("rounds", "n", "max_new_tokens", "batch_size", "lora_r", "sft_epochs", "eval_samples", "keep"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if self.keep > self.n:
-            raise ValueError(f"keep ({self.keep}) cannot be more than the answers sampled per prompt, n ({self.n})")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be above 0, got {self.temperature}")
-        if self.lr is not None and not 0 < self.lr < 1:
-            raise ValueError(f"learning rate must be in (0, 1), got {self.lr}")
-        if not 0 <= self.kl_coef < math.inf:
-            raise ValueError(f"KL coefficient must be a number >= 0, got {self.kl_coef}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
-
-
-@dataclass
-class RLHFResult:
-    out_dir: Path
-    steps: int
-    stopped: bool
-    history: list[dict[str, Any]] = field(default_factory=list)  # the dicts sent to on_step
-    before_after: list[dict[str, Any]] = field(default_factory=list)  # held-out prompt, answers, rewards
+from rmcore.core.folders import CHECKPOINT_DIR, POLICY_METADATA_FILE, check_output_folder, save_folder
+from rmcore.policy.config import RLHFConfig, RLHFResult, StepCallback
+from rmcore.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def train_policy(config: RLHFConfig, train_prompts, eval_prompts, out_dir, *, on_step: StepCallback | None = None,
@@ -302,27 +245,16 @@ def check_policy_output(out_dir: Path, resume: bool, config: RLHFConfig, inputs:
 
 def save_policy(model, tokenizer, out_dir: str | os.PathLike, metadata: dict[str, Any],
                 keep: tuple[str, ...] = ()) -> Path:
-    """Save a plain HF causal-LM folder (LoRA merged into a copy, the live model is left as is) with
-    the tokenizer and rmcore_policy.json, atomically: a sibling temp folder, then swapped in by rename.
-    `keep` names entries of the existing folder carried over (the checkpoint of a stopped run)."""
-    from rmcore.model.reward_model import _apply_umask
-
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted_saves(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    """Save a plain HF causal-LM folder (LoRA merged into a copy, the live model is left as is) with the
+    tokenizer and rmcore_policy.json, atomically (rmcore.core.folders.save_folder). `keep` names entries
+    of the existing folder carried over (the checkpoint of a stopped run)."""
+    def write(tmp: Path) -> None:
         plain = merged_copy(model)
         plain.config.pad_token_id = tokenizer.pad_token_id
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        files = sorted({p.name for p in tmp.iterdir()} | {POLICY_METADATA_FILE})
-        (tmp / POLICY_METADATA_FILE).write_text(json.dumps({**metadata, "files": files}, indent=2, default=str))
-        _apply_umask(tmp)
-        swap_in(tmp, out, keep)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return save_folder(out_dir, write, metadata, metadata_file=POLICY_METADATA_FILE, keep=keep)
 
 
 def sampling_policy(model):
@@ -344,49 +276,19 @@ def merged_copy(model):
     return model.float()
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
+def save_policy_checkpoint(out_dir: Path, model, optimizer, state: dict[str, Any]) -> None:
+    """The run's checkpoint in OUT/checkpoint (rmcore.training.checkpoint): LoRA weights, optimizer, `state`."""
+    save_checkpoint(Path(out_dir) / CHECKPOINT_DIR, model, state,
+                    {"optimizer": optimizer.state_dict()} if optimizer is not None else None)
 
 
-def save_checkpoint(out_dir: Path, model, optimizer, state: dict[str, Any]) -> None:
-    """Trainable weights, optimizer state and `state` (JSON) into OUT/checkpoint, via a temp folder and rename."""
-    from safetensors.torch import save_file
-
-    checkpoint = Path(out_dir) / CHECKPOINT_DIR
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.tmp-", dir=checkpoint.parent))
-    try:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state, default=str))
-        old = checkpoint.with_name(f".{CHECKPOINT_DIR}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        if checkpoint.exists():
-            os.rename(checkpoint, old)
-        os.rename(tmp, checkpoint)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_checkpoint(out_dir: Path, model, optimizer, run_key: str) -> dict[str, Any]:
-    """Restore what save_checkpoint wrote; refuse a checkpoint of another run (model, prompts or options)."""
-    from safetensors.torch import load_file
-
-    checkpoint = Path(out_dir) / CHECKPOINT_DIR
-    state = json.loads((checkpoint / "state.json").read_text())
-    if state.get("run_key") != run_key:
-        raise TrainingError(f"{checkpoint}: this checkpoint was made with another policy, reward model, prompts or "
-                            "options; resume with the same ones (only --rounds may change), or use a new --out folder")
-    weights = load_file(str(checkpoint / "trainable.safetensors"))
-    missing = set(weights) - set(model.state_dict())
-    if missing:
-        raise ModelError(f"{checkpoint}: the checkpoint does not fit this policy ({sorted(missing)[:3]} ...)")
-    model.load_state_dict(weights, strict=False)
-    if optimizer is not None and (checkpoint / "optimizer.pt").is_file():
-        # our own file, written by save_checkpoint: tensors and plain containers only
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
+def load_policy_checkpoint(out_dir: Path, model, optimizer, key: str) -> dict[str, Any]:
+    """Restore what save_policy_checkpoint wrote; refuse a checkpoint of another run."""
+    state, saved = load_checkpoint(Path(out_dir) / CHECKPOINT_DIR, model, key,
+                                   "policy, reward model, prompts or options; resume with the same ones (only "
+                                   "--rounds may change)")
+    if optimizer is not None and "optimizer" in saved:
+        optimizer.load_state_dict(saved["optimizer"])
     return state
 
 
@@ -495,7 +397,7 @@ class _RejectionSampling:
         self.state: dict[str, Any] = {"run_key": key, "round": 0, "step": 0, "picks": None, "history": [],
                                       "before": None, "last_eval": None}
         if resume:
-            self.state = load_checkpoint(self.out_dir, self.model, self.optimizer, key)
+            self.state = load_policy_checkpoint(self.out_dir, self.model, self.optimizer, key)
             self.phase(f"resumed at step {self.state['step']} (round {self.state['round'] + 1})")
         self.history: list[dict[str, Any]] = self.state["history"]
         self.started = time.perf_counter()
@@ -514,7 +416,7 @@ class _RejectionSampling:
             stopped = True
         if stopped:
             self.phase(f"stopped at step {state['step']}; saving a checkpoint")
-            save_checkpoint(self.out_dir, self.model, self.optimizer, state)
+            save_policy_checkpoint(self.out_dir, self.model, self.optimizer, state)
         return stopped
 
     def _rounds(self) -> bool:
@@ -533,7 +435,7 @@ class _RejectionSampling:
                 return True
             state["last_eval"] = metrics
             if state["round"] < rounds:
-                save_checkpoint(self.out_dir, self.model, self.optimizer, state)
+                save_policy_checkpoint(self.out_dir, self.model, self.optimizer, state)
         return False
 
     def sample_and_pick(self, round_index: int) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,11 +23,9 @@ from typing import Any
 import torch
 
 from rmcore.core.errors import DataError, ModelError
-from rmcore.data import Message, read_preferences
 from rmcore.data.encoding import render_prompt
-
-Prompt = str | list[Message]
-SEQUENCES_PER_CALL = 128  # sequences per generate call: 1.25x the tokens/s of 32 on 2 CPU cores (4 x 32 answers)
+from rmcore.data.prompts import Prompt, as_messages, prompt_key
+from rmcore.policy.config import SEQUENCES_PER_CALL
 
 
 @dataclass
@@ -87,10 +84,6 @@ def load_policy(name: str | os.PathLike | None = None, *, device: str | None = N
     model = from_pretrained_safely(AutoModelForCausalLM, path, dtype=torch.float32)
     model.to(device or autodetect_device()).eval()
     return model, tokenizer, display
-
-
-def as_messages(prompt: Prompt) -> list[Message]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def end_token_ids(tokenizer, model=None) -> list[int]:
@@ -217,38 +210,6 @@ def _to_sample(tokenizer, row: list[int], ends: list[int]) -> Sample:
 # ----------------------------------------------------------------------------- prompt files
 
 
-def read_prompts(path: str | os.PathLike) -> list[Prompt]:
-    """Prompts from a plain .txt (one instruction per line) or from any file rmcore reads (its prompts,
-    each once, in file order)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(str(path), "no such file")
-    if path.is_dir():
-        raise DataError(str(path), "is a folder, not a prompts file")
-    if path.suffix.lower() == ".txt":
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        prompts: list[Prompt] = [line.strip() for line in lines if line.strip()]
-    else:
-        groups = read_preferences(path, for_scoring=True).groups
-        prompts = unique_prompts([g.prompt for g in groups])
-    if not prompts:
-        raise DataError(str(path), "no prompts in the file (a .txt needs one instruction per line)")
-    return prompts
-
-
-def unique_prompts(conversations: list[list[Message]]) -> list[Prompt]:
-    """Each prompt once, in order; a single user turn becomes its plain text."""
-    seen: set[str] = set()
-    prompts: list[Prompt] = []
-    for messages in conversations:
-        key = json.dumps(messages, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            single = len(messages) == 1 and messages[0]["role"] == "user"
-            prompts.append(messages[0]["content"] if single else messages)
-    return prompts
-
-
 # ----------------------------------------------------------------------------- samples files
 
 
@@ -304,10 +265,6 @@ def prompts_done(path: Path, settings: SamplingSettings) -> set[str]:
             raise DataError(str(path), f"already holds samples made with other settings ({', '.join(differ)} "
                                        f"{verb}); choose a new --out file, or the same settings to continue it")
     return {prompt_key(r["prompt"]) for r in records}
-
-
-def prompt_key(prompt: Prompt) -> str:
-    return json.dumps(prompt, sort_keys=True)
 
 
 def write_samples(policy_model, tokenizer, prompts: list[Prompt], out_path: str | os.PathLike,
@@ -371,44 +328,3 @@ def _is_json(line: bytes) -> bool:
     except ValueError:
         return False
     return True
-
-
-class Progress:
-    """Progress with time left on stderr: a redrawn line on a terminal, else a line every few seconds."""
-
-    def __init__(self, what: str, stream=None, every_s: float = 5.0):
-        import sys
-
-        self.what = what
-        self.stream = stream or sys.stderr
-        self.every_s = every_s
-        self.started = time.perf_counter()
-        self.first_done: int | None = None
-        self.last_line = 0.0
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def __call__(self, done: float, total: int) -> None:
-        now = time.perf_counter()
-        if self.first_done is None:  # count speed from the first report (skipped work is not ours)
-            self.first_done, self.started = done, now
-            return self._show(done, total, None)
-        rate_done = done - self.first_done
-        eta = (now - self.started) / rate_done * (total - done) if rate_done > 0 else None
-        redraw = 0.2 if self.tty else self.every_s  # a terminal line is redrawn in place, a log gets a line
-        if done == total or now - self.last_line >= redraw:
-            self._show(done, total, eta)
-
-    def _show(self, done: float, total: int, eta: float | None) -> None:
-        self.last_line = time.perf_counter()
-        left = f", {format_duration(eta)} left" if eta is not None and done < total else ""
-        line = f"{self.what}: {int(done)}/{total} ({done / max(total, 1):.0%}){left}"
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if done == total else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -31,583 +31,33 @@ import asyncio
 import contextlib
 import hmac
 import json
-import math
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from rmcore.data import RankedGroup
-from rmcore.data.encoding import EncodedGroup, encode_group, render_prompt, render_response
-from rmcore.model.batching import split_by_tokens
-
-# ----------------------------------------------------------------------------- settings
-
-
-@dataclass
-class ServeConfig:
-    """Settings of `rmcore serve`; the CLI reads its options, defaults and help from these fields."""
-
-    model: str = field(default="embedded", metadata={
-        "help": "the reward model: a folder saved by `rmcore train` (or 'embedded', whose head is untrained)",
-        "metavar": "DIR"})
-    host: str = field(default="127.0.0.1", metadata={
-        "help": "address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)"})
-    port: int = field(default=8000, metadata={"help": "TCP port (default 8000; 0 picks a free one)"})
-    token_file: str | None = field(default=None, metadata={
-        "help": "file holding a bearer token that every request must send (Authorization: Bearer TOKEN)",
-        "metavar": "FILE"})
-    max_batch_tokens: int = field(default=8192, metadata={
-        "help": "token budget of one forward pass: rows x longest row (default 8192); lower it if memory runs out",
-        "metavar": "N"})
-    dtype: str = field(default="float32", metadata={
-        "help": "precision of the trunk (default float32); bfloat16 is faster on GPUs and CPUs with bfloat16 "
-                "instructions, with rewards a little off float32's"})
-    max_length: int | None = field(default=None, metadata={
-        "help": "tokens of prompt + one response; longer ones are cut as in training (default: the model's)",
-        "metavar": "N"})
-    batch_wait_ms: float = field(default=5.0, metadata={
-        "help": "how long the first queued request waits for others to share its forward pass (default 5)",
-        "metavar": "MS"})
-    max_queue: int = field(default=4096, metadata={
-        "help": "responses waiting to be scored before new requests get 503 + Retry-After (default 4096)",
-        "metavar": "N"})
-    max_responses: int = field(default=256, metadata={
-        "help": "responses (or /get_reward texts) in one request (default 256)", "metavar": "N"})
-    max_text_chars: int = field(default=100_000, metadata={
-        "help": "characters in one prompt or response (default 100000; token truncation applies below it)",
-        "metavar": "N"})
-    max_body_mb: float = field(default=16.0, metadata={
-        "help": "request body size limit in MiB (default 16)", "metavar": "MB"})
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 2**20)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `rmcore serve` options, one per ServeConfig field."""
-    for f in fields(ServeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        extra: dict[str, Any] = {"choices": ("float32", "bfloat16")} if f.name == "dtype" else {}
-        if "metavar" in f.metadata:
-            extra["metavar"] = f.metadata["metavar"]
-        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=f.metadata["help"], **extra)
-
-
-def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    config = ServeConfig(**{f.name: getattr(args, f.name) for f in fields(ServeConfig)})
-    for name in ("max_batch_tokens", "max_queue", "max_responses", "max_text_chars"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    if config.max_length is not None and config.max_length < 16:
-        raise ValueError(f"--max-length must be at least 16 tokens (prompt + one response), got {config.max_length}")
-    if not 0 <= config.batch_wait_ms <= 1000:
-        raise ValueError(f"--batch-wait-ms must be between 0 and 1000, got {config.batch_wait_ms:g}")
-    if not 0 < config.max_body_mb <= 1024:
-        raise ValueError(f"--max-body-mb must be above 0 and at most 1024, got {config.max_body_mb:g}")
-    if not 0 <= config.port <= 65535:
-        raise ValueError(f"--port must be between 0 and 65535, got {config.port}")
-    return config
-
-
-def read_token(path: str) -> str:
-    """The bearer token from a file (never from the command line, where `ps` would show it)."""
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ValueError(f"--token-file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--token-file {path}: cannot read it ({exc})") from None
-    if not token or any(c.isspace() for c in token):
-        raise ValueError(f"--token-file {path}: give the token on one line, no spaces (the file is "
-                         f"{'empty' if not token else 'several words'})")
-    return token
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """A request the server refuses: the HTTP status and one line saying what is wrong and where."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-# ----------------------------------------------------------------------------- full texts -> prompt + response
-
-
-class _RenderedTemplate:
-    """A tokenizer stand-in for `encode_group` whose chat template returns text rendered elsewhere.
-
-    /get_reward receives whole conversations already rendered; this lets them go through the very
-    tokenization and truncation rules `RewardModel.score` uses (rmcore.data.encoding), instead of a copy.
-    """
-
-    chat_template = "already rendered"
-
-    def __init__(self, tokenizer, prompt_text: str):
-        self.tokenizer = tokenizer
-        self.prompt_text = prompt_text
-
-    def __call__(self, text, **kwargs):
-        return self.tokenizer(text, **kwargs)
-
-    def __getattr__(self, name: str):  # everything else (special tokens, decode, ...) is the real tokenizer's
-        return getattr(self.tokenizer, name)
-
-    def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = False):
-        if add_generation_prompt:
-            return self.prompt_text
-        return self.prompt_text + messages[-1]["content"]  # the response, already in its rendered form
-
-
-@dataclass
-class TemplateShape:
-    """Where this model's chat template puts an assistant reply: `header` opens the turn (the end
-    of every rendered prompt), a reply renders as `prefix + content + suffix`."""
-
-    header: str
-    prefix: str
-    suffix: str
-    eos: str
-
-    @classmethod
-    def of(cls, tokenizer) -> TemplateShape:
-        marker = "\u2063rmcore-reply\u2063"  # text no reply contains
-        messages = [{"role": "user", "content": "\u2063rmcore-prompt\u2063"}]
-        prompt = render_prompt(tokenizer, messages)
-        if getattr(tokenizer, "chat_template", None):
-            without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-            header = prompt[len(without):] if prompt.startswith(without) else ""
-        else:  # rmcore's plain "Role: text" transcript
-            header = "Assistant:"
-        reply = render_response(tokenizer, messages, marker, prompt)
-        prefix, _, suffix = reply.partition(marker)
-        return cls(header, prefix, suffix, tokenizer.eos_token or "")
-
-    def split(self, text: str) -> tuple[str, str] | None:
-        """(prompt text, reply as rendered) of a full text, or None when it has no assistant turn.
-
-        The reply's end-of-turn marker is rendered the way training saw it whether or not the text
-        has one (a policy's decoded sample ends in EOS, or nothing if it hit its length limit), so
-        the reward equals `RewardModel.score(prompt, [content])`.
-        """
-        if not self.header:
-            return None
-        at = text.rfind(self.header)
-        if at < 0:
-            return None
-        prompt, reply = text[: at + len(self.header)], text[at + len(self.header):]
-        if self.prefix and reply.startswith(self.prefix):
-            reply = reply[len(self.prefix):]
-        for end in dict.fromkeys([self.suffix, self.suffix.rstrip(), self.eos]):
-            if end and reply.endswith(end):
-                reply = reply[: -len(end)]
-                break
-        return prompt, self.prefix + reply + self.suffix
-
-
-def encode_rendered(tokenizer, prompt_text: str, replies: list[str], max_length: int) -> EncodedGroup:
-    """Token ids of replies (as rendered) to a rendered prompt, cut to `max_length` as everywhere."""
-    group = RankedGroup([], replies, [None] * len(replies))
-    return encode_group(_RenderedTemplate(tokenizer, prompt_text), group, max_length)
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-class Stats:
-    """Counters for /metrics; latencies of the last 2048 scoring requests for the percentiles."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.items = 0
-        self.tokens = 0
-        self.forward_passes = 0
-        self.rounds = 0
-        self.truncated = 0
-        self.unparsed = 0
-        self.latencies: dict[str, deque[float]] = {}
-        self.latency_sum: dict[str, float] = {}
-        self.latency_count: dict[str, int] = {}
-        self.compute_seconds = 0.0
-        self.started = time.time()
-
-    def request(self, endpoint: str, status: int, seconds: float | None) -> None:
-        with self.lock:
-            self.requests[endpoint, status] = self.requests.get((endpoint, status), 0) + 1
-            if seconds is not None and status == 200:
-                self.latencies.setdefault(endpoint, deque(maxlen=2048)).append(seconds)
-                self.latency_sum[endpoint] = self.latency_sum.get(endpoint, 0.0) + seconds
-                self.latency_count[endpoint] = self.latency_count.get(endpoint, 0) + 1
-
-    def tokens_per_second(self) -> float:
-        with self.lock:
-            return self.tokens / self.compute_seconds if self.compute_seconds > 0 else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-quantile by linear interpolation between order statistics (numpy's default)."""
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def prometheus_text(stats: Stats, batcher: Batcher, model) -> str:
-    """Metrics in the Prometheus text exposition format (version 0.0.4)."""
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:.10g}" for labels, value in samples)
-
-    with stats.lock:
-        metric("rmcore_requests_total", "counter", "HTTP requests by endpoint and status code.",
-               [(f'{{endpoint="{e}",code="{c}"}}', n) for (e, c), n in sorted(stats.requests.items())])
-        metric("rmcore_items_total", "counter", "Responses scored.", [("", stats.items)])
-        metric("rmcore_tokens_total", "counter", "Tokens in the packed rows scored (each prompt once per row).",
-               [("", stats.tokens)])
-        metric("rmcore_forward_passes_total", "counter", "Forward passes of the model.", [("", stats.forward_passes)])
-        metric("rmcore_batch_rounds_total", "counter", "Rounds of the batcher (each scores every request queued).",
-               [("", stats.rounds)])
-        metric("rmcore_truncated_total", "counter", "Responses cut to fit the max length (prompt or response).",
-               [("", stats.truncated)])
-        metric("rmcore_unparsed_total", "counter", "/get_reward texts without the model's assistant turn, "
-               "scored whole.", [("", stats.unparsed)])
-        metric("rmcore_compute_seconds_total", "counter", "Seconds the worker spent scoring.",
-               [("", stats.compute_seconds)])
-        quantiles = []
-        for endpoint, window in sorted(stats.latencies.items()):
-            values = list(window)
-            quantiles += [(f'{{endpoint="{endpoint}",quantile="{q}"}}', percentile(values, q))
-                          for q in (0.5, 0.95, 0.99)]
-            quantiles += [(f'_sum{{endpoint="{endpoint}"}}', stats.latency_sum[endpoint]),
-                          (f'_count{{endpoint="{endpoint}"}}', stats.latency_count[endpoint])]
-        lines.append("# HELP rmcore_request_latency_seconds Latency of successful scoring requests "
-                     "(quantiles over the last 2048).")
-        lines.append("# TYPE rmcore_request_latency_seconds summary")
-        lines.extend(f"rmcore_request_latency_seconds{labels} {value:.6g}" for labels, value in quantiles)
-    metric("rmcore_queue_requests", "gauge", "Requests waiting to be scored.", [("", batcher.queued_requests)])
-    metric("rmcore_queue_items", "gauge", "Responses waiting to be scored.", [("", batcher.queued_items)])
-    metric("rmcore_prompt_cache_hit_tokens_total", "counter", "Prompt tokens taken from the prompt cache.",
-           [("", model.prompt_cache.hits_tokens)])
-    metric("rmcore_prompt_cache_bytes", "gauge", "Bytes held by the prompt cache.", [("", model.prompt_cache.nbytes)])
-    return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------- dynamic batching
-
-
-@dataclass
-class _Job:
-    groups: list[EncodedGroup]
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    items: int
-    enqueued: float
-
-
-class Batcher:
-    """The worker thread that owns the model: gathers queued requests and scores them together.
-
-    Each round takes every queued request, merges the responses of all of them by prompt (the
-    exact prompt tokens after truncation, so merging never changes a reward), cuts prompts with
-    many responses into pieces within the token budget, and scores:
-    - prompts this server scored alone before, one at a time: the prompt cache holds their keys and
-      values, so only the new responses are computed;
-    - the others packed into rows, as many per forward pass as `max_batch_tokens` allows; a prompt
-      that ends up alone in a pass goes through the prompt cache and is remembered.
-    """
-
-    def __init__(self, model, stats: Stats, *, max_batch_tokens: int, wait_s: float, max_queue: int):
-        from rmcore.model.attention import supports_prefix
-        from rmcore.model.reward_model import unwrap_classifier
-
-        self.model = model
-        self.stats = stats
-        self.max_batch_tokens = max_batch_tokens
-        self.wait_s = wait_s
-        self.max_queue = max_queue
-        config = unwrap_classifier(model.model).config
-        self.caches_prompts = model.prompt_cache.max_bytes > 0 and supports_prefix(config)
-        self._seen_alone: OrderedDict[tuple[int, ...], None] = OrderedDict()  # prompts now in the prompt cache
-        self._pending: list[_Job] = []
-        self._queued_items = 0
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="rmcore-batcher", daemon=True)
-
-    @property
-    def queued_requests(self) -> int:
-        return len(self._pending)
-
-    @property
-    def queued_items(self) -> int:
-        return self._queued_items
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Score what is queued, then end the worker."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join()
-
-    async def score(self, groups: list[EncodedGroup]) -> list[list[float]]:
-        """Rewards of every response of every group, once a round has scored them."""
-        loop = asyncio.get_running_loop()
-        items = sum(len(g.response_ids) for g in groups)
-        job = _Job(groups, loop.create_future(), loop, items, time.monotonic())
-        with self._cond:
-            if self._stopping:
-                raise ApiError(503, "the server is shutting down", {"Retry-After": "5"})
-            if self._pending and self._queued_items + items > self.max_queue:
-                raise ApiError(503, f"the queue is full ({self._queued_items} responses waiting, at most "
-                                    f"{self.max_queue}); retry later", {"Retry-After": str(self._retry_after())})
-            self._pending.append(job)
-            self._queued_items += items
-            self._cond.notify()
-        return await job.future
-
-    def _retry_after(self) -> int:
-        """Seconds until the queue has likely drained, from the tokens per second measured so far."""
-        rate = self.stats.tokens_per_second()
-        tokens = sum(g.num_tokens for job in self._pending for g in job.groups)
-        return max(1, min(60, math.ceil(tokens / rate))) if rate > 0 else 1
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                first = self._pending[0].enqueued
-                stopping = self._stopping
-            delay = first + self.wait_s - time.monotonic()
-            if delay > 0 and not stopping:
-                time.sleep(delay)  # let requests sent at the same moment join this round
-            with self._cond:
-                jobs, self._pending, self._queued_items = self._pending, [], 0
-            self._run(jobs)
-
-    def _run(self, jobs: list[_Job]) -> None:
-        """Score a round's jobs together; if that fails, each job alone, so a failure stays with its request.
-
-        Requests are validated before they are queued (`encode_texts`, `parse_*_request`), so a failed
-        round means a bug or out of memory: no client may get an answer computed with another's input,
-        and every client whose own request scores gets exactly its answer."""
-        start = time.perf_counter()
-        try:
-            results = self._score_jobs(jobs)
-        except Exception:
-            if len(jobs) == 1:
-                self._fail(jobs[0])
-                return
-            for job in jobs:
-                self._run([job])
-            return
-        with self.stats.lock:
-            self.stats.compute_seconds += time.perf_counter() - start
-            self.stats.rounds += 1
-        for job, rewards in zip(jobs, results):
-            _resolve(job, result=rewards)
-
-    @staticmethod
-    def _fail(job: _Job) -> None:
-        """The request's own scoring failed: a 500 for it alone, the trace in the log, the server lives on."""
-        kind, exc, _ = sys.exc_info()
-        traceback.print_exc()
-        message = f"scoring failed ({kind.__name__}: {exc})".splitlines()[0]
-        _resolve(job, error=ApiError(500, message))
-
-    def _score_jobs(self, jobs: list[_Job]) -> list[list[list[float]]]:
-        # Every response of every job under its prompt: prompt ids -> [(job, group, response), ...]
-        by_prompt: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}
-        for j, job in enumerate(jobs):
-            for g, group in enumerate(job.groups):
-                places = by_prompt.setdefault(tuple(group.prompt_ids), [])
-                places.extend((j, g, r) for r in range(len(group.response_ids)))
-        pieces: list[tuple[EncodedGroup, list[tuple[int, int, int]]]] = []
-        for prompt, places in by_prompt.items():
-            pieces.extend(self._cut(list(prompt), places, jobs))
-        alone = [i for i, (group, _) in enumerate(pieces) if tuple(group.prompt_ids) in self._seen_alone]
-        packed = sorted(set(range(len(pieces))) - set(alone))
-        passes = [[i] for i in alone] + [
-            [packed[k] for k in part]
-            for part in split_by_tokens(list(range(len(packed))), [pieces[i][0].num_tokens for i in packed],
-                                        self.max_batch_tokens)]
-        out = [[[0.0] * len(g.response_ids) for g in job.groups] for job in jobs]
-        for part in passes:
-            groups = [pieces[i][0] for i in part]
-            rewards = self.model.rewards_for(groups, batch_size=len(groups))
-            if len(part) == 1 and self.caches_prompts and groups[0].prompt_ids:  # now in the prompt cache
-                self._remember(tuple(groups[0].prompt_ids))
-            for i, piece_rewards in zip(part, rewards):
-                for (j, g, r), reward in zip(pieces[i][1], piece_rewards):
-                    out[j][g][r] = reward
-        with self.stats.lock:
-            self.stats.forward_passes += len(passes)
-            self.stats.tokens += sum(group.num_tokens for group, _ in pieces)
-            self.stats.items += sum(job.items for job in jobs)
-        return out
-
-    def _cut(self, prompt: list[int], places: list[tuple[int, int, int]], jobs: list[_Job]):
-        """One prompt's responses as groups of at most `max_batch_tokens` tokens (one response at least)."""
-        pieces, ids, where = [], [], []
-        size = len(prompt)
-        for j, g, r in places:
-            response = jobs[j].groups[g].response_ids[r]
-            if ids and size + len(response) > self.max_batch_tokens:
-                pieces.append((EncodedGroup(prompt, ids, [None] * len(ids)), where))
-                ids, where, size = [], [], len(prompt)
-            ids.append(response)
-            where.append((j, g, r))
-            size += len(response)
-        pieces.append((EncodedGroup(prompt, ids, [None] * len(ids)), where))
-        return pieces
-
-    def _remember(self, prompt: tuple[int, ...]) -> None:
-        self._seen_alone[prompt] = None
-        self._seen_alone.move_to_end(prompt)
-        while len(self._seen_alone) > 4096:
-            self._seen_alone.popitem(last=False)
-
-
-def _resolve(job: _Job, result: Any = None, error: Exception | None = None) -> None:
-    """Hand a result to the request's event loop (the request may have gone: then drop it)."""
-    def settle() -> None:
-        if job.future.done():
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)
-
-    with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody is waiting any more
-        job.loop.call_soon_threadsafe(settle)
-
-
-# ----------------------------------------------------------------------------- requests
-
-
-def _check_text(value: Any, where: str, limit: int) -> str:
-    if not isinstance(value, str):
-        raise ApiError(422, f"{where} must be a string, got {_json_type(value)}")
-    if len(value) > limit:
-        raise ApiError(413, f"{where} has {len(value)} characters, more than this server's limit of {limit} "
-                            "(--max-text-chars)")
-    return value
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
-             float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _check_list(body: dict, key: str, limit: int) -> list:
-    if key not in body:
-        raise ApiError(422, f"missing field '{key}'")
-    value = body[key]
-    if not isinstance(value, list):
-        raise ApiError(422, f"'{key}' must be a list, got {_json_type(value)}")
-    if not value:
-        raise ApiError(422, f"'{key}' is empty; give at least one")
-    if len(value) > limit:
-        raise ApiError(413, f"'{key}' has {len(value)} entries, more than this server's limit of {limit} "
-                            "(--max-responses)")
-    return value
-
-
-def parse_score_request(body: dict, config: ServeConfig) -> tuple[str | list[dict[str, str]], list[str]]:
-    """(prompt, responses) of a /score body, or ApiError naming the field that is wrong."""
-    unknown = sorted(set(body) - {"prompt", "responses"})
-    if unknown:
-        raise ApiError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; /score takes 'prompt' and "
-                            "'responses'")
-    if "prompt" not in body:
-        raise ApiError(422, "missing field 'prompt' (a string, or a list of {'role', 'content'} messages)")
-    prompt = body["prompt"]
-    if isinstance(prompt, list):
-        if not prompt:
-            raise ApiError(422, "'prompt' is an empty list of messages")
-        for i, message in enumerate(prompt):
-            if not isinstance(message, dict) or not {"role", "content"} <= set(message):
-                raise ApiError(422, f"prompt[{i}] must be an object with 'role' and 'content'")
-            _check_text(message["role"], f"prompt[{i}].role", config.max_text_chars)
-            _check_text(message["content"], f"prompt[{i}].content", config.max_text_chars)
-        prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
-    else:
-        _check_text(prompt, "'prompt'", config.max_text_chars)
-    responses = _check_list(body, "responses", config.max_responses)
-    for i, response in enumerate(responses):
-        if not _check_text(response, f"responses[{i}]", config.max_text_chars).strip():
-            raise ApiError(422, f"responses[{i}] is empty; give each candidate some text")
-    return prompt, responses
-
-
-def parse_reward_request(body: dict, config: ServeConfig) -> list[str]:
-    """The texts of an OpenRLHF /get_reward body. Its `prompts` and `labels` are accepted and not used
-    (the prompt is read from each text; labels are for rule-based rewards)."""
-    queries = _check_list(body, "query", config.max_responses)
-    for i, text in enumerate(queries):
-        _check_text(text, f"query[{i}]", config.max_text_chars)
-    for key in ("prompts", "labels"):
-        if body.get(key) is not None and not isinstance(body[key], list):
-            raise ApiError(422, f"'{key}' must be a list (one per query) or absent, got {_json_type(body[key])}")
-    return queries
-
-
-async def read_json_body(request, limit: int) -> dict:
-    """The request's JSON object, refusing bodies over `limit` bytes before reading them whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, f"bad Content-Length header {declared!r}")
-        if int(declared) > limit:
-            raise ApiError(413, f"the body has {int(declared)} bytes, more than this server's limit of {limit} "
-                                "(--max-body-mb)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the body is over this server's limit of {limit} bytes (--max-body-mb)")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise ApiError(400, "the body is empty; send a JSON object")
-    try:
-        body = json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "the body is not UTF-8 text; send a JSON object") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(body, dict):
-        raise ApiError(422, f"the body must be a JSON object, got {_json_type(body)}")
-    return body
-
-
-# ----------------------------------------------------------------------------- the ASGI app
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from rmcore import __version__
+from rmcore.data.encoding import EncodedGroup
+from rmcore.model.reward_model import RewardModel, ScoreResult, preference_matrix
+from rmcore.serving.batcher import Batcher, Stats, prometheus_text
+from rmcore.serving.config import ServeConfig, config_from_args, read_token
+from rmcore.serving.protocol import (
+    ApiError,
+    TemplateShape,
+    encode_rendered,
+    parse_reward_request,
+    parse_score_request,
+    read_json_body,
+)
 
 
 class RewardService:
@@ -624,10 +74,6 @@ class RewardService:
         self.app = self._build_app()
 
     def _build_app(self):
-        from starlette.applications import Starlette
-        from starlette.exceptions import HTTPException
-        from starlette.routing import Route
-
         @contextlib.asynccontextmanager
         async def lifespan(app):
             self.batcher.start()
@@ -676,10 +122,6 @@ class RewardService:
                            {"WWW-Authenticate": "Bearer"})
 
     async def score(self, request):
-        from starlette.responses import JSONResponse
-
-        from rmcore.model.reward_model import ScoreResult, preference_matrix
-
         body = await read_json_body(request, self.config.max_body_bytes)
         prompt, responses = parse_score_request(body, self.config)
         try:  # tokenizing off the event loop, which goes on taking requests meanwhile
@@ -697,8 +139,6 @@ class RewardService:
         return JSONResponse(result.to_dict())
 
     async def get_reward(self, request):
-        from starlette.responses import JSONResponse
-
         body = await read_json_body(request, self.config.max_body_bytes)
         texts = parse_reward_request(body, self.config)
         groups, unparsed = await asyncio.to_thread(self.encode_texts, texts)
@@ -735,29 +175,18 @@ class RewardService:
             self.stats.unparsed += unparsed
 
     async def health(self, request):
-        from starlette.responses import JSONResponse
-
-        from rmcore import __version__
-
         return JSONResponse({"status": "ok", "model": self.model.name, "trained": self.model.trained,
                              "device": str(self.model.device), "dtype": self.model.dtype,
                              "max_length": self.model.max_length, "chat_template_header": self.shape.header,
                              "rmcore": __version__, "uptime_s": round(time.time() - self.stats.started, 1)})
 
     async def metrics(self, request):
-        from starlette.responses import PlainTextResponse
-
         return PlainTextResponse(prometheus_text(self.stats, self.batcher, self.model),
                                  media_type="text/plain; version=0.0.4")
 
 
 def _error_response(error: ApiError):
-    from starlette.responses import JSONResponse
-
     return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
-
-
-# ----------------------------------------------------------------------------- the command
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -798,10 +227,6 @@ def banner(url: str, model, config: ServeConfig) -> str:
 
 def run(config: ServeConfig) -> int:
     """Load the model, serve until SIGTERM or Ctrl-C, answer what is in flight, return 0."""
-    import uvicorn
-
-    from rmcore.model.reward_model import RewardModel
-
     token = read_token(config.token_file) if config.token_file else None
     sock = bind(config.host, config.port)
     try:

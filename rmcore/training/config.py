@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from rmcore.data.encoding import DEFAULT_MAX_LENGTH
+
 MODES = ("head", "lora", "full")
 # Head-only training is logistic regression on frozen features: it takes a much larger step. Full: 1e-5
 # (a large-model default) left SmolLM2-135M where it started on HH pairs in a user's 142-step run and in
@@ -45,7 +47,7 @@ class TrainConfig:
         "learning rate; default by mode: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())))
     batch_size: int = field(default=8, metadata=_help(
         "prompts per optimizer step, each with all its responses; halve it if you run out of memory", minimum=1))
-    max_length: int = field(default=512, metadata=_help(
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata=_help(
         "tokens of prompt + one response; longer prompts are cut from the left first", minimum=16))
     eval_fraction: float = field(default=0.1, metadata=_help(
         "share of the prompts held out for evaluation when no held-out file is given"))

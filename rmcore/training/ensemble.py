@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import random
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -28,11 +29,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from rmcore.analysis.evaluate import result_from_rewards
 from rmcore.core.errors import ModelError
-from rmcore.core.folders import HELD_OUT_FILE
-from rmcore.data import RankedGroup
-from rmcore.model.reward_model import RewardModel, preference_matrix, unwrap_classifier
+from rmcore.core.folders import HELD_OUT_FILE, METADATA_FILE, read_metadata, save_folder
+from rmcore.core.outputs import atomic_write_text
+from rmcore.data import RankedGroup, write_ranked_jsonl
+from rmcore.data.encoding import encode_groups
+from rmcore.model.batching import pack_groups
+from rmcore.model.card import CARD_FILE, render_card
+from rmcore.model.feature_cache import group_key
+from rmcore.model.reward_model import (
+    RewardModel,
+    load_sequence_classifier,
+    preference_matrix,
+    save_reward_model,
+    unwrap_classifier,
+)
+from rmcore.model.shared_trunk import HEAD_SHARD, TRUNK_SHARD
+from rmcore.training.features import trunk_features
+from rmcore.training.train import train
 
 ENSEMBLE_FILE = "ensemble.json"
 MEMBERS_DIR = "members"
@@ -44,8 +62,6 @@ def is_ensemble(path: str | os.PathLike) -> bool:
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
     """An ensemble's ensemble.json (members, mode, seeds), or one line naming what is wrong with it."""
-    from rmcore.core.folders import read_metadata
-
     info = read_metadata(path, ENSEMBLE_FILE)
     members = info.get("members")
     if not isinstance(members, list) or not members or not all(
@@ -91,9 +107,6 @@ def train_ensemble(config, members: int, train_groups: list[RankedGroup], out_di
     Head mode lends every member's train() one SharedTrunk: the base model is loaded and the trunk
     features are computed (or read from the cache) once, and members after the first are saved cheaply.
     """
-    from rmcore.core.outputs import atomic_write_text
-    from rmcore.data import write_ranked_jsonl
-    from rmcore.training.train import train
 
     if members < 2:
         raise ValueError(f"an ensemble needs at least 2 members, got {members}")
@@ -145,8 +158,6 @@ class SharedTrunk:
 
     def model_for(self, model_path: str, seed: int):
         """(classifier, tokenizer): the base model, loaded on the first call, with a head fresh from `seed`."""
-        from rmcore.model.reward_model import load_sequence_classifier
-
         if self.classifier is None:
             self.classifier, self.tokenizer, _ = load_sequence_classifier(model_path, seed=seed)
         else:
@@ -156,9 +167,6 @@ class SharedTrunk:
     def features(self, config, model_path: str, packed, encoded: list, encoded_eval: list, pad_id: int,
                  accelerator, phase, should_stop) -> tuple[torch.Tensor, torch.Tensor | None]:
         """rmcore.training.features.trunk_features for these groups, computed for every group on the first call."""
-        from rmcore.data.encoding import encode_groups
-        from rmcore.model.feature_cache import group_key
-        from rmcore.training.features import trunk_features
 
         if not self.by_group:
             everything = encode_groups(self.tokenizer, self.groups, config.max_length)
@@ -177,8 +185,6 @@ class SharedTrunk:
     def save(self, classifier, tokenizer, out_dir: Path, metadata: dict[str, Any], *,
              extra_files: dict[str, str], keep: tuple[str, ...] = (), on_note=None) -> Path:
         """rmcore.model.reward_model.save_reward_model for the first member; its head beside the first's files after."""
-        from rmcore.model.reward_model import save_reward_model
-        from rmcore.model.shared_trunk import TRUNK_SHARD
 
         first = self.first_folder
         # the usual save for the first member, for a stopped one (it keeps its checkpoint), and whenever the
@@ -206,24 +212,10 @@ def save_head_beside(first: Path, classifier, out_dir: str | os.PathLike, metada
     hard link to the same bytes, config and tokenizer copied), its own head shard, card and
     rmcore.json. It is built in a hidden temporary folder and renamed into place.
     """
-    import shutil
-    import uuid
-
-    from safetensors.torch import save_file
-
-    from rmcore.core.folders import METADATA_FILE, recover_interrupted_saves, swap_in
-    from rmcore.model.card import CARD_FILE, render_card
-    from rmcore.model.shared_trunk import HEAD_SHARD, TRUNK_SHARD
-
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for note in recover_interrupted_saves(out):
-        if on_note is not None:
-            on_note(note)
     written = json.loads((first / METADATA_FILE).read_text())["files"]
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"  # a plain mkdir: the umask applies
-    tmp.mkdir()
-    try:
+    head = unwrap_classifier(classifier).score
+
+    def write(tmp: Path) -> None:
         for name in written:
             if name == TRUNK_SHARD:
                 try:
@@ -232,18 +224,13 @@ def save_head_beside(first: Path, classifier, out_dir: str | os.PathLike, metada
                     shutil.copyfile(first / name, tmp / name)
             elif name not in (METADATA_FILE, CARD_FILE, HEAD_SHARD, *extra_files):
                 shutil.copyfile(first / name, tmp / name)
-        head = unwrap_classifier(classifier).score
         save_file({f"score.{n}": p.detach().float().cpu().contiguous() for n, p in head.named_parameters()},
                   str(tmp / HEAD_SHARD), metadata={"format": "pt"})
         for name, text in extra_files.items():
             (tmp / name).write_text(text)
-        (tmp / CARD_FILE).write_text(render_card(metadata, out.name))
-        files = sorted({p.name for p in tmp.iterdir()} | {METADATA_FILE})
-        (tmp / METADATA_FILE).write_text(json.dumps({**metadata, "files": files}, indent=2, default=str))
-        swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        (tmp / CARD_FILE).write_text(render_card(metadata, Path(out_dir).resolve().name))
+
+    return save_folder(out_dir, write, metadata, on_note=on_note)
 
 
 @dataclass
@@ -341,8 +328,6 @@ class Ensemble:
             per_member = [m.rewards_for(encoded, batch_size=batch_size, on_progress=on_progress)
                           for m in self.members]
             return [[rewards[g] for rewards in per_member] for g in range(len(encoded))]
-        from rmcore.model.batching import pack_groups
-
         base = self.members[0]
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)  # similar lengths batch well
         by_index: dict[int, list[list[float]]] = {}
@@ -399,8 +384,6 @@ def reading(score: EnsembleScore) -> dict[str, Any]:
 
 def _load_head(base: RewardModel, folder: Path) -> torch.nn.Module:
     """A member's reward neuron (its only trained weights in head mode), checked to sit on the same trunk."""
-    from safetensors import safe_open
-
     meta = json.loads((folder / "rmcore.json").read_text())
     if meta.get("base_model") != base.metadata.get("base_model"):
         raise ModelError(f"{folder}: trained on {meta.get('base_model')}, not {base.metadata.get('base_model')}")
@@ -420,8 +403,6 @@ def _load_head(base: RewardModel, folder: Path) -> torch.nn.Module:
 
 def _features(model: RewardModel, encoded) -> torch.Tensor:
     """The trunk's hidden state at each response's last token, (K, H): what every head reads."""
-    from rmcore.model.batching import pack_groups
-
     batch = pack_groups([encoded], model.tokenizer.pad_token_id).to(model.device)
     with torch.inference_mode(), model._lock, model._autocast():
         return model.packed(batch, features_only=True).float()
@@ -432,8 +413,6 @@ def evaluate_ensemble(ensemble: Ensemble, groups: list[RankedGroup], batch_size:
     """`rmcore.analysis.evaluate.evaluate` of the members' mean reward, plus how accuracy falls as the members
     disagree: each pair's disagreement is the spread of the members' margins r_w - r_l (pairs where
     they disagree are the ones to distrust, and to label next)."""
-    from rmcore.analysis.evaluate import result_from_rewards
-
     base = ensemble.members[0]
     encoded = [base.encode(g.prompt, g.responses) for g in groups]
     per_group = ensemble.member_rewards_for(encoded, batch_size=batch_size, on_progress=on_progress)

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rmcore.core.progress import format_duration
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, encode_groups
 from rmcore.model.batching import pack_groups
-from rmcore.model.device import autocast, autodetect_device
+from rmcore.model.device import autocast, autodetect_device, mixed_precision_for
+from rmcore.model.feature_cache import FeatureCache, group_key
 from rmcore.model.reward_model import load_sequence_classifier, load_tokenizer, resolve_model_path
 from rmcore.training.config import TrainConfig
 from rmcore.training.modes import setup_mode
@@ -60,19 +62,6 @@ class TimeEstimate:
         parts = ", ".join(f"{k} {format_duration(v)}" for k, v in self.parts.items() if v >= 0.5)
         cached = "; trunk features already cached" if self.cached_features else ""
         return f"about {format_duration(self.seconds)} on {self.device} ({parts}{cached})"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 10:
-        return f"{seconds:.1f} s" if seconds < 1 else f"{seconds:.0f} s"
-    if seconds < 60:
-        return f"{round(seconds):.0f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s" if minutes < 10 else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _sync(device: str) -> None:
@@ -191,8 +180,6 @@ def _uncached_tokens(config: TrainConfig, encoded: list[EncodedGroup], device: s
     if not config.cache_features:
         return total
     try:
-        from rmcore.model.device import mixed_precision_for
-        from rmcore.model.feature_cache import FeatureCache, group_key
 
         path, _ = resolve_model_path(config.model)
         cached = FeatureCache.for_model(path, mixed_precision_for(device)).cached_keys()

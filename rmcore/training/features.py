@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from safetensors.torch import load_file
 
 from rmcore.data.encoding import EncodedGroup
 from rmcore.model.batching import pack_groups
@@ -59,8 +60,6 @@ def trunk_features(config, model_path: str, packed: PackedRewardModel, encoded: 
     whole set is stored for the next run. `phase(text, progress, eta_s)` reports progress, and
     `should_stop()` is asked after every batch (raising FeaturesStopped).
     """
-    from safetensors.torch import load_file
-
     everything = encoded + encoded_eval
     cache = FeatureCache.for_model(model_path, accelerator.mixed_precision)
     exact = cache.shard_path([group_key(g) for g in everything])

@@ -31,7 +31,7 @@ def setup_mode(config: TrainConfig, classifier: nn.Module) -> tuple[PackedReward
         head.requires_grad_(True)
         return PackedRewardModel(classifier), head
     if config.mode == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, TaskType, get_peft_model  # peft: only LoRA mode needs it (a second to import)
 
         # The reward neuron ("score") is new, so TaskType.SEQ_CLS trains it fully beside the adapters.
         targets, layers = "all-linear", None
@@ -84,8 +84,6 @@ def _train_top_blocks(classifier: nn.Module, config: TrainConfig) -> None:
 
 def classifier_to_save(config: TrainConfig, packed: PackedRewardModel) -> nn.Module:
     """The plain *ForSequenceClassification module to save: LoRA adapters merged into the weights."""
-    from rmcore.model.reward_model import unwrap_classifier
-
     if config.mode == "lora":
         return packed.classifier.merge_and_unload()
     return unwrap_classifier(packed.classifier)

@@ -15,6 +15,7 @@ schedule decays to zero and the run ends on time with a finished, evaluated mode
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -26,7 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 
+from rmcore import __version__
+from rmcore.analysis.evaluate import length_baseline_of_groups
 from rmcore.core.errors import TrainingError
 from rmcore.core.folders import CHECKPOINT_DIR, check_output_folder
 from rmcore.data import RankedGroup
@@ -112,8 +117,6 @@ class _Run:
 
     def __init__(self, config: TrainConfig, out_dir: Path, on_step: StepCallback | None,
                  started_at: float | None, trunk=None):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         self.config = config
         self.out_dir = out_dir
@@ -204,8 +207,12 @@ class _Run:
                                                                    accelerator.device)
         self.run_key = run_key(config, self.model_path, self.encoded)
         if resume and (self.checkpoint / "state.json").is_file():
-            self.step, self.history = load_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module),
-                                                      self.optimizer, self.scheduler, self.run_key)
+            state, saved = load_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module), self.run_key,
+                                           "model, data or options; resume with the same ones (only --epochs "
+                                           "and --time-budget may change)")
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.step, self.history = int(state["step"]), list(state.get("history", []))
             self.schedule.total_steps = self.max_steps  # --epochs may differ from the checkpoint's run
             self.phase(f"resumed from step {self.step}")
         self.budget = _Budget(config.time_budget_s, self.started_at, self._reserve_for_saving())
@@ -324,13 +331,8 @@ class _Run:
             with contextlib.nullcontext() if last else accelerator.no_sync(self.module), accelerator.autocast():
                 rewards, groups, part_tokens, part_padded = self._forward(part)
                 pairs = pair_index(groups).to(accelerator.device)
-                if len(parts) == 1:
-                    loss, stats = bradley_terry_loss(rewards, pairs, config.center_coefficient)
-                else:
-                    loss, stats = bradley_terry_loss(rewards, pairs)
-                    loss = loss * (sum(1 for g in groups if g.pairs()) / usable)
-                    if config.center_coefficient:
-                        loss = loss + config.center_coefficient * rewards.pow(2).sum() / responses
+                whole_batch = {} if len(parts) == 1 else {"batch_prompts": usable, "batch_responses": responses}
+                loss, stats = bradley_terry_loss(rewards, pairs, config.center_coefficient, **whole_batch)
                 self._check_finite(loss)
                 accelerator.backward(loss * weight)
             loss_total += float(loss.detach())
@@ -369,8 +371,9 @@ class _Run:
         accelerator.wait_for_everyone()
         if self.is_main:
             started = _clock()
-            save_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module), self.optimizer, self.scheduler,
-                            self.step, self.history, self.run_key)
+            save_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module),
+                            {"step": self.step, "run_key": self.run_key, "history": self.history},
+                            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()})
             self.budget.record_checkpoint(_clock() - started)
         accelerator.wait_for_everyone()
 
@@ -417,8 +420,6 @@ class _Run:
         accelerator.wait_for_everyone()
 
     def _metadata(self, stopped: bool, data_summary: dict[str, Any] | None) -> dict[str, Any]:
-        from rmcore import __version__
-
         config = self.config
         encoded, encoded_eval = self.encoded, self.encoded_eval
         return {
@@ -654,12 +655,8 @@ def _held_out_metrics(accelerator, module, encoded_eval: list[EncodedGroup], eva
 
 
 def _length_baseline(groups: list[RankedGroup]) -> float | None:
-    from rmcore.analysis.evaluate import length_baseline_of_groups
-
     return length_baseline_of_groups(groups)["accuracy"] if groups else None
 
 
 def _json_line(record: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(record) + "\n"
