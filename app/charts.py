@@ -106,54 +106,8 @@ def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) ->
     steps = _thin(steps)
     x = [s["step"] for s in steps]
     for col, (key, eval_key, _) in enumerate(CURVES, start=1):
-        first = col == 1
-        values = [s.get(key) for s in steps]
-        if steps:
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=values,
-                    mode="lines",
-                    line=dict(color=TRAIN, width=1),
-                    opacity=0.35,
-                    name="train (each step)",
-                    legendgroup="raw",
-                    showlegend=first,
-                    hovertemplate=f"step %{{x}}<br>train {key} %{{y:.3f}}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=smooth(values),
-                    mode="lines",
-                    line=dict(color=TRAIN, width=2.5),
-                    name="train (smoothed)",
-                    legendgroup="smooth",
-                    showlegend=first,
-                    hovertemplate=f"step %{{x}}<br>smoothed {key} %{{y:.3f}}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-        if evals:
-            fig.add_trace(
-                go.Scatter(
-                    x=[e["step"] for e in evals],
-                    y=[e.get(eval_key) for e in evals],
-                    mode="lines+markers",
-                    line=dict(color=HELD_OUT, width=2.5),
-                    marker=dict(size=7),
-                    name="held-out",
-                    legendgroup="eval",
-                    showlegend=first,
-                    hovertemplate=f"step %{{x}}<br>held-out {key} %{{y:.3f}}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
+        for trace in _curve_traces(key, eval_key, steps, evals, first=col == 1):
+            fig.add_trace(trace, row=1, col=col)
         few = max(x + [e["step"] for e in evals], default=0) <= 8  # no "step 0.5" ticks on a short run
         fig.update_xaxes(title_text="step", row=1, col=col, rangemode="tozero", dtick=1 if few else None)
     fig.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
@@ -171,6 +125,32 @@ def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) ->
         legend=dict(orientation="h", yanchor="bottom", y=-0.35, x=0),
         margin=dict(l=10, r=10, t=40, b=70),
     )
+
+
+def _curve_traces(key: str, eval_key: str, steps: list[dict[str, Any]], evals: list[dict[str, Any]],
+                  first: bool) -> list[go.Scatter]:
+    """One panel's curves: train at each step and smoothed, then held-out (the legend comes from the first panel)."""
+    x = [s["step"] for s in steps]
+    values = [s.get(key) for s in steps]
+    traces = []
+    if steps:
+        traces.append(go.Scatter(
+            x=x, y=values, mode="lines", line=dict(color=TRAIN, width=1), opacity=0.35, name="train (each step)",
+            legendgroup="raw", showlegend=first,
+            hovertemplate=f"step %{{x}}<br>train {key} %{{y:.3f}}<extra></extra>",
+        ))
+        traces.append(go.Scatter(
+            x=x, y=smooth(values), mode="lines", line=dict(color=TRAIN, width=2.5), name="train (smoothed)",
+            legendgroup="smooth", showlegend=first,
+            hovertemplate=f"step %{{x}}<br>smoothed {key} %{{y:.3f}}<extra></extra>",
+        ))
+    if evals:
+        traces.append(go.Scatter(
+            x=[e["step"] for e in evals], y=[e.get(eval_key) for e in evals], mode="lines+markers",
+            line=dict(color=HELD_OUT, width=2.5), marker=dict(size=7), name="held-out", legendgroup="eval",
+            showlegend=first, hovertemplate=f"step %{{x}}<br>held-out {key} %{{y:.3f}}<extra></extra>",
+        ))
+    return traces
 
 
 # ----------------------------------------------------------------------------- Probe
@@ -255,13 +235,8 @@ def token_trace(tokens: list[str], rewards: list[float]) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.06)
     fig.add_trace(
         go.Scatter(
-            x=x,
-            y=rewards,
-            mode="lines+markers",
-            line=dict(color=TRAIN, width=2),
-            marker=dict(size=5),
-            name="reward if the answer ended here",
-            customdata=labels,
+            x=x, y=rewards, mode="lines+markers", line=dict(color=TRAIN, width=2), marker=dict(size=5),
+            name="reward if the answer ended here", customdata=labels,
             hovertemplate="token %{x} '%{customdata}'<br>reward %{y:.3f}<extra></extra>",
         ),
         row=1,
@@ -270,30 +245,33 @@ def token_trace(tokens: list[str], rewards: list[float]) -> go.Figure:
     if rewards:
         fig.add_trace(
             go.Scatter(
-                x=[x[-1]],
-                y=[rewards[-1]],
-                mode="markers",
-                marker=dict(size=13, color=GOOD),
-                name="the reward (read at the last token)",
-                hovertemplate="final reward %{y:.3f}<extra></extra>",
+                x=[x[-1]], y=[rewards[-1]], mode="markers", marker=dict(size=13, color=GOOD),
+                name="the reward (read at the last token)", hovertemplate="final reward %{y:.3f}<extra></extra>",
             ),
             row=1,
             col=1,
         )
     fig.add_trace(
         go.Bar(
-            x=x,
-            y=deltas,
-            marker_color=[GOOD if d >= 0 else BAD for d in deltas],
-            name="change at this token",
-            customdata=labels,
-            showlegend=False,
+            x=x, y=deltas, marker_color=[GOOD if d >= 0 else BAD for d in deltas], name="change at this token",
+            customdata=labels, showlegend=False,
             hovertemplate="token %{x} '%{customdata}'<br>change %{y:+.3f}<extra></extra>",
         ),
         row=2,
         col=1,
     )
-    show_ticks = len(tokens) <= 80
+    _token_axes(fig, x, labels)
+    return _layout(
+        fig,
+        460,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        margin=dict(l=10, r=10, t=40, b=10),
+    )
+
+
+def _token_axes(fig: go.Figure, x: list[int], labels: list[str]) -> None:
+    """Each token under its bar (a long answer gets plain numbers), and the axes' titles."""
+    show_ticks = len(labels) <= 80
     fig.update_xaxes(
         tickmode="array" if show_ticks else "auto",
         tickvals=x if show_ticks else None,
@@ -305,12 +283,6 @@ def token_trace(tokens: list[str], rewards: list[float]) -> go.Figure:
     fig.update_xaxes(title_text="token of the answer", row=2, col=1)
     fig.update_yaxes(title_text="reward", row=1, col=1)
     fig.update_yaxes(title_text="change", zeroline=True, zerolinecolor=GREY, row=2, col=1)
-    return _layout(
-        fig,
-        460,
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-        margin=dict(l=10, r=10, t=40, b=10),
-    )
 
 
 # ----------------------------------------------------------------------------- Evaluate
@@ -537,64 +509,36 @@ def probe_deltas(rows: list[dict[str, Any]], unit_label: str) -> go.Figure:
 
 def sigmoid_explainer(r1: float, r2: float) -> go.Figure:
     """σ(d) and the loss −log σ(d) against d = r1 − r2, with the sliders' point marked."""
-    d_now = r1 - r2
-    ds = [x / 10 for x in range(-120, 121)]  # the sliders reach r1 - r2 = +-12
-    sig = [preference_probability(d) for d in ds]
-    loss = [pair_loss(d) for d in ds]
-    p_now = preference_probability(d_now)
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=["P(1 ≻ 2) = σ(r₁ − r₂)", "loss if 1 was preferred: −log σ(r₁ − r₂)"]
     )
-    fig.add_trace(
-        go.Scatter(
-            x=ds,
-            y=sig,
-            mode="lines",
-            line=dict(color=TRAIN, width=2.5),
-            name="σ(d)",
-            hovertemplate="d = %{x:.1f}<br>σ(d) = %{y:.3f}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[d_now],
-            y=[p_now],
-            mode="markers",
-            marker=dict(size=14, color=HELD_OUT),
-            name="your r₁ − r₂",
-            hovertemplate="d = %{x:.2f}<br>P = %{y:.3f}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=ds,
-            y=loss,
-            mode="lines",
-            line=dict(color=BAD, width=2.5),
-            name="−log σ(d)",
-            hovertemplate="d = %{x:.1f}<br>loss = %{y:.3f}<extra></extra>",
-        ),
-        row=1,
-        col=2,
-    )
-    loss_now = pair_loss(d_now)
-    fig.add_trace(
-        go.Scatter(
-            x=[d_now],
-            y=[loss_now],
-            mode="markers",
-            marker=dict(size=14, color=HELD_OUT),
-            showlegend=False,
-            hovertemplate="d = %{x:.2f}<br>loss = %{y:.3f}<extra></extra>",
-        ),
-        row=1,
-        col=2,
-    )
+    _curve_and_point(fig, 1, preference_probability, r1 - r2, TRAIN, ("σ(d)", "σ(d)", "P"), name="your r₁ − r₂")
+    _curve_and_point(fig, 2, pair_loss, r1 - r2, BAD, ("−log σ(d)", "loss", "loss"), showlegend=False)
     for col in (1, 2):
         fig.update_xaxes(title_text="d = r₁ − r₂", row=1, col=col)
     fig.update_yaxes(range=[-0.02, 1.02], row=1, col=1)
     return _layout(fig, 330, showlegend=False)
+
+
+def _curve_and_point(fig: go.Figure, col: int, curve, d_now: float, color: str, words: tuple[str, str, str],
+                     **point) -> None:
+    """`curve(d)` over the sliders' reach (r1 - r2 = +-12), and the point at the sliders' d. `words`: the
+    curve's legend name, its value on hover, the point's value on hover."""
+    curve_name, hover, point_hover = words
+    ds = [x / 10 for x in range(-120, 121)]
+    fig.add_trace(
+        go.Scatter(
+            x=ds, y=[curve(d) for d in ds], mode="lines", line=dict(color=color, width=2.5), name=curve_name,
+            hovertemplate=f"d = %{{x:.1f}}<br>{hover} = %{{y:.3f}}<extra></extra>",
+        ),
+        row=1,
+        col=col,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[d_now], y=[curve(d_now)], mode="markers", marker=dict(size=14, color=HELD_OUT), **point,
+            hovertemplate=f"d = %{{x:.2f}}<br>{point_hover} = %{{y:.3f}}<extra></extra>",
+        ),
+        row=1,
+        col=col,
+    )

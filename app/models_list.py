@@ -88,6 +88,7 @@ def delete_section(deletable: list[str], sizes: dict[str, FolderSize]) -> None:
     if yes.button(f"Yes, delete {pending}", type="primary", key="models_delete_yes"):
         st.session_state.pop(CONFIRM_KEY, None)
         delete(pending)
+        return  # the reason it was not deleted is shown (a deletion reruns the page)
     if no.button("Cancel", key="models_delete_no"):
         st.session_state.pop(CONFIRM_KEY, None)
         st.rerun()

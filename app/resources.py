@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from app import settings
+from rmcore.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from rmcore.model.reward_model import RewardModel
@@ -42,7 +43,7 @@ def ensure_ml() -> None:
     with _ML_LOCK:
         if _ml_ready:
             return
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (the deliberate warm-up: seconds to import, not on the first paint)
         from transformers import (  # noqa: F401
             AttentionInterface,
             AttentionMaskInterface,
@@ -82,7 +83,7 @@ class ModelChoice:
 def _load_reward_model(source: str, stamp: float) -> RewardModel:
     """`stamp` (the folder's config mtime) makes a replaced model load afresh."""
     ensure_ml()
-    from rmcore.model.reward_model import RewardModel
+    from rmcore.model.reward_model import RewardModel  # torch: after ensure_ml
 
     return RewardModel.load(source)
 
@@ -98,14 +99,14 @@ def reward_model(choice: ModelChoice) -> RewardModel:
 def _load_ensemble(source: str, stamp: float):
     """`stamp` (ensemble.json's mtime) makes a replaced ensemble load afresh."""
     ensure_ml()
-    from rmcore.training.ensemble import Ensemble
+    from rmcore.training.ensemble import Ensemble  # torch: after ensure_ml
 
     return Ensemble.load(source)
 
 
 def ensemble(choice: ModelChoice):
     """The rmcore.training.ensemble.Ensemble of an "ensemble" choice, loaded once per server."""
-    from rmcore.training.ensemble import ENSEMBLE_FILE
+    from rmcore.training.ensemble import ENSEMBLE_FILE  # torch: only the pages that load models (ML loaded) get here
 
     path = settings.model_path(choice.name)
     return _load_ensemble(str(path), (path / ENSEMBLE_FILE).stat().st_mtime)
@@ -114,7 +115,7 @@ def ensemble(choice: ModelChoice):
 @st.cache_resource(show_spinner=False, max_entries=1)
 def generator(name: str):
     ensure_ml()
-    from rmcore.policy.generate import Generator
+    from rmcore.policy.generate import Generator  # torch: after ensure_ml
 
     return Generator(name)
 
@@ -123,7 +124,7 @@ def generator(name: str):
 def tokenizer(name: str):
     """The tokenizer of a base model, as rmcore prepares it (for counting tokens and truncation)."""
     ensure_ml()
-    from rmcore.model.reward_model import choose_pad_token, load_tokenizer, resolve_model_path
+    from rmcore.model.reward_model import choose_pad_token, load_tokenizer, resolve_model_path  # torch: after ensure_ml
 
     path, _ = resolve_model_path(name)
     tok = load_tokenizer(path)
@@ -136,8 +137,7 @@ def step_rates(model: str, mode: str, max_length: int, batch_size: int, lora_r: 
                _groups):
     """Seconds per token of `model` in `mode` here, measured once per settings (rmcore.training.estimate)."""
     ensure_ml()
-    from rmcore.training.estimate import measure_rates
-    from rmcore.training.train import TrainConfig
+    from rmcore.training.estimate import measure_rates  # torch: after ensure_ml
 
     config = TrainConfig(model=model, mode=mode, max_length=max_length, batch_size=batch_size, lora_r=lora_r,
                          trainable_layers=trainable_layers)

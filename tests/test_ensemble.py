@@ -125,7 +125,8 @@ def test_head_members_share_one_load_and_equal_members_trained_alone(tiny_model_
     config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=2, seed=5)
     loads = []
     real_load = rmcore.model.reward_model.load_sequence_classifier
-    monkeypatch.setattr(rmcore.model.reward_model, "load_sequence_classifier", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(rmcore.model.reward_model, "load_sequence_classifier",
+                        lambda *a, **k: loads.append(1) or real_load(*a, **k))
     info = train_ensemble(config, 3, groups[:24], tmp_path / "ens", eval_groups=groups[40:44])
     assert len(loads) == 1 and info["shared_trunk"] is True, "the base model is loaded once for all members"
     monkeypatch.setattr(rmcore.model.reward_model, "load_sequence_classifier", real_load)

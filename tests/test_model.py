@@ -189,7 +189,7 @@ def test_conversation_prompts_render_with_the_chat_template(tiny):
     assert tiny.tokenizer.decode(enc.prompt_ids + enc.response_ids[0]) == text
 
 
-# ----------------------------------------------------------------------------- the prompt cache (rmcore.model.prompt_cache)
+# ----------------------------------------------------------------------------- the prompt cache (rmcore.model)
 
 
 @pytest.fixture()

@@ -122,7 +122,7 @@ def test_rmcore_data_does_not_import_torch_and_the_package_names_still_resolve()
         import sys
         import rmcore.data
         assert "torch" not in sys.modules
-        import rmcore.analysis.evaluate, rmcore.training.train  # the modules of the functions rmcore.evaluate and rmcore.train
+        import rmcore.analysis.evaluate, rmcore.training.train  # modules of rmcore.evaluate and rmcore.train
         import rmcore
         from rmcore import RewardModel, TrainConfig, evaluate, train
         assert callable(train) and callable(evaluate) and rmcore.train is train and rmcore.evaluate is evaluate

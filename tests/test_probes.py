@@ -97,8 +97,7 @@ def _model_folder(tmp_path, readme_is_ours: bool = True):
 
 def test_probes_are_recorded_in_rmcore_json_and_the_card_shows_their_mean(tmp_path):
     from rmcore.analysis.probes import MAX_RECORDED_RUNS, record_probes
-    from rmcore.model.card import recorded_runs
-    from rmcore.model.card import render_card
+    from rmcore.model.card import recorded_runs, render_card
 
     folder = _model_folder(tmp_path)
     notes = record_probes(folder, _report(0.5), "Q1", "A1")

@@ -195,11 +195,20 @@ def editor_section(data: state.LoadedData) -> None:
         format_func=lambda i: f"#{i + 1}: {' '.join(data.groups[i].prompt_text.split())[:110]}",
     )
     group = data.groups[index]
-    revision = data.revisions.get(index, 0)
     with st.container(border=True):
         for message in group.prompt:
             st.caption(md(message["role"]))
             st.text(message["content"])
+    ranks_section(data, index)
+    too_hard_box(data, index)
+    with st.expander("Write a better response (it becomes rank 1)", icon=":material/edit:"):
+        better_response_box(data, index)
+
+
+def ranks_section(data: state.LoadedData, index: int) -> None:
+    """Each response of the instruction with its rank, which the user can change or clear."""
+    group = data.groups[index]
+    revision = data.revisions.get(index, 0)
     st.write("**Responses** (rank 1 = best; the same number twice is a tie; empty = unranked)")
     ranks = []
     for k, (response, rank) in enumerate(zip(group.responses, group.ranks, strict=False)):
@@ -216,6 +225,9 @@ def editor_section(data: state.LoadedData) -> None:
             )
         )
     _apply_ranks(data, index, ranks)
+
+
+def too_hard_box(data: state.LoadedData, index: int) -> None:
     too_hard = st.checkbox(
         "Too hard to rank: leave this instruction out",
         value=index in data.excluded,
@@ -224,42 +236,46 @@ def editor_section(data: state.LoadedData) -> None:
     if too_hard != (index in data.excluded):
         (data.excluded.add if too_hard else data.excluded.discard)(index)
         data.touch(index)
-    if not group.pairs() and index not in data.excluded:
+    if not data.groups[index].pairs() and index not in data.excluded:
         st.warning(
             "These ranks give no comparison (fewer than two different ranks): this instruction is left out "
             "until it has one.",
             icon=":material/warning:",
         )
 
-    with st.expander("Write a better response (it becomes rank 1)", icon=":material/edit:"):
-        start = st.selectbox(
-            "Start from",
-            [None] + list(range(len(group.responses))),
-            key=f"start_{data.uid}_{index}_{revision}",
-            format_func=lambda i: (
-                "an empty box"
-                if i is None
-                else f"response #{i + 1}: {' '.join(group.responses[i].split())[:80]}"
-            ),
-        )
-        text = st.text_area(
-            "Your response",
-            value="" if start is None else group.responses[start],
-            height=150,
-            key=f"better_{data.uid}_{index}_{revision}_{start}",
-        )
-        left, right = st.columns(2)
-        add = left.button(
-            "Add as the best response", key=f"add_best_{data.uid}_{index}", icon=":material/add:"
-        )
-        replace = start is not None and right.button(
-            f"Replace response #{start + 1} with it, as the best", key=f"replace_best_{data.uid}_{index}"
-        )
-        if (add or replace) and not text.strip():
-            st.warning("Write the response first.", icon=":material/edit:")
-        elif add or replace:
-            _add_best(data, index, text.strip(), start if replace else None)
-            st.rerun()
+
+def better_response_box(data: state.LoadedData, index: int) -> None:
+    """The labeler's own response, from scratch or from one of the others, added or replacing it as rank 1."""
+    group = data.groups[index]
+    revision = data.revisions.get(index, 0)
+    start = st.selectbox(
+        "Start from",
+        [None] + list(range(len(group.responses))),
+        key=f"start_{data.uid}_{index}_{revision}",
+        format_func=lambda i: (
+            "an empty box"
+            if i is None
+            else f"response #{i + 1}: {' '.join(group.responses[i].split())[:80]}"
+        ),
+    )
+    text = st.text_area(
+        "Your response",
+        value="" if start is None else group.responses[start],
+        height=150,
+        key=f"better_{data.uid}_{index}_{revision}_{start}",
+    )
+    left, right = st.columns(2)
+    add = left.button(
+        "Add as the best response", key=f"add_best_{data.uid}_{index}", icon=":material/add:"
+    )
+    replace = start is not None and right.button(
+        f"Replace response #{start + 1} with it, as the best", key=f"replace_best_{data.uid}_{index}"
+    )
+    if (add or replace) and not text.strip():
+        st.warning("Write the response first.", icon=":material/edit:")
+    elif add or replace:
+        _add_best(data, index, text.strip(), start if replace else None)
+        st.rerun()
 
 
 def download_section(data: state.LoadedData) -> None:

@@ -12,11 +12,11 @@ from app import charts, resources, settings
 from app.jobs import read_held_out
 from app.ui import md, pick_model, user_errors
 from rmcore.analysis.probes import record_probes, reward_spread, run_probes
-from rmcore.model.card import verdict
 from rmcore.analysis.scoring import scored_records
 from rmcore.core.errors import DataError, RmcoreError
 from rmcore.core.folders import read_metadata
 from rmcore.data import demo_data_path, read_preferences, read_preferences_bytes
+from rmcore.model.card import verdict
 from rmcore.training.ensemble import member_folders, reading
 
 MIN_CANDIDATES, MAX_CANDIDATES = 2, 9
@@ -418,17 +418,8 @@ def file_section(choice) -> None:
         "File of instructions and answers", type=settings.UPLOAD_TYPES, key="score_upload",
         max_upload_size=settings.upload_limit_mb(),
     )
-    if upload is None:
-        return
-    raw = upload.getvalue()
-    if len(raw) > settings.upload_limit_mb() * 2**20:
-        st.error(f"{md(upload.name)}: the file is {len(raw) / 2**20:.1f} MB, over the "
-                 f"{settings.upload_limit_mb()} MB upload limit", icon=":material/error:")
-        return
-    try:
-        groups = read_preferences_bytes(raw, upload.name, for_scoring=True).groups
-    except DataError as exc:
-        st.error(md(exc), icon=":material/error:")
+    groups = None if upload is None else uploaded_groups(upload)
+    if groups is None:
         return
     limit = st.number_input("Instructions to score at most", 1, len(groups), min(len(groups), 200),
                             key=f"score_limit_{upload.file_id}")
@@ -445,9 +436,26 @@ def file_section(choice) -> None:
             bar.empty()
             st.session_state["score_file_result"] = (key, records)
     stored = st.session_state.get("score_file_result")
-    if stored is None or stored[0] != key:
-        return
-    records = stored[1]
+    if stored is not None and stored[0] == key:
+        scored_section(stored[1], upload.name)
+
+
+def uploaded_groups(upload) -> list | None:
+    """The instructions and answers of an upload, or None with the reason shown."""
+    raw = upload.getvalue()
+    if len(raw) > settings.upload_limit_mb() * 2**20:
+        st.error(f"{md(upload.name)}: the file is {len(raw) / 2**20:.1f} MB, over the "
+                 f"{settings.upload_limit_mb()} MB upload limit", icon=":material/error:")
+        return None
+    try:
+        return read_preferences_bytes(raw, upload.name, for_scoring=True).groups
+    except DataError as exc:
+        st.error(md(exc), icon=":material/error:")
+        return None
+
+
+def scored_section(records: list[dict], file_name: str) -> None:
+    """The scored file as a table, and its JSON lines to download."""
     table = pd.DataFrame([{
         "instruction": " ".join(_last_user_turn(r["prompt"]).split())[:200],
         "K": len(r["responses"]),
@@ -462,7 +470,7 @@ def file_section(choice) -> None:
     st.download_button(
         "Download the scored JSON lines",
         data="".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-        file_name=f"{upload.name.split('.')[0]}-scored.jsonl",
+        file_name=f"{file_name.split('.')[0]}-scored.jsonl",
         mime="application/jsonl",
         icon=":material/download:",
         key="download_scored",

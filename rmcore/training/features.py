@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file
@@ -17,10 +18,26 @@ from rmcore.data.encoding import EncodedGroup
 from rmcore.model.batching import pack_groups
 from rmcore.model.feature_cache import FeatureCache, group_key
 from rmcore.model.reward_model import PackedRewardModel
+from rmcore.training.budget import Deadline, Plan, now
 
 
 class FeaturesStopped(Exception):
-    """A stop request (or the time budget) ended the feature computation before it was done."""
+    """A stop request ended the feature computation before it was done (what was computed is cached)."""
+
+    def __init__(self, done: int = 0, total: int = 0):
+        super().__init__(f"stopped after the trunk features of {done} of {total} prompts")
+        self.done, self.total = done, total
+
+
+@dataclass
+class PlannedFeatures:
+    """The trunk features a budget allowed: the groups kept (indices into the given lists) and theirs."""
+
+    train: torch.Tensor  # (responses of the kept training groups, H), in `train_kept` order
+    eval: torch.Tensor | None  # (responses of the kept held-out groups, H), in `eval_kept` order
+    train_kept: list[int]
+    eval_kept: list[int]
+    planned: int  # training groups the plan expected to compute features for
 
 
 @torch.no_grad()
@@ -89,6 +106,76 @@ def trunk_features(config, model_path: str, packed: PackedRewardModel, encoded: 
     feats = load_file(str(exact))["features"]
     n_train = sum(len(g.response_ids) for g in encoded)
     return feats[:n_train], (feats[n_train:] if encoded_eval else None)
+
+
+def planned_features(config, model_path: str, packed: PackedRewardModel, encoded: list[EncodedGroup],
+                     encoded_eval: list[EncodedGroup], plan: Plan, deadline: Deadline, pad_id: int, accelerator,
+                     phase: Callable, should_stop: Callable[[], bool]) -> PlannedFeatures:
+    """Trunk features within a time budget: the plan's held-out sample first, then training groups in
+    the plan's order (cached ones first) until `deadline`, however many the plan expected.
+
+    A faster machine than measured gets more training groups, a slower one fewer, and the phase
+    line says so. Everything computed is added to the feature cache, also when a stop request ends
+    the computation (FeaturesStopped): a rerun starts from there.
+    """
+    cache = FeatureCache.for_model(model_path, accelerator.mixed_precision)
+    train_order = plan.feature_order  # usable training groups, cached first, then in a seeded random order
+    eval_kept = list(plan.eval_indices)
+    cached_train = cache.load([encoded[i] for i in train_order]) if config.cache_features else [None] * len(train_order)
+    cached_eval = cache.load([encoded_eval[i] for i in eval_kept]) if config.cache_features else [None] * len(eval_kept)
+    new: list[tuple[EncodedGroup, torch.Tensor]] = []
+    chunk = max(1, config.batch_size)
+
+    def compute(groups: list[EncodedGroup], have: list) -> None:
+        todo = [k for k, f in enumerate(have) if f is None]
+        if todo:
+            for k, part in zip(todo, compute_features(packed, [groups[k] for k in todo], pad_id, accelerator.device,
+                                                      config.batch_size, accelerator.autocast)):
+                have[k] = part
+                new.append((groups[k], part))
+
+    try:
+        for start in range(0, len(eval_kept), chunk):  # the held-out sample: small, and needed whole
+            part = slice(start, start + chunk)
+            compute([encoded_eval[i] for i in eval_kept[part]], have := cached_eval[part])
+            cached_eval[part] = have
+            _check_stop(should_stop, 0, len(train_order))
+        done = 0
+        started = now()
+        while done < len(train_order) and (not deadline.passed() or done == 0):
+            part = slice(done, done + chunk)
+            compute([encoded[i] for i in train_order[part]], have := cached_train[part])
+            cached_train[part] = have
+            done = min(len(train_order), done + chunk)
+            _report(phase, done, plan.train_prompts, len(train_order), deadline, started)
+            _check_stop(should_stop, done, len(train_order))
+    finally:
+        if new and config.cache_features and accelerator.is_main_process:
+            cache.save([g for g, _ in new], [f for _, f in new])
+    kept = train_order[:done]
+    _say_how_the_plan_went(phase, done, plan.train_prompts, len(train_order))
+    return PlannedFeatures(torch.cat(cached_train[:done]), torch.cat(cached_eval) if eval_kept else None, kept,
+                           eval_kept, plan.train_prompts)
+
+
+def _check_stop(should_stop: Callable[[], bool], done: int, total: int) -> None:
+    if should_stop():
+        raise FeaturesStopped(done, total)
+
+
+def _report(phase: Callable, done: int, planned: int, total: int, deadline: Deadline, started: float) -> None:
+    left = deadline.left()
+    phase(f"computing trunk features ({done}/{planned} planned prompts of {total})",
+          min(1.0, done / max(1, planned)), max(0.0, left) if left is not None else None)
+
+
+def _say_how_the_plan_went(phase: Callable, done: int, planned: int, total: int) -> None:
+    if done < planned:
+        phase(f"trunk features of {done} of the {planned} planned training prompts (of {total}): the machine is "
+              "slower than measured, so the plan shrank to end on time")
+    elif done > planned:
+        phase(f"trunk features of {done} training prompts of {total}, {done - planned} more than planned: there "
+              "was time left")
 
 
 def response_offsets(encoded: list[EncodedGroup]) -> list[int]:

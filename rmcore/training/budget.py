@@ -1,0 +1,275 @@
+"""A time budget is a promise: the plan of a whole training command, from speed measured here and now.
+
+`rmcore train --time-budget 5m` (and the app's default "5 minutes") must end within the budget with
+a finished, evaluated, saved model, on any file and on a busy machine. So nothing is sized once
+and for all. After loading and tokenizing, a probe of a few seconds times the trunk on the
+user's own data (`Rates`), and `plan_run` sizes every phase to the time left:
+
+- the held-out evaluation scores a random sample of the held-out prompts, at most `EVAL_SHARE` of
+  the time for all its evaluations together (the rest is reported as left out);
+- head mode computes trunk features for a random subset of the training prompts (those already in
+  the feature cache first, they cost nothing) until the time kept for the head, the evaluation and
+  the save; if the machine turns out faster, more prompts are added, if slower, fewer;
+- lora and full fit the number of steps to the time left (re-fitted after every step, rmcore.training.train);
+- the save keeps the time it needs.
+
+Each phase then runs against a deadline (`Deadline`), so a machine that slows down mid-run shrinks
+what is left of the plan instead of overrunning it. When not even one batch of comparisons fits,
+the command says so at once, with what would (`Plan.refusal`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rmcore.core.progress import format_duration
+from rmcore.data.encoding import EncodedGroup
+
+_clock = time.monotonic  # seconds; the one clock of budgets, plans and phase times (tests replace it)
+
+HEAD_STEP_S = 0.003  # one optimizer step of the reward neuron on cached features (measured: ~1-3 ms)
+SAVE_BYTES_PER_S = 150e6  # writing safetensors, tokenizer and the atomic rename
+EVAL_SHARE = 0.15  # of the time left after loading: every held-out evaluation of the run together
+MARGIN_SHARE = 0.03  # of the budget, kept free for what no probe measures (Python, the file system)
+MIN_MARGIN_S = 1.0
+MIN_EVAL_PROMPTS = 4  # a held-out sample smaller than this says nothing; it is then the whole set or none
+
+
+def now() -> float:
+    return _clock()
+
+
+def save_seconds(parameters: int) -> float:
+    """Seconds to save a model of `parameters` float32 weights (safetensors, tokenizer, rename)."""
+    return 1.0 + parameters * 4 / SAVE_BYTES_PER_S
+
+
+@dataclass
+class Rates:
+    """The speed of this machine now, for this model and mode: what the probe measured."""
+
+    forward_s_per_token: float  # inference: trunk features, held-out evaluation
+    train_s_per_token: float  # forward + backward of a training step (0 in head mode: it trains on features)
+    save_s: float  # the final save
+    checkpoint_s: float = 0.0  # one checkpoint (trainable weights and optimizer state)
+
+
+@dataclass
+class Plan:
+    """What a run will do within its budget, decided before any heavy work (and reported as it went)."""
+
+    mode: str
+    budget_s: float
+    spent_s: float  # reading, loading, tokenizing and the probe, before the plan
+    train_prompts: int
+    train_prompts_total: int
+    train_comparisons: int
+    train_comparisons_total: int
+    eval_prompts: int
+    eval_prompts_total: int
+    eval_comparisons: int
+    eval_comparisons_total: int
+    evaluations: int
+    steps: int
+    seconds: dict[str, float]  # planned seconds of each phase still to come
+    needed_s: float  # the whole run with every training and held-out comparison, at the measured speed
+    fits: bool = True
+    feature_order: list[int] = field(default_factory=list, repr=False)  # training groups, in the order to compute
+    eval_indices: list[int] = field(default_factory=list, repr=False)  # held-out groups in the sample
+
+    def describe(self) -> str:
+        """The plan in one line, for the start of a run."""
+        what = (f"{self.train_comparisons:,} of {self.train_comparisons_total:,} training comparisons "
+                f"({self.train_prompts:,} of {self.train_prompts_total:,} prompts)")
+        if self.mode != "head":
+            what = (f"{self.steps:,} steps, about {self.train_comparisons:,} comparisons of "
+                    f"{self.train_comparisons_total:,} ({self.train_prompts_total:,} prompts)")
+        held = (f"held-out {self.eval_comparisons:,} of {self.eval_comparisons_total:,} comparisons "
+                f"({self.eval_prompts} of {self.eval_prompts_total} prompts)" if self.eval_prompts_total
+                else "no held-out prompts")
+        if self.mode != "head" and self.evaluations:
+            held += f", evaluated {self.evaluations} times"
+        planned = self.spent_s + sum(self.seconds.values())
+        return (f"plan: {self.mode} mode, {what}; {held}; about {format_duration(planned)} of the "
+                f"{format_duration(self.budget_s)} budget (everything would take about "
+                f"{format_duration(self.needed_s)})")
+
+    def refusal(self) -> str:
+        """What to say when nothing useful fits: what this budget fits, and what would be needed."""
+        return (f"a {format_duration(self.budget_s)} budget fits {self.train_comparisons:,} of "
+                f"{self.train_comparisons_total:,} training comparisons in {self.mode} mode on this machine now, "
+                f"too few to train on ({format_duration(self.spent_s)} already went to reading, loading and "
+                f"measuring); all of them need about {format_duration(self.needed_s)}. Give a longer "
+                f"--time-budget{', or try --mode head' if self.mode != 'head' else ''}")
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("mode", "budget_s", "spent_s", "train_prompts", "train_prompts_total", "train_comparisons",
+                "train_comparisons_total", "eval_prompts", "eval_prompts_total", "eval_comparisons",
+                "eval_comparisons_total", "evaluations", "steps", "needed_s", "fits")
+        out = {k: getattr(self, k) for k in keys}
+        out["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
+        return out
+
+
+def plan_run(config, encoded: list[EncodedGroup], encoded_eval: list[EncodedGroup], rates: Rates, *,
+             spent_s: float, cached_train: set[int] = frozenset(), cached_eval: set[int] = frozenset()) -> Plan:
+    """Size every phase of the run to what is left of `config.time_budget_s` (all of it without a budget).
+
+    `spent_s` went before the plan; `cached_train` and `cached_eval` are the indices of groups whose
+    trunk features are already cached (head mode: free). Random choices are seeded by `config.seed`.
+    """
+    rng = random.Random(config.seed)
+    eval_order = _usable_order(encoded_eval, rng)
+    train_order = _usable_order(encoded, rng)
+    train_order.sort(key=lambda i: i not in cached_train)  # cached first (stable: random within each)
+    if config.mode == "head":
+        return _plan_head(config, encoded, encoded_eval, rates, spent_s, train_order, eval_order,
+                          cached_train, cached_eval)
+    return _plan_trunk(config, encoded, encoded_eval, rates, spent_s, train_order, eval_order)
+
+
+def _usable_order(encoded: list[EncodedGroup], rng: random.Random) -> list[int]:
+    """Groups with at least one comparison, in a seeded random order."""
+    order = [i for i, g in enumerate(encoded) if g.pairs()]
+    rng.shuffle(order)
+    return order
+
+
+def _time_left(config, spent_s: float) -> float:
+    budget = config.time_budget_s
+    return budget - spent_s - max(MIN_MARGIN_S, MARGIN_SHARE * budget)
+
+
+def _take_while(order: list[int], cost: list[float], room: float, minimum: int = 0) -> list[int]:
+    """The longest prefix of `order` whose costs add up to at most `room` (at least `minimum` items)."""
+    taken, total = [], 0.0
+    for i in order:
+        if total + cost[i] > room and len(taken) >= minimum:
+            break
+        taken.append(i)
+        total += cost[i]
+    return taken
+
+
+def _comparisons(encoded: list[EncodedGroup], indices: list[int]) -> int:
+    return sum(len(encoded[i].pairs()) for i in indices)
+
+
+def _plan_head(config, encoded, encoded_eval, rates, spent_s, train_order, eval_order, cached_train,
+               cached_eval) -> Plan:
+    """Head mode: the trunk runs once per prompt (features), the head trains on them in milliseconds."""
+    forward = rates.forward_s_per_token
+    train_cost = [0.0 if i in cached_train else g.num_tokens * forward for i, g in enumerate(encoded)]
+    eval_cost = [0.0 if i in cached_eval else g.num_tokens * forward for i, g in enumerate(encoded_eval)]
+    steps_all = math.ceil(len(train_order) / config.batch_size) * config.epochs
+    head_s = steps_all * HEAD_STEP_S
+    needed = sum(train_cost) + sum(eval_cost) + head_s + rates.save_s
+    if not config.time_budget_s:
+        eval_pick, train_pick = eval_order, train_order
+    else:
+        left = _time_left(config, spent_s) - rates.save_s - head_s
+        eval_pick = _sample_eval(eval_order, eval_cost, EVAL_SHARE * max(0.0, left), 1)
+        left -= sum(eval_cost[i] for i in eval_pick)
+        train_pick = _take_while(train_order, train_cost, left)
+    steps = math.ceil(len(train_pick) / config.batch_size) * config.epochs
+    seconds = {"features": sum(train_cost[i] for i in train_pick) + sum(eval_cost[i] for i in eval_pick),
+               "training": steps * HEAD_STEP_S, "saving": rates.save_s}
+    fits = len(train_pick) >= min(config.batch_size, len(train_order)) and bool(train_pick)
+    return Plan("head", config.time_budget_s, spent_s, len(train_pick), len(train_order),
+                _comparisons(encoded, train_pick), _comparisons(encoded, train_order), len(eval_pick),
+                len(eval_order), _comparisons(encoded_eval, eval_pick), _comparisons(encoded_eval, eval_order),
+                1 if eval_pick else 0, steps, seconds, needed, fits, train_pick, eval_pick)
+
+
+def _sample_eval(order: list[int], cost: list[float], room: float, evaluations: int) -> list[int]:
+    """The held-out sample whose `evaluations` passes fit in `room` seconds (none rather than a useless few)."""
+    per_pass = room / max(1, evaluations)
+    pick = _take_while(order, cost, per_pass)
+    if len(pick) < min(MIN_EVAL_PROMPTS, len(order)):
+        pick = _take_while(order, cost, per_pass, minimum=min(MIN_EVAL_PROMPTS, len(order)))
+        if sum(cost[i] for i in pick) * evaluations > 2 * room:  # even a few would eat the training time
+            return []
+    return pick
+
+
+def _plan_trunk(config, encoded, encoded_eval, rates, spent_s, train_order, eval_order) -> Plan:
+    """lora and full: every step runs the trunk forward and backward; the steps are what the time allows."""
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    max_steps = steps_per_epoch * config.epochs
+    mean_tokens = sum(g.num_tokens for g in encoded) / max(1, len(encoded))
+    step_s = mean_tokens * config.batch_size * rates.train_s_per_token
+    eval_cost = [g.num_tokens * rates.forward_s_per_token for g in encoded_eval]
+    evaluations = 1 + config.epochs if eval_order else 0  # the untrained start, then each epoch's end
+    needed = max_steps * step_s + evaluations * sum(eval_cost) + rates.save_s + (config.epochs - 1) * rates.checkpoint_s
+    if not config.time_budget_s:
+        eval_pick, steps = eval_order, max_steps
+    else:
+        left = _time_left(config, spent_s) - rates.save_s
+        steps = min(max_steps, int(max(0.0, (1 - EVAL_SHARE) * left) / max(step_s, 1e-9)))
+        epochs_run = min(config.epochs, max(1, math.ceil(steps / max(1, steps_per_epoch))))
+        evaluations = 1 + epochs_run if eval_order else 0  # a budget ends with an evaluation too
+        eval_pick = _sample_eval(eval_order, eval_cost, EVAL_SHARE * max(0.0, left), evaluations)
+        checkpoints = (epochs_run - 1) * rates.checkpoint_s
+        spare = left - evaluations * sum(eval_cost[i] for i in eval_pick) - checkpoints
+        steps = min(max_steps, int(max(0.0, spare) / max(step_s, 1e-9)))
+    per_prompt = _comparisons(encoded, train_order) / max(1, len(encoded))
+    seen = min(steps * config.batch_size, len(encoded) * config.epochs)
+    evals_s = (evaluations if eval_pick else 0) * sum(eval_cost[i] for i in eval_pick)
+    seconds = {"training": steps * step_s, "evaluation": evals_s, "saving": rates.save_s}
+    return Plan(config.mode, config.time_budget_s, spent_s, min(seen, len(encoded)), len(encoded),
+                round(seen * per_prompt), _comparisons(encoded, train_order), len(eval_pick), len(eval_order),
+                _comparisons(encoded_eval, eval_pick), _comparisons(encoded_eval, eval_order),
+                evaluations if eval_pick else 0, steps, seconds, needed, steps >= 1, train_order, eval_pick)
+
+
+class Deadline:
+    """The end of one phase: the phase stops at it, whatever the plan said (the machine may have slowed)."""
+
+    def __init__(self, at: float | None):
+        self.at = at  # a reading of `now()`, or None: no deadline (no budget)
+
+    @classmethod
+    def within(cls, seconds: float | None) -> Deadline:
+        return cls(None if seconds is None else now() + max(0.0, seconds))
+
+    def passed(self) -> bool:
+        return self.at is not None and now() >= self.at
+
+    def left(self) -> float | None:
+        return None if self.at is None else self.at - now()
+
+
+class PhaseTimes:
+    """Seconds spent in each phase of a run (loading, tokenizing, probe, features, training, ...)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + max(0.0, seconds)
+
+    def timed(self, phase: str):
+        return _Timed(self, phase)
+
+    def describe(self) -> str:
+        parts = [f"{name} {format_duration(s)}" for name, s in self.seconds.items() if s >= 0.05]
+        return "phases: " + (", ".join(parts) if parts else "none")
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.seconds.items()}
+
+
+class _Timed:
+    def __init__(self, times: PhaseTimes, phase: str):
+        self.times, self.phase = times, phase
+
+    def __enter__(self) -> _Timed:
+        self.started = now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.times.add(self.phase, now() - self.started)
