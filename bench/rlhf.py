@@ -98,7 +98,8 @@ def plain_generate(model, tokenizer, prompts, n: int, max_new_tokens: int, tempe
 
 def bench_sampling(policy_path: str, prompts: list[str], n: int, max_new_tokens: int, repeats: int,
                    device: str) -> dict[str, Any]:
-    from rmcore.policy.sampling import load_policy, sample
+    from rmcore.policy.models import load_policy
+    from rmcore.policy.sampling import sample
 
     model, tokenizer, _ = load_policy(policy_path, device=device)
     sample(model, tokenizer, prompts[:1], 2, 4, 1.0, 0)  # warm-up

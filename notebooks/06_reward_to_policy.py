@@ -308,8 +308,10 @@ assert abs(estimate - exact_kl) < 4 * se
 
 # %%
 from rmcore.model.tiny import build_tiny_model, build_tiny_reward_model
-from rmcore.policy.rlhf import RLHFConfig, add_lora, answer_log_probs, log_ratio_to_reference
-from rmcore.policy.sampling import load_policy, prompt_token_ids
+from rmcore.policy.config import RLHFConfig
+from rmcore.policy.evaluation import answer_log_probs, log_ratio_to_reference
+from rmcore.policy.models import add_lora, load_policy
+from rmcore.policy.sampling import prompt_token_ids
 
 workdir = Path(tempfile.mkdtemp(prefix="nb06-"))
 policy_dir = build_tiny_model(workdir / "policy", seed=3)

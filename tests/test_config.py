@@ -98,28 +98,14 @@ def test_the_version_is_read_from_the_package_metadata():
 # ----------------------------------------------------------------------------- the time budget
 
 
-class FakeClock:
-    """Each reading advances the time by `tick` seconds: steps, evaluations and saves all 'take' time."""
-
-    def __init__(self, tick: float):
-        self.now = 1000.0
-        self.tick = tick
-
-    def __call__(self) -> float:
-        self.now += self.tick
-        return self.now
-
-
 def test_a_time_budget_ends_on_time_with_a_decayed_schedule_and_a_finished_model(tiny_model_dir, demo_path,
-                                                                                  tmp_path, monkeypatch,
+                                                                                  tmp_path, simulated_machine,
                                                                                   private_cache):
     from rmcore.data import read_preferences, split_groups
     from rmcore.model.reward_model import RewardModel
     from rmcore.training.train import train
 
-    train_module = sys.modules["rmcore.training.train"]
-    clock = FakeClock(tick=1.0)
-    monkeypatch.setattr(train_module, "_clock", clock)
+    clock = simulated_machine(cost=0.0005)  # a step of 4 prompts (~1,500 tokens) takes about 2 s
     groups = read_preferences(demo_path).groups
     train_groups, eval_groups = split_groups(groups, 0.1)
     config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=50, batch_size=4, lr=1e-3,

@@ -13,9 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from rmcore.core.errors import ModelError, TrainingError
+from rmcore.core.folders import POLICY_METADATA_FILE
 from rmcore.model.reward_model import RewardModel
+from rmcore.policy.config import RLHFConfig
 from rmcore.policy.reward_function import RewardFunction
-from rmcore.policy.rlhf import POLICY_METADATA_FILE, RLHFConfig, train_policy
+from rmcore.policy.rlhf import train_policy
 
 PROMPTS = ["How do I boil an egg?", "Name a prime number", "Why is the sky blue?", "Say hi"]
 HELD_OUT = ["What is 2 + 2?"]

@@ -10,7 +10,9 @@ import torch
 
 from rmcore.cli import main
 from rmcore.core.errors import ModelError
-from rmcore.policy.rlhf import CHECKPOINT_DIR, POLICY_METADATA_FILE, RLHFConfig, split_prompts, train_policy
+from rmcore.core.folders import CHECKPOINT_DIR, POLICY_METADATA_FILE
+from rmcore.policy.config import RLHFConfig
+from rmcore.policy.rlhf import split_prompts, train_policy
 
 TRAIN = ["Name a prime.", "Boil an egg?", "Say hello.", "What is 2 + 2?"]
 HELD_OUT = ["Name a colour.", "Why is the sky blue?"]

@@ -11,7 +11,8 @@ from rmcore.cli import main
 from rmcore.core.errors import DataError
 from rmcore.data import read_preferences
 from rmcore.data.prompts import read_prompts
-from rmcore.policy.sampling import end_token_ids, load_policy, sample
+from rmcore.policy.models import load_policy
+from rmcore.policy.sampling import end_token_ids, sample
 
 PROMPTS = ["Name a prime number.", "How do I boil an egg?", "Say hello.", "What is 2 + 2?"]
 

@@ -27,7 +27,7 @@ from rmcore.cli.options import (
     positive_int,
     steps_count,
 )
-from rmcore.policy.config import SEQUENCES_PER_CALL, RLHFConfig
+from rmcore.policy.config import DEFAULT_LR, METHODS, SEQUENCES_PER_CALL, RLHFConfig
 from rmcore.serving.config import add_arguments as add_serve_arguments
 from rmcore.training.config import TrainConfig, default, parse_duration
 
@@ -278,7 +278,7 @@ def _add_rlhf(sub, defaults: dict) -> None:
     p.add_argument("prompts", metavar="PROMPTS", help=PROMPTS_HELP)
     p.add_argument("--reward-model", required=True, metavar="RM", help="the reward model to optimise (the proxy)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new, empty, or a policy to replace)")
-    p.add_argument("--method", choices=("rs", "grpo"), default=defaults["method"], help="default rs")
+    p.add_argument("--method", choices=METHODS, default=defaults["method"], help=f"default {defaults['method']}")
     p.add_argument("--gold", metavar="RM2", help="an independent reward model that only judges (never optimised)")
     p.add_argument("--policy", default=defaults["policy"], help=POLICY_HELP)
     p.add_argument("--eval", metavar="PROMPTS2", help="held-out prompts (default: --eval-fraction of PROMPTS)")
@@ -294,7 +294,9 @@ def _add_rlhf(sub, defaults: dict) -> None:
                    help=f"longest answer in tokens (default {defaults['max_new_tokens']})")
     p.add_argument("--temperature", type=positive_float, default=defaults["temperature"],
                    help=f"sampling temperature (default {defaults['temperature']})")
-    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: rs 3e-4, grpo 1e-5)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default: "
+                        + ", ".join(f"{m} {lr:.0e}".replace("e-0", "e-") for m, lr in DEFAULT_LR.items()) + ")")
     p.add_argument("--kl-coef", type=coefficient, default=defaults["kl_coef"],
                    help=f"beta of the KL term to the starting policy (default {defaults['kl_coef']})")
     p.add_argument("--batch-size", type=at_least(1), default=defaults["batch_size"],

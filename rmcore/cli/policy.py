@@ -16,36 +16,26 @@ from pathlib import Path
 
 from rmcore.cli.progress import StepPrinter
 from rmcore.core.errors import DataError, ModelError
+from rmcore.core.folders import CHECKPOINT_DIR
 from rmcore.core.outputs import atomic_write_text, check_output_file
 from rmcore.core.progress import ProgressCallback
 from rmcore.data import read_preferences
 from rmcore.data.prompts import prompt_key, read_prompts
 from rmcore.policy.best_of_n import bon_figure, curve_from_records, score_proxy_and_gold
-from rmcore.policy.rlhf import (
-    RLHFConfig,
-    check_policy_output,
-    grpo_available,
-    load_reward_model,
-    split_prompts,
-    train_policy,
-)
-from rmcore.policy.sampling import (
-    SamplingSettings,
-    load_policy,
-    prompts_done,
-    read_samples_file,
-    write_samples,
-)
+from rmcore.policy.config import RLHFConfig, RLHFResult
+from rmcore.policy.models import load_policy, load_reward_model
+from rmcore.policy.rlhf import grpo_available, split_prompts, train_policy
+from rmcore.policy.sampling import SamplingSettings, prompts_done, read_samples_file, write_samples
+from rmcore.policy.saving import check_policy_output
 
 
 def cmd_sample(args) -> int:
-
     out = check_output_file(args.out, "--out", inputs=(args.prompts,), read_folders=(args.model,), append=True)
     prompts = read_prompts(args.prompts)[: args.limit]
     settings = SamplingSettings(model=args.model, n=args.n, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     already = prompts_done(out, settings)  # refuses a file that is not ours before loading anything
-    if all(_key(p) in already for p in prompts):
+    if all(prompt_key(p) in already for p in prompts):
         print(f"{out}: all {len(prompts)} prompts already sampled with these settings; nothing to do", file=sys.stderr)
         return 0
     print(f"[rmcore] loading the policy ({args.model})", file=sys.stderr, flush=True)
@@ -65,13 +55,8 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _key(prompt) -> str:
-    return prompt_key(prompt)
-
-
 def read_sample_records(path: str) -> list[dict]:
     """Records with prompt and responses: a samples file as written, or any file rmcore scores."""
-
     file = Path(path)
     if not file.is_file():
         raise DataError(path, "no such file" if not file.exists() else "is a folder, not a samples file")
@@ -86,7 +71,6 @@ def read_sample_records(path: str) -> list[dict]:
 
 
 def cmd_bon(args) -> int:
-
     check_output_file(args.plot, "--plot", inputs=(args.samples,), read_folders=(args.model, args.gold),
                       overwrite=args.overwrite)  # before any scoring: a refusal comes at once
     records = read_sample_records(args.samples)
@@ -126,7 +110,6 @@ def cmd_bon(args) -> int:
 
 
 def cmd_rlhf(args) -> int:
-
     if args.method == "grpo" and not grpo_available():
         raise ModelError("--method grpo is unavailable in this installation (rmcore.policy.grpo is missing); "
                          "use --method rs")
@@ -151,6 +134,12 @@ def cmd_rlhf(args) -> int:
         result = train_policy(config, train_prompts, eval_prompts, args.out, on_step=printer, resume=args.resume)
     finally:
         printer.close()
+    print(summary_line(result, Path(args.out)), file=sys.stderr)
+    return 130 if result.stopped else 0
+
+
+def summary_line(result: RLHFResult, out: Path) -> str:
+    """What the run did, in one line: the held-out reward (and gold), length and KL, first to last."""
     evals = [h for h in result.history if h.get("event") == "eval"]
     line = f"saved {result.out_dir} after {result.steps} steps"
     if len(evals) >= 2:
@@ -163,6 +152,5 @@ def cmd_rlhf(args) -> int:
         line += (f", length {first['length_mean']:.0f} -> {last['length_mean']:.0f} tokens, "
                  f"KL to the start {last['kl']:.2f} nats")
     if result.stopped:
-        line += f" (stopped early: continue with --resume; checkpoint in {Path(args.out) / 'checkpoint'})"
-    print(line, file=sys.stderr)
-    return 130 if result.stopped else 0
+        line += f" (stopped early: continue with --resume; checkpoint in {out / CHECKPOINT_DIR})"
+    return line

@@ -8,10 +8,13 @@ the step's metrics) and "eval" (held-out metrics). Only the metrics shown differ
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm import tqdm
 
 from rmcore.core.progress import format_duration
+
+PROGRESS_EVERY_S = 5.0  # a phase that reports progress (features, sampling) prints a line this often
 
 
 def reward_model_eval_line(event: dict) -> str:
@@ -44,6 +47,7 @@ class StepPrinter:
     def __init__(self, kind: str = "reward model", quiet: bool = False):
         self.quiet = quiet
         self.bar = None
+        self.last_progress_line = 0.0  # a phase with progress (features, sampling) is a line every few seconds
         policy = kind == "policy"
         self.eval_line = policy_eval_line if policy else reward_model_eval_line
         self.postfix = policy_postfix if policy else reward_model_postfix
@@ -59,6 +63,8 @@ class StepPrinter:
             return
         kind = event.get("event")
         if kind == "phase":
+            if not self._time_for_a_line(event.get("progress")):
+                return
             text = event["phase"]
             if event.get("eta_s") is not None:
                 text += f", about {format_duration(event['eta_s'])} left"
@@ -72,6 +78,15 @@ class StepPrinter:
             self.bar.set_postfix(self.postfix(event))
         elif kind == "eval":
             self.write(self.eval_line(event))
+
+    def _time_for_a_line(self, progress: float | None) -> bool:
+        if progress is None or progress >= 1:
+            return True
+        moment = time.monotonic()
+        if moment - self.last_progress_line < PROGRESS_EVERY_S:
+            return False
+        self.last_progress_line = moment
+        return True
 
     def close(self) -> None:
         if self.bar is not None:

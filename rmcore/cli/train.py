@@ -11,6 +11,7 @@ from rmcore.cli.data import read_data
 from rmcore.cli.progress import StepPrinter
 from rmcore.core.folders import check_output_folder
 from rmcore.data import split_groups
+from rmcore.training.budget import PhaseTimes
 from rmcore.training.ensemble import train_ensemble
 from rmcore.training.train import TrainConfig, train
 
@@ -57,6 +58,8 @@ def cmd_train(args) -> int:
         if result.stopped:
             line += f" (stopped early: resume with --resume; checkpoint in {Path(args.out) / 'checkpoint'})"
         print(line, file=sys.stderr)
+        if config.time_budget_s:
+            print(f"[rmcore] {PhaseTimes.from_dict(result.phase_seconds).describe()}", file=sys.stderr)
     return 130 if result.stopped else 0  # a stopped run is not a success: `train && eval` must not go on
 
 

@@ -25,9 +25,9 @@ NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 class StopSignal:
     """A context manager: `is_set()` is True once the app asked to stop or a first signal arrived."""
 
-    def __init__(self, stop_event: threading.Event | None, on_first: Callable[[str], None] | None = None):
+    def __init__(self, stop_event: threading.Event | None, on_first: Callable[[], None] | None = None):
         self.stop_event = stop_event
-        self.on_first = on_first or (lambda name: None)
+        self.on_first = on_first or (lambda: None)
         self.interrupted: str | None = None  # the name of the first signal, once one came
         self._previous: dict[int, object] = {}
 
@@ -47,7 +47,7 @@ class StopSignal:
         signal.signal(signum, signal.SIG_DFL)  # the second one ends the process at once
         if self.interrupted is None:
             self.interrupted = NAMES.get(signum, f"signal {signum}")
-            self.on_first(self.interrupted)
+            self.on_first()
 
     def is_set(self) -> bool:
         return self.interrupted is not None or (self.stop_event is not None and self.stop_event.is_set())

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from rmcore.data.prompts import as_messages
+
 
 def order_statistic_weights(total: int, n: int) -> np.ndarray:
     """w[i] = P(the (i+1)-th smallest of `total` values is the max of a random n-subset); sums to 1."""
@@ -155,12 +157,15 @@ def brute_force_best_of_n(proxy: np.ndarray, n: int, draws: int, rng: np.random.
 def score_proxy_and_gold(records: list[dict[str, Any]], proxy_model, gold_model=None, batch_size: int = 8,
                          on_progress=None) -> tuple[list[list[float]], list[list[float]] | None]:
     """The proxy's and the gold judge's rewards of every samples record. Two head-mode models of one base
-    model share a single trunk pass (half the time); otherwise each scores on its own."""
-    from rmcore.data.prompts import as_messages
+    model share a single trunk pass (half the time); otherwise each scores on its own.
 
-    if gold_model is None or not proxy_model.shares_trunk_with(gold_model):
-        proxy = score_samples(records, proxy_model, batch_size, on_progress)
-        return proxy, (score_samples(records, gold_model, batch_size, on_progress) if gold_model else None)
+    `on_progress(prompts_done, prompts)` counts up once over all the scoring: with two passes, a prompt
+    is half done once the proxy has scored it."""
+    if gold_model is None:
+        return score_samples(records, proxy_model, batch_size, on_progress), None
+    if not proxy_model.shares_trunk_with(gold_model):
+        proxy = score_samples(records, proxy_model, batch_size, _half(on_progress, 0))
+        return proxy, score_samples(records, gold_model, batch_size, _half(on_progress, 1))
     proxy, gold = [], []
     if on_progress is not None:
         on_progress(0, len(records))
@@ -175,11 +180,16 @@ def score_proxy_and_gold(records: list[dict[str, Any]], proxy_model, gold_model=
     return proxy, gold
 
 
+def _half(on_progress, half: int):
+    """The progress of one of two passes over the records, reported as part of both."""
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress((half * total + done) / 2, total)
+
+
 def score_samples(records: list[dict[str, Any]], reward_model, batch_size: int = 8, on_progress=None
                   ) -> list[list[float]]:
     """Rewards of every response of every samples record, scored a prompt (one packed pass) at a time."""
-    from rmcore.data.prompts import as_messages
-
     rewards: list[list[float]] = []
     chunk = batch_size  # prompts per progress report (each prompt's answers share one packed pass)
     if on_progress is not None:
@@ -210,6 +220,7 @@ def bon_figure(curve: BonCurve):
     Rewards are shown as gain over one policy sample in units of that sample's spread (standard
     deviations), so the proxy and the gold model, whose scales differ, share an axis.
     """
+    # plotly is not a dependency of the rmcore package (requirements.txt adds it, for the app and --plot)
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 

@@ -39,7 +39,7 @@ class Generator:
     """A causal LM that samples answers to an instruction through its chat template."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # transformers: half a second to import; only loading needs it
 
         path, self.name = resolve_model_path(model)
         self.device = device or autodetect_device()

@@ -61,29 +61,7 @@ class SamplingSettings:
             raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
 
 
-# ----------------------------------------------------------------------------- the policy
-
-
-def load_policy(name: str | os.PathLike | None = None, *, device: str | None = None):
-    """(model, tokenizer, display name) of a causal LM: "embedded" or a local HF folder."""
-    from transformers import AutoModelForCausalLM
-
-    from rmcore.model.device import autodetect_device
-    from rmcore.model.reward_model import (
-        from_pretrained_safely,
-        is_reward_model_folder,
-        load_tokenizer,
-        resolve_model_path,
-    )
-
-    path, display = resolve_model_path(name)
-    if is_reward_model_folder(path):
-        raise ModelError(f"{path}: is a reward model (a sequence classifier), not a policy that writes text; "
-                         "pass a causal LM folder or 'embedded'")
-    tokenizer = load_tokenizer(path)
-    model = from_pretrained_safely(AutoModelForCausalLM, path, dtype=torch.float32)
-    model.to(device or autodetect_device()).eval()
-    return model, tokenizer, display
+# ----------------------------------------------------------------------------- the policy's tokens
 
 
 def end_token_ids(tokenizer, model=None) -> list[int]:
@@ -162,7 +140,7 @@ def iter_samples(policy_model, tokenizer, prompts: list[Prompt], n: int, max_new
 
 def _token_ticker(callback: Callable[[int], None]):
     """A stopping criterion that never stops: it counts generated tokens for progress reports."""
-    from transformers import StoppingCriteria
+    from transformers import StoppingCriteria  # transformers: half a second to import; reading samples needs none
 
     class TokenTicker(StoppingCriteria):
         def __init__(self):
@@ -205,9 +183,6 @@ def _to_sample(tokenizer, row: list[int], ends: list[int]) -> Sample:
     tokens = row if end is None else row[: end + 1]
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return Sample(text, tokens, end is None)
-
-
-# ----------------------------------------------------------------------------- prompt files
 
 
 # ----------------------------------------------------------------------------- samples files

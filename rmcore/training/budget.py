@@ -80,14 +80,21 @@ class Plan:
     fits: bool = True
     feature_order: list[int] = field(default_factory=list, repr=False)  # training groups, in the order to compute
     eval_indices: list[int] = field(default_factory=list, repr=False)  # held-out groups in the sample
+    rates: Rates | None = field(default=None, repr=False)  # the speed the plan was made from
+
+    @property
+    def rates_forward(self) -> float:
+        return self.rates.forward_s_per_token if self.rates else 0.0
 
     def describe(self) -> str:
         """The plan in one line, for the start of a run."""
         what = (f"{self.train_comparisons:,} of {self.train_comparisons_total:,} training comparisons "
                 f"({self.train_prompts:,} of {self.train_prompts_total:,} prompts)")
         if self.mode != "head":
-            what = (f"{self.steps:,} steps, about {self.train_comparisons:,} comparisons of "
-                    f"{self.train_comparisons_total:,} ({self.train_prompts_total:,} prompts)")
+            passes = self.train_comparisons / max(1, self.train_comparisons_total)
+            what = (f"{self.steps:,} steps, about {self.train_comparisons:,} comparisons ("
+                    + (f"{passes:.1f} passes over the " if passes >= 1.05 else f"{passes:.0%} of the ")
+                    + f"{self.train_comparisons_total:,} of {self.train_prompts_total:,} prompts)")
         held = (f"held-out {self.eval_comparisons:,} of {self.eval_comparisons_total:,} comparisons "
                 f"({self.eval_prompts} of {self.eval_prompts_total} prompts)" if self.eval_prompts_total
                 else "no held-out prompts")
@@ -127,9 +134,12 @@ def plan_run(config, encoded: list[EncodedGroup], encoded_eval: list[EncodedGrou
     train_order = _usable_order(encoded, rng)
     train_order.sort(key=lambda i: i not in cached_train)  # cached first (stable: random within each)
     if config.mode == "head":
-        return _plan_head(config, encoded, encoded_eval, rates, spent_s, train_order, eval_order,
+        plan = _plan_head(config, encoded, encoded_eval, rates, spent_s, train_order, eval_order,
                           cached_train, cached_eval)
-    return _plan_trunk(config, encoded, encoded_eval, rates, spent_s, train_order, eval_order)
+    else:
+        plan = _plan_trunk(config, encoded, encoded_eval, rates, spent_s, train_order, eval_order)
+    plan.rates = rates
+    return plan
 
 
 def _usable_order(encoded: list[EncodedGroup], rng: random.Random) -> list[int]:
@@ -226,6 +236,71 @@ def _plan_trunk(config, encoded, encoded_eval, rates, spent_s, train_order, eval
                 evaluations if eval_pick else 0, steps, seconds, needed, steps >= 1, train_order, eval_pick)
 
 
+class StepBudget:
+    """How many steps fit in what is left of a time budget, refitted after every step.
+
+    Steps differ in cost (length-bucketed batches: short prompts together, long ones together), so
+    the time of the steps to come is predicted from their tokens, at the seconds per token of the
+    last steps measured: a run of long batches ahead is seen coming, and a machine that slows down
+    shows in the rate at once. Evaluations and checkpoints are timed apart and kept time for.
+    """
+
+    def __init__(self, seconds: float, started_at: float, save_s: float):
+        self.seconds = seconds
+        self.started_at = started_at
+        self.save_s = save_s
+        self.step_times: list[float] = []
+        self.step_tokens: list[int] = []
+        self.evaluation_s = 0.0
+        self.checkpoint_s = save_s
+        self._overhead = 0.0
+
+    @property
+    def seconds_per_token(self) -> float:
+        """Over the last 20 steps, leaving out the first (it includes one-time warm-up)."""
+        first = 1 if len(self.step_times) > 1 else 0
+        times, tokens = self.step_times[first:][-20:], self.step_tokens[first:][-20:]
+        return sum(times) / max(1, sum(tokens)) if times else 0.0
+
+    @property
+    def mean_step_s(self) -> float:
+        times = self.step_times[1:] if len(self.step_times) > 1 else self.step_times
+        return sum(times[-20:]) / len(times[-20:]) if times else 0.0
+
+    def record_iteration(self, seconds: float, tokens: int = 1) -> None:
+        """One pass of the loop and its step's tokens; the evaluation and checkpoint inside are counted apart."""
+        self.step_times.append(max(0.0, seconds - self._overhead))
+        self.step_tokens.append(max(1, tokens))
+        self._overhead = 0.0
+
+    def record_evaluation(self, seconds: float) -> None:
+        self.evaluation_s = seconds
+        self._overhead += seconds
+
+    def record_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_s = seconds
+        self._overhead += seconds
+
+    def steps_that_fit(self, step: int, max_steps: int, steps_per_epoch: int, evaluates: bool,
+                       tokens_of_step=lambda k: 1) -> int:
+        """The last step: as many as fit before the budget ends, keeping time for evaluating, saving, and
+        the checkpoint and evaluation of every epoch end on the way. `tokens_of_step(k)` (1-based)."""
+        if not self.step_times:
+            return max_steps  # nothing measured yet: the first step tells
+        left = self.seconds - (now() - self.started_at) - self.save_s
+        left -= self.evaluation_s if evaluates else 0.0  # the final evaluation
+        rate = self.seconds_per_token
+        per_epoch_end = (self.evaluation_s if evaluates else 0.0) + self.checkpoint_s
+        last = step
+        while last < max_steps:
+            cost = tokens_of_step(last + 1) * rate + (per_epoch_end if (last + 1) % steps_per_epoch == 0 else 0.0)
+            if cost > left:
+                break
+            left -= cost
+            last += 1
+        return last
+
+
 class Deadline:
     """The end of one phase: the phase stops at it, whatever the plan said (the machine may have slowed)."""
 
@@ -248,6 +323,12 @@ class PhaseTimes:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+
+    @classmethod
+    def from_dict(cls, seconds: dict[str, float]) -> PhaseTimes:
+        times = cls()
+        times.seconds.update(seconds)
+        return times
 
     def add(self, phase: str, seconds: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + max(0.0, seconds)

@@ -15,7 +15,6 @@ can measure them once and reuse them while the user changes epochs, batch size o
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -27,11 +26,9 @@ from rmcore.model.batching import pack_groups
 from rmcore.model.device import autocast, autodetect_device, mixed_precision_for
 from rmcore.model.feature_cache import FeatureCache, group_key
 from rmcore.model.reward_model import load_sequence_classifier, load_tokenizer, resolve_model_path
+from rmcore.training.budget import HEAD_STEP_S, SAVE_BYTES_PER_S, now
 from rmcore.training.config import TrainConfig
 from rmcore.training.modes import setup_mode
-
-HEAD_STEP_S = 0.003  # one optimizer step of the reward neuron on cached features (measured: ~1-3 ms)
-SAVE_BYTES_PER_S = 150e6  # writing safetensors, tokenizer and the atomic rename
 
 
 @dataclass
@@ -88,48 +85,73 @@ def measure_rates(
     """
     config.check()
     device = device or autodetect_device()
-    started = time.perf_counter()
+    started = now()
     path, name = resolve_model_path(config.model)
     classifier, tokenizer, _ = load_sequence_classifier(path, seed=config.seed)
-    load_s = time.perf_counter() - started
+    load_s = now() - started
     usable = [g for g in groups if g.pairs()] or groups
     size = max(1, min(sample_groups, config.batch_size, len(usable)))
     encoded = encode_groups(tokenizer, usable[: max(size * 8, 64)], config.max_length)
-    batch_groups = _sample_batch(encoded, size)
-    batch = pack_groups(batch_groups, tokenizer.pad_token_id).to(device)
-    tokens = max(1, batch.real_tokens)
-
+    batch = pack_groups(_sample_batch(encoded, size), tokenizer.pad_token_id).to(device)
     parameters = sum(p.numel() for p in classifier.parameters())  # what is saved (LoRA is merged)
     packed, trainable = setup_mode(config, classifier)
     packed.to(device)
+    forward_s, train_s = _time_batch(config, packed, trainable, batch, device, lambda: autocast(device), step=True)
+    tokens = max(1, batch.real_tokens)
+    return StepRates(name, config.mode, device, load_s, forward_s / tokens, train_s / tokens, parameters)
+
+
+def probe_rates(config: TrainConfig, packed, trainable, encoded: list[EncodedGroup], pad_id: int,
+                accelerator, sample_groups: int = 2) -> tuple[float, float]:
+    """(forward, training) seconds per token of the model a run is about to train, on its own data.
+
+    The probe of a time budget (rmcore.training.budget): a warm-up and a timed forward pass of a
+    batch of median length, and for lora and full a forward and backward pass whose gradients are
+    then dropped, so the weights, the optimizer and the random state are as before.
+    """
+    size = max(1, min(sample_groups, config.batch_size, len(encoded)))
+    batch = pack_groups(_sample_batch(encoded, size), pad_id).to(accelerator.device)
+    forward_s, train_s = _time_batch(config, packed, trainable, batch, accelerator.device.type,
+                                     accelerator.autocast, step=False)
+    tokens = max(1, batch.real_tokens)
+    return forward_s / tokens, train_s / tokens
+
+
+def _time_batch(config: TrainConfig, packed, trainable, batch, device: str, autocast_context,
+                step: bool) -> tuple[float, float]:
+    """Seconds of one forward pass of `batch` (after a warm-up) and, for lora and full, of a training
+    pass (forward and backward, and the optimizer step when `step`: only on a throwaway model)."""
+    was_training = packed.training
+    packed.eval()
 
     def forward_once() -> float:
         _sync(device)
-        t0 = time.perf_counter()
-        with torch.no_grad(), autocast(device):
+        t0 = now()
+        with torch.no_grad(), autocast_context():
             packed(batch, features_only=config.mode == "head")
         _sync(device)
-        return time.perf_counter() - t0
+        return now() - t0
 
-    packed.eval()
     forward_once()  # warm-up: first calls allocate and pick kernels
     forward_s = forward_once()
-
     train_s = 0.0
     if config.mode != "head":
         params = [p for p in trainable.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate())
         packed.train()
         _sync(device)
-        t0 = time.perf_counter()
-        with autocast(device):
+        t0 = now()
+        with autocast_context():
             rewards = packed(batch)
         rewards.float().sum().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if step:
+            optimizer = torch.optim.AdamW(params, lr=config.learning_rate())
+            optimizer.step()
+        for p in params:
+            p.grad = None
         _sync(device)
-        train_s = time.perf_counter() - t0  # the forward warm-up above is enough; a second step doubles the wait
-    return StepRates(name, config.mode, device, load_s, forward_s / tokens, train_s / tokens, parameters)
+        train_s = now() - t0  # the forward warm-up above is enough; a second pass doubles the wait
+    packed.train(was_training)
+    return forward_s, train_s
 
 
 def estimate_training_time(

@@ -140,14 +140,19 @@ def planned_features(config, model_path: str, packed: PackedRewardModel, encoded
             compute([encoded_eval[i] for i in eval_kept[part]], have := cached_eval[part])
             cached_eval[part] = have
             _check_stop(should_stop, 0, len(train_order))
-        done = 0
-        started = now()
-        while done < len(train_order) and (not deadline.passed() or done == 0):
-            part = slice(done, done + chunk)
+        done, pace = 0, _Pace(plan.rates_forward)
+        while done < len(train_order):
+            size = pace.groups_that_fit([encoded[i] for i in train_order[done:]], cached_train[done:], deadline)
+            if size == 0 and done > 0:
+                break  # the next prompt would end after the deadline
+            part = slice(done, done + max(1, size))
+            started = now()
             compute([encoded[i] for i in train_order[part]], have := cached_train[part])
+            pace.record([encoded[i] for i in train_order[part]], [f is None for f in cached_train[part]],
+                        now() - started)
             cached_train[part] = have
-            done = min(len(train_order), done + chunk)
-            _report(phase, done, plan.train_prompts, len(train_order), deadline, started)
+            done = min(len(train_order), part.stop)
+            _report(phase, done, plan.train_prompts, len(train_order), deadline)
             _check_stop(should_stop, done, len(train_order))
     finally:
         if new and config.cache_features and accelerator.is_main_process:
@@ -158,12 +163,42 @@ def planned_features(config, model_path: str, packed: PackedRewardModel, encoded
                            eval_kept, plan.train_prompts)
 
 
+class _Pace:
+    """Seconds per token of the feature computation, as measured so far (the probe's to start with),
+    and how many of the next groups end before a deadline: a chunk is a few seconds of work, so a
+    slower machine is noticed within one chunk, and no group is started that would overrun."""
+
+    CHUNK_S = 3.0  # the longest chunk between two looks at the clock
+
+    def __init__(self, seconds_per_token: float):
+        self.rate = seconds_per_token
+        self.seconds = self.tokens = 0.0
+
+    def record(self, groups: list[EncodedGroup], computed: list[bool], seconds: float) -> None:
+        tokens = sum(g.num_tokens for g, c in zip(groups, computed) if c)
+        if tokens:
+            self.seconds, self.tokens = self.seconds + seconds, self.tokens + tokens
+            self.rate = max(self.rate, seconds / tokens)  # the last chunk's pace, or the mean if that was faster
+            self.rate = min(self.rate, max(seconds / tokens, self.seconds / self.tokens))
+
+    def groups_that_fit(self, groups: list[EncodedGroup], cached: list, deadline: Deadline) -> int:
+        left = deadline.left()
+        room = self.CHUNK_S if left is None else min(self.CHUNK_S, left)
+        taken, total = 0, 0.0
+        for group, feature in zip(groups, cached):
+            cost = 0.0 if feature is not None else group.num_tokens * self.rate
+            if total + cost > room and (taken or (left is not None and cost > left)):
+                break
+            taken, total = taken + 1, total + cost
+        return taken
+
+
 def _check_stop(should_stop: Callable[[], bool], done: int, total: int) -> None:
     if should_stop():
         raise FeaturesStopped(done, total)
 
 
-def _report(phase: Callable, done: int, planned: int, total: int, deadline: Deadline, started: float) -> None:
+def _report(phase: Callable, done: int, planned: int, total: int, deadline: Deadline) -> None:
     left = deadline.left()
     phase(f"computing trunk features ({done}/{planned} planned prompts of {total})",
           min(1.0, done / max(1, planned)), max(0.0, left) if left is not None else None)

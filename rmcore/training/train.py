@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -34,23 +33,36 @@ from rmcore import __version__
 from rmcore.analysis.evaluate import length_baseline_of_groups
 from rmcore.core.errors import TrainingError
 from rmcore.core.folders import CHECKPOINT_DIR, check_output_folder
+from rmcore.core.stop import StopSignal
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, count_truncated, encode_groups
 from rmcore.model.batching import length_bucketed_batches, pack_groups, split_by_tokens
 from rmcore.model.device import autodetect_device, mixed_precision_for
-from rmcore.model.feature_cache import model_key
+from rmcore.model.feature_cache import FeatureCache, group_key, model_key
 from rmcore.model.reward_model import load_sequence_classifier, resolve_model_path, save_reward_model, unwrap_classifier
+from rmcore.training.budget import (
+    MARGIN_SHARE,
+    MIN_MARGIN_S,
+    Deadline,
+    PhaseTimes,
+    Plan,
+    Rates,
+    StepBudget,
+    now,
+    plan_run,
+    save_seconds,
+)
 from rmcore.training.checkpoint import load_checkpoint, run_key, save_checkpoint
 from rmcore.training.config import DEFAULT_LR, MODES, TrainConfig
-from rmcore.training.estimate import SAVE_BYTES_PER_S
-from rmcore.training.features import FeaturesStopped, response_offsets, trunk_features
+from rmcore.training.estimate import probe_rates
+from rmcore.training.features import FeaturesStopped, planned_features, response_offsets, trunk_features
+from rmcore.training.held_out import held_out_metrics
 from rmcore.training.loss import bradley_terry_loss, pair_index
 from rmcore.training.modes import classifier_to_save, setup_mode
 
 __all__ = ["DEFAULT_LR", "MODES", "TrainConfig", "TrainResult", "train"]
 
 StepCallback = Callable[[dict[str, Any]], None]
-_clock = time.monotonic  # seconds; one clock for the budget and the step times (tests replace it)
 
 
 @dataclass
@@ -63,6 +75,8 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)  # last train and eval metrics
     is_main_process: bool = True  # False on the other ranks of an `accelerate launch` run
     groups_seen: list[int] = field(default_factory=list)  # training groups this process stepped on, in order
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # reading, loading, ..., training, saving
+    plan: dict[str, Any] | None = None  # with a time budget: what the run planned (rmcore.training.budget.Plan)
 
 
 def train(
@@ -93,21 +107,24 @@ def train(
     run = _Run(config, out_dir, on_step, started_at, trunk)
     if replacing:
         run.phase(f"{out_dir} holds a finished model; it is replaced when this run saves (files of yours are kept)")
-
-    # 1. the base model with one reward neuron
-    run.load_model()
-    # 2. tokens
-    run.tokenize(train_groups, eval_groups or [])
-    with _StopSignal(stop_event, run.say_stopping) as stop:
-        # 3. the mode (head mode computes the trunk features here, or reads them from the cache)
-        if not run.setup_mode(stop):
-            run.phase("stopped while computing trunk features; nothing was trained or saved")
+    with StopSignal(stop_event, run.say_stopping) as stop:
+        run.stop = stop
+        # 1. the base model with one reward neuron
+        run.load_model()
+        # 2. tokens
+        run.tokenize(train_groups, eval_groups or [])
+        # 3. the mode; with a time budget, a probe of this machine's speed and the plan of the whole run
+        run.setup_mode()
+        run.make_plan(resume)
+        # 4. head mode: the trunk features (read from the cache, or computed within the plan)
+        if not run.compute_features(stop):
+            run.phase(run.stopped_before_training())
             return run.result(stopped=True)
-        # 4. optimizer, schedule and accelerate; the checkpoint to continue from
+        # 5. optimizer, schedule and accelerate; the checkpoint to continue from
         run.prepare(resume)
-        # 5. the loop: one step, then the held-out evaluation and a checkpoint when due
+        # 6. the loop: one step, then the held-out evaluation and a checkpoint when due
         stopped = run.loop(stop)
-        # 6. save the model (LoRA merged: a plain HF folder) with what produced it
+        # 7. save the model (LoRA merged: a plain HF folder) with what produced it
         run.save(stopped, data_summary)
     return run.result(stopped)
 
@@ -122,7 +139,7 @@ class _Run:
         self.out_dir = out_dir
         self.checkpoint = out_dir / CHECKPOINT_DIR
         self.emit = on_step or (lambda event: None)
-        self.started_at = _clock() if started_at is None else started_at
+        self.started_at = now() if started_at is None else started_at
         self.trunk = trunk if config.mode == "head" else None  # shared by an ensemble's members, or None
         self.device = autodetect_device()
         self.accelerator = Accelerator(mixed_precision=mixed_precision_for(self.device), cpu=self.device == "cpu")
@@ -135,6 +152,13 @@ class _Run:
         self.groups_seen: list[int] = []
         self.features = self.eval_features = None
         self._batches_epoch, self._batches = -1, []
+        self._step_tokens: dict[int, list[int]] = {}  # epoch -> tokens of each of its batches (the budget's forecast)
+        self.times = PhaseTimes()  # seconds of each phase, for the end of the run and rmcore.json
+        self.times.add("reading the data", now() - self.started_at)
+        self.plan: Plan | None = None  # with a time budget: what the run will do (rmcore.training.budget)
+        self.rates: Rates | None = None
+        self.stopped_in = ""  # the phase a stop request ended, when it came before training
+        self.stop: StopSignal | None = None
         set_seed(config.seed)
         if self.world > 1:
             self.phase(f"training on {self.world} processes ({self.device}), sharing out the batches; "
@@ -145,12 +169,16 @@ class _Run:
             self.emit({"event": "phase", "phase": text, "progress": progress, "eta_s": eta_s})
 
     def say_stopping(self) -> None:
-        self.phase("stopping after this step, then saving a checkpoint and the model "
-                   "(press Ctrl-C again to quit at once, keeping only the last checkpoint)")
+        self.phase("stopping at the next safe point (the end of this step or batch), then saving a checkpoint "
+                   "and the model so far (press Ctrl-C again to quit at once, keeping only the last checkpoint)")
 
     # -- 1, 2: model and tokens
     def load_model(self) -> None:
         self.phase("loading the base model")
+        with self.times.timed("loading"):
+            self._load_model()
+
+    def _load_model(self) -> None:
         self.model_path, self.model_name = resolve_model_path(self.config.model)
         if self.trunk is not None:  # an ensemble member: the base model is loaded once for all of them
             self.classifier, self.tokenizer = self.trunk.model_for(self.model_path, self.config.seed)
@@ -160,6 +188,10 @@ class _Run:
 
     def tokenize(self, train_groups: list[RankedGroup], eval_groups: list[RankedGroup]) -> None:
         self.phase("tokenizing")
+        with self.times.timed("tokenizing"):
+            self._tokenize(train_groups, eval_groups)
+
+    def _tokenize(self, train_groups: list[RankedGroup], eval_groups: list[RankedGroup]) -> None:
         self.encoded = encode_groups(self.tokenizer, train_groups, self.config.max_length)
         self.encoded_eval = encode_groups(self.tokenizer, eval_groups, self.config.max_length)
         self.eval_groups = eval_groups
@@ -168,22 +200,100 @@ class _Run:
         self.truncated = count_truncated(self.encoded + self.encoded_eval)
         self.lengths = [g.num_tokens for g in self.encoded]
 
-    # -- 3: the mode
-    def setup_mode(self, stop: _StopSignal) -> bool:
-        """Freeze or wrap the model for the mode; False when a stop came while computing features."""
+    # -- 3: the mode, the probe and the plan
+    def setup_mode(self) -> None:
+        """Freeze or wrap the model for the mode (head: a frozen trunk whose features are computed once)."""
         self.packed, self.trainable = setup_mode(self.config, self.classifier)
+        self.packed.to(self.accelerator.device)
+
+    def make_plan(self, resume: bool) -> None:
+        """With a time budget: measure this machine's speed now and plan every phase to fit (one line says
+        how); refuse at once when not even one batch of comparisons fits. Without one: everything."""
+        if not self.config.time_budget_s:
+            return
+        with self.times.timed("measuring speed"):
+            self.rates = self._probe()
+        cached_train, cached_eval = self._cached_groups()
+        self.plan = plan_run(self.config, self.encoded, self.encoded_eval, self.rates,
+                             spent_s=now() - self.started_at, cached_train=cached_train, cached_eval=cached_eval)
+        if resume:
+            self._keep_the_checkpoints_prompts()
+        self.phase(self.plan.describe())
+        if not self.plan.fits:
+            raise TrainingError(self.plan.refusal())
+        if self.config.mode != "head":  # head mode takes its held-out sample with the features
+            self._keep_eval(self.plan.eval_indices)
+
+    def _probe(self) -> Rates:
+        parameters = sum(p.numel() for p in self.classifier.parameters())
+        trainable = sum(p.numel() for p in self.trainable.parameters() if p.requires_grad)
+        forward, train = probe_rates(self.config, self.packed, self.trainable, self.encoded, self.pad_id,
+                                     self.accelerator)
+        return Rates(forward, train, save_seconds(parameters), save_seconds(3 * trainable))
+
+    def _cached_groups(self) -> tuple[set[int], set[int]]:
+        """Indices of the training and held-out groups whose trunk features are cached (head mode: free)."""
+        if self.config.mode != "head" or not self.config.cache_features:
+            return set(), set()
+        keys = FeatureCache.for_model(self.model_path, self.accelerator.mixed_precision).cached_keys()
+        return ({i for i, g in enumerate(self.encoded) if group_key(g) in keys},
+                {i for i, g in enumerate(self.encoded_eval) if group_key(g) in keys})
+
+    def _keep_the_checkpoints_prompts(self) -> None:
+        """A resumed head-mode run trains on the prompts its checkpoint was trained on, whatever the plan."""
+        state_file = self.checkpoint / "state.json"
+        keys = json.loads(state_file.read_text()).get("train_keys") if state_file.is_file() else None
+        if self.config.mode == "head" and isinstance(keys, list):
+            wanted = set(keys)
+            order = [i for i, g in enumerate(self.encoded) if group_key(g) in wanted]
+            self.plan.feature_order, self.plan.train_prompts = order, len(order)
+            self.resumed_keys = True
+
+    def _keep_eval(self, indices: list[int]) -> None:
+        self.encoded_eval = [self.encoded_eval[i] for i in indices]
+        self.eval_groups = [self.eval_groups[i] for i in indices]
+
+    def _keep_train(self, indices: list[int]) -> None:
+        self.encoded = [self.encoded[i] for i in indices]
+        self.lengths = [g.num_tokens for g in self.encoded]
+
+    # -- 4: head mode's trunk features
+    def compute_features(self, stop: StopSignal) -> bool:
+        """Head mode: the trunk features of every group (planned: of those the budget allows); False when
+        a stop request came first (what was computed stays in the feature cache)."""
         if self.config.mode != "head":
             return True
-        self.packed.to(self.accelerator.device)
-        compute = self.trunk.features if self.trunk is not None else trunk_features
         try:
-            self.features, self.eval_features = compute(
-                self.config, self.model_path, self.packed, self.encoded, self.encoded_eval, self.pad_id,
-                self.accelerator, self.phase, stop.is_set)
-        except FeaturesStopped:
+            with self.times.timed("features"):
+                if self.plan is None or self.trunk is not None or self.world > 1:
+                    self._all_features(stop)
+                else:
+                    self._planned_features(stop)
+        except FeaturesStopped as exc:
+            self.stopped_in = f"while computing trunk features ({exc.done} of {exc.total} prompts, kept in the cache)"
             return False
         self.offsets = response_offsets(self.encoded)
         return True
+
+    def _all_features(self, stop: StopSignal) -> None:
+        compute = self.trunk.features if self.trunk is not None else trunk_features
+        self.features, self.eval_features = compute(
+            self.config, self.model_path, self.packed, self.encoded, self.encoded_eval, self.pad_id,
+            self.accelerator, self.phase, stop.is_set)
+
+    def _planned_features(self, stop: StopSignal) -> None:
+        reserve = self.rates.save_s + self.plan.seconds.get("training", 0.0) + _margin(self.config.time_budget_s)
+        exact = getattr(self, "resumed_keys", False)  # a resumed run needs exactly its checkpoint's prompts
+        deadline = Deadline(None if exact else self.started_at + self.config.time_budget_s - reserve)
+        planned = planned_features(self.config, self.model_path, self.packed, self.encoded, self.encoded_eval,
+                                   self.plan, deadline, self.pad_id, self.accelerator, self.phase, stop.is_set)
+        self._keep_train(planned.train_kept)
+        self._keep_eval(planned.eval_kept)
+        self.features, self.eval_features = planned.train, planned.eval
+
+    def stopped_before_training(self) -> str:
+        where = self.stopped_in or "before training started"
+        return f"stopped {where}; nothing was trained or saved"
 
     # -- 4: optimizer, schedule, accelerate, resume
     def prepare(self, resume: bool) -> None:
@@ -215,20 +325,26 @@ class _Run:
             self.step, self.history = int(state["step"]), list(state.get("history", []))
             self.schedule.total_steps = self.max_steps  # --epochs may differ from the checkpoint's run
             self.phase(f"resumed from step {self.step}")
-        self.budget = _Budget(config.time_budget_s, self.started_at, self._reserve_for_saving())
-
-    def _reserve_for_saving(self) -> float:
-        parameters = sum(p.numel() for p in self.classifier.parameters())
-        return 1.0 + parameters * 4 / SAVE_BYTES_PER_S
+        save_s = self.rates.save_s if self.rates else save_seconds(sum(p.numel() for p in self.classifier.parameters()))
+        self.budget = StepBudget(config.time_budget_s, self.started_at, save_s + _margin(config.time_budget_s))
 
     # -- 5: the loop
-    def loop(self, stop: _StopSignal) -> bool:
+    def loop(self, stop: StopSignal) -> bool:
         """Train until the last step; True when a stop request ended it early."""
+        started = now()
+        try:
+            return self._loop(stop)
+        finally:
+            inside = sum(self.times.seconds.get(k, 0.0) for k in ("evaluation", "checkpoints"))
+            self.times.add("training", now() - started - (inside - self._outside_loop))
+
+    def _loop(self, stop: StopSignal) -> bool:
+        self._outside_loop = sum(self.times.seconds.get(k, 0.0) for k in ("evaluation", "checkpoints"))
         if self.step == 0 and self.encoded_eval:
             self.evaluate()  # the untrained baseline, so curves start where training starts
         self.module.train()
         self._fit_to_budget()
-        mark = _clock()
+        mark = now()
         try:
             while self.step < self.schedule.total_steps:
                 self.train_one_step()
@@ -238,9 +354,10 @@ class _Run:
                     self.module.train()
                 if _due(self.step, self.config.checkpoint_every) or (end_of_epoch and self.step < self.max_steps):
                     self.save_checkpoint()
-                now = _clock()
-                self.budget.record_iteration(now - mark)  # everything a step costs, evaluations kept apart
-                mark = now
+                moment = now()
+                # everything a step costs, evaluations and checkpoints kept apart
+                self.budget.record_iteration(moment - mark, self._tokens_of_step(self.step))
+                mark = moment
                 self._fit_to_budget()
                 if self.step < self.schedule.total_steps and self._any_process(stop.is_set()):
                     self.phase(f"stopped at step {self.step}; saving a checkpoint")
@@ -258,7 +375,7 @@ class _Run:
 
     def train_one_step(self) -> None:
         batch_groups, weight = self._share_of_step()
-        started = _clock()
+        started = now()
         stats, tokens, padded = self._forward_backward(batch_groups, weight)
         if self.config.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)
@@ -268,9 +385,9 @@ class _Run:
         self.step += 1
         if weight:
             self.groups_seen.extend(batch_groups)
-        step_time = _clock() - started
+        step_time = now() - started
         stats = _mean_across_processes(self.accelerator, stats, weight)
-        elapsed = _clock() - self.started_at
+        elapsed = now() - self.started_at
         self.last_train = {
             "event": "step", "step": self.step, "total_steps": self.schedule.total_steps,
             "epoch": self.step / self.steps_per_epoch, **stats, "lr": self.scheduler.get_last_lr()[0],
@@ -301,6 +418,15 @@ class _Run:
         if self.rank >= real:
             return self._batches[0], 0.0
         return self._batches[first + self.rank], self.world / real
+
+    def _tokens_of_step(self, step: int) -> int:
+        """Tokens of the batch of `step` (1-based) on this process: what its time is predicted from."""
+        epoch, in_epoch = divmod(step - 1, self.steps_per_epoch)
+        if epoch not in self._step_tokens:  # the order is fixed by (seed, epoch), as in _share_of_step
+            batches = length_bucketed_batches(self.lengths, self.config.batch_size, self.config.seed, epoch)
+            self._step_tokens = {epoch: [sum(self.lengths[i] for i in batch) for batch in batches]}
+        tokens = self._step_tokens[epoch]
+        return tokens[min(len(tokens) - 1, in_epoch * self.world + self.rank)]
 
     def _forward(self, group_indices: list[int]) -> tuple[torch.Tensor, list[EncodedGroup], int, int]:
         """Rewards of the groups' responses, the groups, their real tokens and padded tokens."""
@@ -353,35 +479,58 @@ class _Run:
                             f"Try a lower learning rate (--lr {self.config.learning_rate() / 10:g}).")
 
     def evaluate(self) -> None:
-        """Held-out loss, accuracy and margin at the current step (main process only)."""
+        """Held-out loss, accuracy and margin at the current step (main process only); under a budget it
+        ends at its deadline, and a stop request ends it early too (the partial result says so)."""
         if not self.encoded_eval or not self.is_main:
             return
-        started = _clock()
-        metrics = _held_out_metrics(self.accelerator, self.module, self.encoded_eval, self.eval_features,
-                                    self.pad_id, self.config.batch_size)
+        started = now()
+        with self.times.timed("evaluation"):
+            metrics = held_out_metrics(self.accelerator, self.module, self.encoded_eval, self.eval_features,
+                                       self.pad_id, self.config.batch_size, self._evaluation_deadline(),
+                                       self.stop.is_set)
         metrics.update(event="eval", step=self.step, total_steps=self.schedule.total_steps,
                        epoch=self.step / self.steps_per_epoch)
-        self.budget.record_evaluation(_clock() - started)
+        self.budget.record_evaluation(now() - started)
         self.last_eval = metrics
         self.history.append(metrics)
         self.emit(metrics)
+        if metrics.get("eval_partial") and not self.stop.is_set():
+            self._shrink_evaluation(metrics["eval_prompts_scored"])
+
+    def _evaluation_deadline(self) -> Deadline | None:
+        """Under a budget: twice the evaluation's planned share, and never into the time kept for saving."""
+        if self.plan is None or self.features is not None:
+            return None  # head mode: an evaluation reads cached features, milliseconds
+        planned = self.plan.seconds.get("evaluation", 0.0) / max(1, self.plan.evaluations)
+        end = self.started_at + self.config.time_budget_s - self.budget.save_s
+        return Deadline(min(now() + 2 * planned + 1.0, end))
+
+    def _shrink_evaluation(self, scored: int) -> None:
+        """An evaluation that ran out of time: later ones score only the prompts it managed, and say so."""
+        self.phase(f"the held-out evaluation took longer than planned (the machine is slower than measured): "
+                   f"later evaluations score {scored} of its {len(self.encoded_eval)} prompts")
+        self._keep_eval(list(range(scored)))
 
     def save_checkpoint(self) -> None:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if self.is_main:
-            started = _clock()
-            save_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module),
-                            {"step": self.step, "run_key": self.run_key, "history": self.history},
+            started = now()
+            state = {"step": self.step, "run_key": self.run_key, "history": self.history}
+            if self.plan is not None and self.config.mode == "head":  # a resumed run keeps these prompts
+                state["train_keys"] = [group_key(g) for g in self.encoded]
+            save_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module), state,
                             {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()})
-            self.budget.record_checkpoint(_clock() - started)
+            self.budget.record_checkpoint(now() - started)
+            self.times.add("checkpoints", now() - started)
         accelerator.wait_for_everyone()
 
     def _fit_to_budget(self) -> None:
         """With a time budget, set the last step to what the time left allows (never past `max_steps`)."""
         if not self.budget.seconds:
             return
-        fitted = self.budget.steps_that_fit(self.step, self.max_steps, self.steps_per_epoch, bool(self.encoded_eval))
+        fitted = self.budget.steps_that_fit(self.step, self.max_steps, self.steps_per_epoch, bool(self.encoded_eval),
+                                            self._tokens_of_step)
         fitted = int(self._agree_across_processes(fitted))
         current = self.schedule.total_steps
         # Fewer steps at once (the run must end on time); more only for a gain of two or more, so
@@ -408,16 +557,20 @@ class _Run:
         accelerator.wait_for_everyone()
         if self.is_main:
             self.phase("saving the model")
-            classifier_out = classifier_to_save(self.config, self.packed)
-            history_text = "".join(_json_line(h) for h in self.history)
-            metadata = self._metadata(stopped, data_summary)
-            save = self.trunk.save if self.trunk is not None else save_reward_model
-            save(classifier_out.float(), self.tokenizer, self.out_dir, metadata,
-                 extra_files={"metrics.jsonl": history_text}, keep=(CHECKPOINT_DIR,) if stopped else (),
-                 on_note=self.phase)
+            with self.times.timed("saving"):
+                self._save(stopped, data_summary)
             self.emit({"event": "done", "step": self.step, "total_steps": self.schedule.total_steps,
-                       "stopped": stopped, "out_dir": str(self.out_dir)})
+                       "stopped": stopped, "out_dir": str(self.out_dir), "phase_seconds": self.times.to_dict()})
         accelerator.wait_for_everyone()
+
+    def _save(self, stopped: bool, data_summary: dict[str, Any] | None) -> None:
+        classifier_out = classifier_to_save(self.config, self.packed)
+        history_text = "".join(_json_line(h) for h in self.history)
+        metadata = self._metadata(stopped, data_summary)
+        save = self.trunk.save if self.trunk is not None else save_reward_model
+        save(classifier_out.float(), self.tokenizer, self.out_dir, metadata,
+             extra_files={"metrics.jsonl": history_text}, keep=(CHECKPOINT_DIR,) if stopped else (),
+             on_note=self.phase)
 
     def _metadata(self, stopped: bool, data_summary: dict[str, Any] | None) -> dict[str, Any]:
         config = self.config
@@ -440,7 +593,9 @@ class _Run:
             "total_steps": self.schedule.total_steps,
             "stopped": stopped,
             "time_budget_s": config.time_budget_s or None,
-            "elapsed_s": round(_clock() - self.started_at, 1),
+            "plan": self.plan.to_dict() if self.plan else None,
+            "phase_seconds": self.times.to_dict(),  # up to the save, which comes after this is written
+            "elapsed_s": round(now() - self.started_at, 1),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -451,46 +606,10 @@ class _Run:
         total = getattr(self, "schedule", None)
         return TrainResult(self.out_dir, self.step, total.total_steps if total else 0, stopped, self.history,
                            self.final() if self.last_train or self.last_eval else {}, self.is_main,
-                           self.groups_seen)
+                           self.groups_seen, self.times.to_dict(), self.plan.to_dict() if self.plan else None)
 
 
-# ----------------------------------------------------------------------------- stop requests and the budget
-
-
-class _StopSignal:
-    """A stop request, from the app (`stop_event`) or Ctrl-C, honoured only between two steps.
-
-    A Ctrl-C in the middle of a step could land after the optimizer updated the weights but before
-    the step was counted, so the checkpoint would not match the weights and a resumed run would
-    differ from an uninterrupted one. The first Ctrl-C therefore only sets a flag; the loop stops at
-    the next step boundary and saves. A second Ctrl-C quits at once, keeping the last checkpoint.
-    The handler is installed only in the main thread, and never where SIGINT is ignored (nohup).
-    """
-
-    def __init__(self, stop_event: threading.Event | None, on_first: Callable[[], None]):
-        self.stop_event = stop_event
-        self.on_first = on_first
-        self.interrupted = False
-        self._previous = None
-
-    def __enter__(self) -> _StopSignal:
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _on_sigint(self, signum, frame) -> None:
-        if self.interrupted:
-            raise KeyboardInterrupt
-        self.interrupted = True
-        self.on_first()
-
-    def is_set(self) -> bool:
-        return self.interrupted or (self.stop_event is not None and self.stop_event.is_set())
+# ----------------------------------------------------------------------------- the schedule
 
 
 class _LinearSchedule:
@@ -511,51 +630,9 @@ class _LinearSchedule:
         return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
 
 
-class _Budget:
-    """How many steps fit in what is left of a time budget, from the times measured so far."""
-
-    def __init__(self, seconds: float, started_at: float, save_s: float):
-        self.seconds = seconds
-        self.started_at = started_at
-        self.save_s = save_s
-        self.step_times: list[float] = []
-        self.evaluation_s = 0.0
-        self.checkpoint_s = save_s
-        self._overhead = 0.0
-
-    @property
-    def mean_step_s(self) -> float:
-        """Mean of the last 50 step times, leaving out the first step (it includes one-time warm-up)."""
-        times = self.step_times[1:] if len(self.step_times) > 1 else self.step_times
-        recent = times[-50:]
-        return sum(recent) / len(recent) if recent else 0.0
-
-    def record_iteration(self, seconds: float) -> None:
-        """One pass of the loop; the evaluation and checkpoint inside it are counted apart."""
-        self.step_times.append(max(0.0, seconds - self._overhead))
-        self._overhead = 0.0
-
-    def record_evaluation(self, seconds: float) -> None:
-        self.evaluation_s = seconds
-        self._overhead += seconds
-
-    def record_checkpoint(self, seconds: float) -> None:
-        self.checkpoint_s = seconds
-        self._overhead += seconds
-
-    def steps_that_fit(self, step: int, max_steps: int, steps_per_epoch: int, evaluates: bool) -> int:
-        """The last step: as many as fit before the budget ends, keeping time for evaluating and saving."""
-        if not self.step_times:
-            return max_steps  # nothing measured yet: the first step tells
-        left = self.seconds - (_clock() - self.started_at) - self.save_s
-        left -= self.evaluation_s if evaluates else 0.0  # the final evaluation
-        total = max_steps
-        for _ in range(3):  # epoch ends inside the run cost an evaluation and a checkpoint each
-            epoch_ends = max(0, min(total, max_steps) // steps_per_epoch - step // steps_per_epoch)
-            overhead = epoch_ends * ((self.evaluation_s if evaluates else 0.0) + self.checkpoint_s)
-            fit = int(max(0.0, left - overhead) / max(self.mean_step_s, 1e-9) + 1e-6)
-            total = min(max_steps, step + fit)
-        return max(step, total)
+def _margin(budget_s: float) -> float:
+    """Seconds of a budget kept free for what no probe measures (rmcore.training.budget)."""
+    return max(MIN_MARGIN_S, MARGIN_SHARE * budget_s) if budget_s else 0.0
 
 
 def _due(step: int, every: int) -> bool:
@@ -617,41 +694,6 @@ def _mean_across_processes(accelerator, stats: dict[str, float], weight: float) 
     out = {k: float(v) / count for k, v in zip(keys, values[:-1].tolist())}
     out["comparisons"] = int(round(float(values[keys.index("comparisons")])))  # a total, not a mean
     return out
-
-
-@torch.no_grad()
-def _held_out_metrics(accelerator, module, encoded_eval: list[EncodedGroup], eval_features, pad_id: int,
-                      batch_size: int) -> dict[str, Any]:
-    model = accelerator.unwrap_model(module)
-    model.eval()
-    totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-    comparisons = 0
-    for start in range(0, len(encoded_eval), batch_size):
-        groups = encoded_eval[start : start + batch_size]
-        if eval_features is not None:
-            first = sum(len(g.response_ids) for g in encoded_eval[:start])
-            n = sum(len(g.response_ids) for g in groups)
-            rewards = model(eval_features[first : first + n]).squeeze(-1).float()
-        else:
-            batch = pack_groups(groups, pad_id).to(accelerator.device)
-            with accelerator.autocast():
-                rewards = model(batch)
-        pairs = pair_index(groups).to(accelerator.device)
-        if len(pairs.winner) == 0:
-            continue
-        _, stats = bradley_terry_loss(rewards.float(), pairs)
-        weight = sum(1 for g in groups if g.pairs())
-        totals["loss"] += stats["loss"] * weight
-        totals["accuracy"] += stats["accuracy"] * stats["comparisons"]
-        totals["margin"] += stats["margin"] * stats["comparisons"]
-        comparisons += stats["comparisons"]
-    prompts = sum(1 for g in encoded_eval if g.pairs())
-    return {
-        "eval_loss": totals["loss"] / max(1, prompts),
-        "eval_accuracy": totals["accuracy"] / max(1, comparisons),
-        "eval_margin": totals["margin"] / max(1, comparisons),
-        "eval_comparisons": comparisons,
-    }
 
 
 def _length_baseline(groups: list[RankedGroup]) -> float | None:

@@ -1,0 +1,165 @@
+"""A time budget is kept on a machine that slows down, and a stop works in every phase.
+
+The runs here happen on a simulated machine (tests/conftest.py: SimulatedMachine): its clock moves
+only when the trunk works, at a set cost per token, tripled part-way through. So the budget's
+arithmetic is tested, not the speed of the machine the tests run on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rmcore.core.errors import TrainingError
+from rmcore.data import read_preferences, split_groups
+from rmcore.model.reward_model import RewardModel, load_tokenizer
+from rmcore.training.train import TrainConfig, train
+
+
+@pytest.fixture()
+def demo_split(demo_path):
+    return split_groups(read_preferences(demo_path).groups, 0.2, seed=0)
+
+
+def tokens_of(groups, model_dir, max_length=512) -> int:
+    from rmcore.data.encoding import encode_groups
+
+    return sum(g.num_tokens for g in encode_groups(load_tokenizer(str(model_dir)), groups, max_length))
+
+
+def phases(events) -> list[str]:
+    return [e["phase"] for e in events if e["event"] == "phase"]
+
+
+def test_head_mode_features_shrink_when_the_machine_slows_down(tiny_model_dir, demo_split, tmp_path,
+                                                               simulated_machine, private_cache):
+    train_groups, eval_groups = demo_split
+    budget = 60.0
+    every_feature = tokens_of(train_groups + eval_groups, tiny_model_dir)
+    machine = simulated_machine(cost=2 * budget / every_feature, slow_after=0.3 * budget)  # all: 2 budgets
+    events: list[dict] = []
+    result = train(TrainConfig(model=str(tiny_model_dir), mode="head", time_budget_s=budget), train_groups,
+                   tmp_path / "rm", eval_groups=eval_groups, on_step=events.append, started_at=machine())
+    meta = json.loads((tmp_path / "rm" / "rmcore.json").read_text())
+    planned, kept = meta["plan"]["train_prompts"], meta["data"]["train_prompts"]
+    assert 0 < kept < planned < len(train_groups), (kept, planned)
+    assert any("the plan shrank to end on time" in p for p in phases(events))
+    assert machine.now - machine.start <= budget, "the budget is kept (the save is instant here)"
+    assert not result.stopped and result.final["eval"]["eval_comparisons"] > 0
+    assert meta["phase_seconds"]["features"] > 0 and "plan: head mode" in phases(events)[2]
+    assert RewardModel.load(tmp_path / "rm", device="cpu").trained
+
+
+def test_full_mode_keeps_its_budget_when_every_token_costs_three_times_more(tiny_model_dir, demo_split, tmp_path,
+                                                                            simulated_machine, private_cache):
+    train_groups, eval_groups = demo_split
+    budget = 120.0
+    machine = simulated_machine(cost=0.0005, slow_after=0.4 * budget)
+    events: list[dict] = []
+    config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=20, batch_size=4, time_budget_s=budget)
+    result = train(config, train_groups, tmp_path / "rm", eval_groups=eval_groups, on_step=events.append,
+                   started_at=machine())
+    meta = json.loads((tmp_path / "rm" / "rmcore.json").read_text())
+    assert machine.now - machine.start <= budget
+    assert not result.stopped and 1 <= result.steps < meta["plan"]["steps"], "the slow-down cut the planned steps"
+    evals = [e for e in events if e["event"] == "eval"]
+    assert evals[-1]["step"] == result.steps and "eval_accuracy_se" in evals[-1]
+    assert RewardModel.load(tmp_path / "rm", device="cpu").trained
+
+
+def test_an_evaluation_that_runs_out_of_time_is_kept_partial_and_the_sample_shrinks(
+        tiny_model_dir, demo_path, tmp_path, simulated_machine, private_cache):
+    groups = read_preferences(demo_path).groups
+    train_groups, eval_groups = groups[:20], groups[20:]  # a large held-out set: its evaluation is the cost
+    budget = 200.0
+    machine = simulated_machine(cost=0.0004, slow_after=0.0, slowdown=1.0)
+    events: list[dict] = []
+    config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=3, batch_size=4, time_budget_s=budget)
+    original = machine.work
+
+    def slow_evaluations(tokens, training):  # forwards without gradients, after the probe, run 4x slower
+        original(tokens * (4 if not training and machine.forwards > 3 else 1), training)
+
+    machine.work = slow_evaluations
+    train(config, train_groups, tmp_path / "rm", eval_groups=eval_groups, on_step=events.append,
+          started_at=machine())
+    evals = [e for e in events if e["event"] == "eval"]
+    first = evals[0]
+    assert first["eval_partial"] and 0 < first["eval_prompts_scored"] < first["eval_prompts_planned"]
+    assert first["eval_comparisons_left_out"] > 0
+    assert any("later evaluations score" in p for p in phases(events))
+    assert machine.now - machine.start <= budget
+
+
+def test_a_budget_that_fits_nothing_useful_says_so_at_once(tiny_model_dir, demo_split, tmp_path, simulated_machine,
+                                                           private_cache):
+    train_groups, eval_groups = demo_split
+    machine = simulated_machine(cost=0.05)  # a step of 8 prompts takes minutes
+    config = TrainConfig(model=str(tiny_model_dir), mode="full", time_budget_s=30)
+    with pytest.raises(TrainingError, match=r"too few to train on.*all of them need about"):
+        train(config, train_groups, tmp_path / "rm", eval_groups=eval_groups, started_at=machine())
+    assert machine.forwards <= 3, "refused after the probe, before any training"
+    assert not (tmp_path / "rm" / "rmcore.json").exists()
+
+
+def test_the_command_line_prints_the_plan_first_and_the_phase_times_last(tiny_model_dir, demo_path, tmp_path,
+                                                                        private_cache, capsys):
+    from rmcore.cli import main
+
+    code = main(["train", str(demo_path), "--out", str(tmp_path / "rm"), "--model", str(tiny_model_dir),
+                 "--time-budget", "2m", "--limit", "20"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("[rmcore]")]
+    assert any(line.startswith("[rmcore] plan: head mode") for line in lines[:4]), lines
+    assert err.strip().splitlines()[-1].startswith("[rmcore] phases: ")
+    meta = json.loads((tmp_path / "rm" / "rmcore.json").read_text())
+    assert meta["plan"]["budget_s"] == 120 and "loading" in meta["phase_seconds"]
+
+
+STOP_IN_EVALUATION = textwrap.dedent("""
+    import sys, time
+    import rmcore.training.held_out as held_out
+    from rmcore.data import read_preferences
+    from rmcore.training.train import TrainConfig, train
+
+    real = held_out._rewards
+    def slow(*args, **kwargs):  # a long evaluation: a batch a second
+        print("EVAL BATCH", flush=True)
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+    held_out._rewards = slow
+    groups = read_preferences(sys.argv[1]).groups
+    result = train(TrainConfig(model=sys.argv[2], mode="full", epochs=2, batch_size=2, lr=1e-3), groups[:8],
+                   sys.argv[3], eval_groups=groups[8:40])
+    print("STOPPED" if result.stopped else "FINISHED", result.steps, flush=True)
+""")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_in_the_middle_of_an_evaluation_ends_it_and_saves(signum, tiny_model_dir, demo_path, tmp_path):
+    out = tmp_path / "rm"
+    env = {**os.environ, "RMCORE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-c", STOP_IN_EVALUATION, str(demo_path), str(tiny_model_dir), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    batches = 0
+    for line in proc.stdout:
+        batches += line.startswith("EVAL BATCH")
+        if batches == 2:  # two batches into the untrained baseline's evaluation of 16
+            proc.send_signal(signum)
+            break
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert rest.count("EVAL BATCH") <= 2, "the evaluation ended at the next batch"
+    assert "STOPPED" in rest
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first = next(h for h in history if h["event"] == "eval")
+    assert first["eval_partial"] and first["eval_prompts_scored"] < first["eval_prompts_planned"]
+    assert (out / "checkpoint" / "state.json").is_file() and json.loads((out / "rmcore.json").read_text())["stopped"]
