@@ -114,7 +114,7 @@ def test_head_members_share_one_load_and_equal_members_trained_alone(tiny_model_
 
     from transformers import AutoModelForSequenceClassification
 
-    import rmcore.model.reward_model
+    import rmcore.training.ensemble
     from rmcore.model.shared_trunk import HEAD_SHARD, TRUNK_SHARD, read_weights
     from rmcore.training.config import TrainConfig
     from rmcore.training.ensemble import HELD_OUT_FILE
@@ -124,12 +124,12 @@ def test_head_members_share_one_load_and_equal_members_trained_alone(tiny_model_
     groups = read_preferences(demo_path).groups
     config = TrainConfig(model=str(tiny_model_dir), mode="head", epochs=2, seed=5)
     loads = []
-    real_load = rmcore.model.reward_model.load_sequence_classifier
-    monkeypatch.setattr(rmcore.model.reward_model, "load_sequence_classifier",
+    real_load = rmcore.training.ensemble.load_sequence_classifier
+    monkeypatch.setattr(rmcore.training.ensemble, "load_sequence_classifier",
                         lambda *a, **k: loads.append(1) or real_load(*a, **k))
     info = train_ensemble(config, 3, groups[:24], tmp_path / "ens", eval_groups=groups[40:44])
     assert len(loads) == 1 and info["shared_trunk"] is True, "the base model is loaded once for all members"
-    monkeypatch.setattr(rmcore.model.reward_model, "load_sequence_classifier", real_load)
+    monkeypatch.setattr(rmcore.training.ensemble, "load_sequence_classifier", real_load)
     members = [tmp_path / "ens" / m["path"] for m in info["members"]]
     for seed, folder in zip((5, 7), (members[0], members[2])):
         alone = tmp_path / f"alone-{seed}"

@@ -111,8 +111,8 @@ def cmd_bon(args) -> int:
 
 def cmd_rlhf(args) -> int:
     if args.method == "grpo" and not grpo_available():
-        raise ModelError("--method grpo is unavailable in this installation (rmcore.policy.grpo is missing); "
-                         "use --method rs")
+        raise ModelError("--method grpo needs TRL, which this installation lacks (pip install -r "
+                         "bench/requirements.txt installs it); use --method rs")
     check_policy_output(Path(args.out), args.resume, RLHFConfig(reward_model=args.reward_model, policy=args.policy,
                                                                  gold_model=args.gold),
                         inputs=(args.prompts, args.eval))  # before reading anything: a refusal comes at once

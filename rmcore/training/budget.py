@@ -226,6 +226,9 @@ def _plan_trunk(config, encoded, encoded_eval, rates, spent_s, train_order, eval
         checkpoints = (epochs_run - 1) * rates.checkpoint_s
         spare = left - evaluations * sum(eval_cost[i] for i in eval_pick) - checkpoints
         steps = min(max_steps, int(max(0.0, spare) / max(step_s, 1e-9)))
+        if steps == 0 and left >= step_s:  # one step is worth more than a held-out sample: shrink the sample
+            eval_pick = _take_while(eval_pick, eval_cost, (left - step_s) / max(1, evaluations))
+            steps = 1
     per_prompt = _comparisons(encoded, train_order) / max(1, len(encoded))
     seen = min(steps * config.batch_size, len(encoded) * config.epochs)
     evals_s = (evaluations if eval_pick else 0) * sum(eval_cost[i] for i in eval_pick)
