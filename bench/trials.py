@@ -218,7 +218,9 @@ def trial_rmcore(spec: TrialSpec) -> dict[str, Any]:
 
     device = device_name()
     train_groups, eval_groups = load_workload(spec.workload, spec.n_train, spec.n_eval)
+    # float32, as TRL's RewardTrainer trains on a CPU: the same work at the same precision
     config = TrainConfig(model=spec.model_path, mode="full", epochs=1, lr=spec.lr, batch_size=spec.batch_size,
+                         precision="float32",
                          max_length=spec.max_length, seed=spec.seed, warmup_ratio=0.05, max_grad_norm=1.0)
     steps: list[dict[str, Any]] = []
     rate_before = matmul_rate(device)

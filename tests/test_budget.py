@@ -163,3 +163,46 @@ def test_a_stop_in_the_middle_of_an_evaluation_ends_it_and_saves(signum, tiny_mo
     first = next(h for h in history if h["event"] == "eval")
     assert first["eval_partial"] and first["eval_prompts_scored"] < first["eval_prompts_planned"]
     assert (out / "checkpoint" / "state.json").is_file() and json.loads((out / "rmcore.json").read_text())["stopped"]
+
+
+# ----------------------------------------------------------------------------- precision, decided per chip
+
+WITH_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n"
+WITHOUT_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
+
+
+def test_cpu_bfloat16_is_decided_from_the_chips_instructions():
+    from rmcore.model.device import cpu_has_fast_bf16
+
+    assert cpu_has_fast_bf16(WITH_BF16) and not cpu_has_fast_bf16(WITHOUT_BF16)
+    assert not cpu_has_fast_bf16("")  # no flags line (not Linux): float32
+
+
+@pytest.mark.parametrize(("flags", "mode", "precision", "expected"), [
+    (WITH_BF16, "full", "auto", "bf16"), (WITHOUT_BF16, "full", "auto", "no"), (WITH_BF16, "lora", "auto", "bf16"),
+    (WITH_BF16, "head", "auto", "no"),  # head mode: the features scoring computes and reuses (float32)
+    (WITH_BF16, "full", "float32", "no"), (WITHOUT_BF16, "full", "bfloat16", "bf16"),
+    (WITH_BF16, "head", "bfloat16", "bf16"),
+])
+def test_training_precision_per_chip_and_forced(flags, mode, precision, expected, monkeypatch):
+    import rmcore.model.device as device
+
+    real = device.cpu_has_fast_bf16
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda cpuinfo=None: real(flags))
+    assert TrainConfig(mode=mode, precision=precision).mixed_precision("cpu") == expected
+
+
+def test_precision_float32_trains_in_float32_and_the_model_says_so(tiny_model_dir, demo_split, tmp_path,
+                                                                   private_cache, monkeypatch):
+    import rmcore.model.device as device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda cpuinfo=None: True)
+    train_groups, _ = demo_split
+    for precision, expected in (("float32", "no"), ("auto", "bf16")):
+        out = tmp_path / precision
+        train(TrainConfig(model=str(tiny_model_dir), mode="full", epochs=1, batch_size=8, precision=precision),
+              train_groups[:16], out)
+        meta = json.loads((out / "rmcore.json").read_text())
+        assert meta["precision"] == expected and meta["config"]["precision"] == precision
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16"):
+        TrainConfig(precision="fp8").check()

@@ -69,7 +69,7 @@ def test_micro_batched_training_gives_the_same_model(tiny_model_dir, demo_path, 
     saved = {}
     for max_tokens in (100_000, 64):  # one forward per batch, then one group per forward
         config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=1, lr=2e-3, batch_size=8,
-                             max_length=256, center_coefficient=0.01, max_tokens=max_tokens)
+                             max_length=256, center_coefficient=0.01, max_tokens=max_tokens, precision="float32")
         steps: list[dict] = []
         train(config, train_groups[:16], tmp_path / str(max_tokens),
               on_step=lambda e, steps=steps: steps.append(e) if e["event"] == "step" else None)

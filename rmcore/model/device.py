@@ -8,6 +8,7 @@ by the precision they were computed in, and would be thrown away if scoring chos
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -24,19 +25,49 @@ def autodetect_device() -> str:
     return "cpu"
 
 
-def mixed_precision_for(device: str) -> str:
-    """accelerate's name for the autocast precision on `device`: "bf16" on CUDA that supports it, else "no".
+_FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU instructions that make bfloat16 matmuls fast
 
-    On a CPU training stays float32, so a CPU run gives the same model on every CPU: bfloat16
-    matmuls depend on the chip (with AVX512-BF16, as on this project's machines, about 2x faster;
-    without it many times slower). Scoring offers bfloat16 as an explicit option instead
-    (RewardModel's `dtype`), which changes the stored weights, not the autocast.
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """True on CPUs with AVX512-BF16 or AMX (read from /proc/cpuinfo's flags; False where it is absent).
+
+    Without them a CPU emulates bfloat16 matmuls, many times slower than float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in _FAST_BF16_FLAGS)
+
+
+def mixed_precision_for(device: str, precision: str = "auto") -> str:
+    """accelerate's name for the autocast precision of a training run: "bf16" or "no" (float32).
+
+    "auto" takes bfloat16 where it is fast: CUDA that supports it, and CPUs with AVX512-BF16 or AMX
+    (on this project's machines a training step and the trunk features run faster, and held-out
+    accuracy stays within a standard error of float32: bench/precision.py, README). "float32" and
+    "bfloat16" force one. The head-mode feature cache is keyed by the precision the features were
+    computed in (rmcore.model.feature_cache), so runs at different precisions never mix them.
     """
-    return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if precision == "float32":
+        return "no"
+    if precision == "bfloat16":
+        return "bf16"
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if device == "cpu" and cpu_has_fast_bf16() else "no"
 
 
-def autocast(device: str):
-    """The autocast context for `device`, matching `mixed_precision_for` (used outside accelerate)."""
-    if mixed_precision_for(device) == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def scoring_precision(device: str) -> str:
+    """Scoring keeps float32 on a CPU, so rewards equal transformers' pipeline on the same folder;
+    `--dtype bfloat16` (RewardModel's dtype) is the explicit faster choice. On CUDA, bfloat16 autocast."""
+    return mixed_precision_for(device, "auto") if device == "cuda" else "no"
+
+
+def autocast(device: str, mixed_precision: str | None = None):
+    """The autocast context for `device`: `mixed_precision` ("bf16" or "no"), by default scoring's."""
+    mixed = scoring_precision(device) if mixed_precision is None else mixed_precision
+    if mixed == "bf16":
+        return torch.autocast("cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)

@@ -30,7 +30,7 @@ from rmcore.data.ranking import preference_probability
 from rmcore.model.attention import PackedLayout, packed_attention, supports_prefix
 from rmcore.model.batching import PackedBatch, pack_groups
 from rmcore.model.card import CARD_FILE, render_card
-from rmcore.model.device import autocast, autodetect_device
+from rmcore.model.device import autocast, autodetect_device, mixed_precision_for, scoring_precision
 from rmcore.model.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
 from rmcore.model.feature_cache import FeatureCache
 from rmcore.model.prompt_cache import PromptCache, weights_fingerprint
@@ -344,6 +344,7 @@ class RewardModel:
         self.max_length = max_length
         self.name = name
         self.metadata = metadata or {}
+        self.autocast_precision = self._scoring_autocast()
         self.packed = PackedRewardModel(self.model)
         self.prompt_cache = PromptCache()  # see rmcore.model.prompt_cache; used by single-prompt calls
         self._lock = threading.RLock()  # one forward at a time: the app shares a model between sessions
@@ -550,8 +551,17 @@ class RewardModel:
                     rewards[i], flat = flat[:size], flat[size:]
         return out
 
+    def _scoring_autocast(self) -> str:
+        """float32 on a CPU (rewards equal transformers' pipeline), except for a head-mode model whose head
+        was trained on bfloat16 trunk features: it is read as it was trained, with bfloat16 autocast, where
+        this machine makes bfloat16 fast (its cached features are then reused too)."""
+        head_on_bf16 = self.metadata.get("mode") == "head" and self.metadata.get("precision") == "bf16"
+        if head_on_bf16 and self.dtype == "float32" and mixed_precision_for(self.device, "auto") == "bf16":
+            return "bf16"
+        return scoring_precision(self.device)
+
     def _autocast(self):
-        return autocast(self.device)
+        return autocast(self.device, self.autocast_precision)
 
     # -- saving
     def save(self, out_dir: str | os.PathLike, metadata: dict | None = None) -> Path:

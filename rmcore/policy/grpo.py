@@ -81,7 +81,7 @@ def grpo_arguments(config: RLHFConfig, output_dir: Path, *, device: str, batch_p
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=device == "cpu",
-        bf16=mixed_precision_for(device) == "bf16",  # float32 on a CPU, as rmcore trains everywhere
+        bf16=device == "cuda" and mixed_precision_for(device) == "bf16",  # float32 on a CPU (not measured)
         gradient_checkpointing=False,  # TRL's default; on a small model it only costs time
         disable_dropout=True,  # the policy and its reference must agree on a given answer
         use_vllm=False,

@@ -76,7 +76,7 @@ class Plan:
     evaluations: int
     steps: int
     seconds: dict[str, float]  # planned seconds of each phase still to come
-    needed_s: float  # the whole run with every training and held-out comparison, at the measured speed
+    needed_s: float  # the whole command with every training and held-out comparison, at the measured speed
     fits: bool = True
     feature_order: list[int] = field(default_factory=list, repr=False)  # training groups, in the order to compute
     eval_indices: list[int] = field(default_factory=list, repr=False)  # held-out groups in the sample
@@ -92,9 +92,13 @@ class Plan:
                 f"({self.train_prompts:,} of {self.train_prompts_total:,} prompts)")
         if self.mode != "head":
             passes = self.train_comparisons / max(1, self.train_comparisons_total)
-            what = (f"{self.steps:,} steps, about {self.train_comparisons:,} comparisons ("
-                    + (f"{passes:.1f} passes over the " if passes >= 1.05 else f"{passes:.0%} of the ")
-                    + f"{self.train_comparisons_total:,} of {self.train_prompts_total:,} prompts)")
+            total = f"the {self.train_comparisons_total:,} training comparisons of {self.train_prompts_total:,} prompts"
+            if passes >= 1.05:
+                what = f"{self.steps:,} steps, {passes:.1f} passes over {total}"
+            elif passes >= 0.95:
+                what = f"{self.steps:,} steps, one pass over {total}"
+            else:
+                what = f"{self.steps:,} steps, about {self.train_comparisons:,} ({passes:.0%}) of {total}"
         held = (f"held-out {self.eval_comparisons:,} of {self.eval_comparisons_total:,} comparisons "
                 f"({self.eval_prompts} of {self.eval_prompts_total} prompts)" if self.eval_prompts_total
                 else "no held-out prompts")
@@ -177,7 +181,7 @@ def _plan_head(config, encoded, encoded_eval, rates, spent_s, train_order, eval_
     eval_cost = [0.0 if i in cached_eval else g.num_tokens * forward for i, g in enumerate(encoded_eval)]
     steps_all = math.ceil(len(train_order) / config.batch_size) * config.epochs
     head_s = steps_all * HEAD_STEP_S
-    needed = sum(train_cost) + sum(eval_cost) + head_s + rates.save_s
+    needed = spent_s + sum(train_cost) + sum(eval_cost) + head_s + rates.save_s
     if not config.time_budget_s:
         eval_pick, train_pick = eval_order, train_order
     else:
@@ -214,7 +218,8 @@ def _plan_trunk(config, encoded, encoded_eval, rates, spent_s, train_order, eval
     step_s = mean_tokens * config.batch_size * rates.train_s_per_token
     eval_cost = [g.num_tokens * rates.forward_s_per_token for g in encoded_eval]
     evaluations = 1 + config.epochs if eval_order else 0  # the untrained start, then each epoch's end
-    needed = max_steps * step_s + evaluations * sum(eval_cost) + rates.save_s + (config.epochs - 1) * rates.checkpoint_s
+    needed = (spent_s + max_steps * step_s + evaluations * sum(eval_cost) + rates.save_s
+              + (config.epochs - 1) * rates.checkpoint_s)
     if not config.time_budget_s:
         eval_pick, steps = eval_order, max_steps
     else:

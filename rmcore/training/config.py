@@ -15,6 +15,7 @@ from typing import Any
 from rmcore.data.encoding import DEFAULT_MAX_LENGTH
 
 MODES = ("head", "lora", "full")
+PRECISIONS = ("auto", "float32", "bfloat16")  # what rmcore.model.device.mixed_precision_for takes
 # Head-only training is logistic regression on frozen features: it takes a much larger step. Full: 1e-5
 # (a large-model default) left SmolLM2-135M where it started on HH pairs in a user's 142-step run and in
 # the sweep; 5e-5 reached 0.644 on 160 held-out HH pairs (mean of 8 data orders, bench/README.md), and
@@ -72,6 +73,10 @@ class TrainConfig:
     time_budget_s: float = field(default=0.0, metadata=_help(
         "wall-clock budget for the whole run in seconds (0 = none): the steps are fitted to it from the "
         "measured time per step, and the run ends on time with a finished, evaluated model"))
+    precision: str = field(default="auto", metadata=_help(
+        "auto: lora and full steps in bfloat16 autocast where the chip makes it fast (a GPU, or a CPU with "
+        "AVX512-BF16 or AMX), float32 elsewhere, head mode's features as scoring computes them; float32 or "
+        "bfloat16 forces one", choices=PRECISIONS))
     cache_features: bool = field(default=True, metadata=_help(
         "head mode: reuse trunk features across runs (keyed by model and tokens)"))
     max_tokens: int = field(default=0, metadata=_help(
@@ -80,6 +85,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs is None and self.mode in MODES:
             self.epochs = DEFAULT_EPOCHS[self.mode]
+
+    def mixed_precision(self, device: str) -> str:
+        """The autocast this run trains at ("bf16" or "no"): `precision`, where "auto" means bfloat16 on
+        chips that make it fast (rmcore.model.device) for lora and full steps, and in head mode the
+        precision scoring uses, so the trunk features training caches are the ones an evaluation of the
+        model computes, and reuses exactly (float32 on a CPU)."""
+        from rmcore.model.device import mixed_precision_for, scoring_precision  # torch: config stays light
+
+        if self.precision == "auto" and self.mode == "head":
+            return scoring_precision(device)
+        return mixed_precision_for(device, self.precision)
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
@@ -91,6 +107,8 @@ class TrainConfig:
         """Raise ValueError naming the first setting out of range."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for spec in fields(self):
             minimum = spec.metadata.get("minimum")
             value = getattr(self, spec.name)

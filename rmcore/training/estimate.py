@@ -23,12 +23,14 @@ from rmcore.core.progress import format_duration
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, encode_groups
 from rmcore.model.batching import pack_groups
-from rmcore.model.device import autocast, autodetect_device, mixed_precision_for
+from rmcore.model.device import autocast, autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key
 from rmcore.model.reward_model import load_sequence_classifier, load_tokenizer, resolve_model_path
-from rmcore.training.budget import HEAD_STEP_S, SAVE_BYTES_PER_S, now
+from rmcore.training.budget import HEAD_STEP_S, SAVE_BYTES_PER_S, Plan, Rates, now, plan_run, save_seconds
 from rmcore.training.config import TrainConfig
 from rmcore.training.modes import setup_mode
+
+PROBE_S = 3.0  # the few seconds a budgeted run spends measuring its speed before it plans
 
 
 @dataclass
@@ -96,7 +98,9 @@ def measure_rates(
     parameters = sum(p.numel() for p in classifier.parameters())  # what is saved (LoRA is merged)
     packed, trainable = setup_mode(config, classifier)
     packed.to(device)
-    forward_s, train_s = _time_batch(config, packed, trainable, batch, device, lambda: autocast(device), step=True)
+    mixed = config.mixed_precision(device)
+    forward_s, train_s = _time_batch(config, packed, trainable, batch, device, lambda: autocast(device, mixed),
+                                     step=True)
     tokens = max(1, batch.real_tokens)
     return StepRates(name, config.mode, device, load_s, forward_s / tokens, train_s / tokens, parameters)
 
@@ -196,6 +200,33 @@ def estimate_training_time(
     return TimeEstimate(seconds, parts, steps, train_tokens, eval_tokens, cached, rates.device)
 
 
+def plan_for(config: TrainConfig, train_groups: list[RankedGroup], eval_groups: list[RankedGroup] | None = None,
+             *, rates: StepRates, tokenizer=None) -> Plan:
+    """What a run with `config.time_budget_s` would do here, from rates measured before (`measure_rates`):
+    the plan `rmcore train` prints at its start (rmcore.training.budget), for showing before a run starts."""
+    config.check()
+    if tokenizer is None:
+        tokenizer = load_tokenizer(resolve_model_path(config.model)[0])
+    encoded = encode_groups(tokenizer, train_groups, config.max_length)
+    encoded_eval = encode_groups(tokenizer, eval_groups or [], config.max_length)
+    cached = _cached_keys(config, rates.device)
+    budget_rates = Rates(rates.forward_s_per_token, rates.train_s_per_token, save_seconds(rates.parameters),
+                         save_seconds(3 * rates.parameters) if config.mode == "full" else 1.0)
+    return plan_run(config, encoded, encoded_eval, budget_rates, spent_s=rates.load_s + PROBE_S,
+                    cached_train={i for i, g in enumerate(encoded) if group_key(g) in cached},
+                    cached_eval={i for i, g in enumerate(encoded_eval) if group_key(g) in cached})
+
+
+def _cached_keys(config: TrainConfig, device: str) -> set[int]:
+    if config.mode != "head" or not config.cache_features:
+        return set()
+    try:
+        path, _ = resolve_model_path(config.model)
+        return FeatureCache.for_model(path, config.mixed_precision(device)).cached_keys()
+    except Exception:  # an estimate must never fail because of the cache
+        return set()
+
+
 def _uncached_tokens(config: TrainConfig, encoded: list[EncodedGroup], device: str) -> int:
     """Tokens of the groups whose trunk features head-mode training would have to compute."""
     total = sum(g.num_tokens for g in encoded)
@@ -204,7 +235,7 @@ def _uncached_tokens(config: TrainConfig, encoded: list[EncodedGroup], device: s
     try:
 
         path, _ = resolve_model_path(config.model)
-        cached = FeatureCache.for_model(path, mixed_precision_for(device)).cached_keys()
+        cached = FeatureCache.for_model(path, config.mixed_precision(device)).cached_keys()
         return sum(g.num_tokens for g in encoded if group_key(g) not in cached)
     except Exception:  # an estimate must never fail because of the cache
         return total

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 
 from rmcore import __version__
@@ -37,7 +38,7 @@ from rmcore.core.stop import StopSignal
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, count_truncated, encode_groups
 from rmcore.model.batching import length_bucketed_batches, pack_groups, split_by_tokens
-from rmcore.model.device import autodetect_device, mixed_precision_for
+from rmcore.model.device import autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key, model_key
 from rmcore.model.reward_model import load_sequence_classifier, resolve_model_path, save_reward_model, unwrap_classifier
 from rmcore.training.budget import (
@@ -142,7 +143,7 @@ class _Run:
         self.started_at = now() if started_at is None else started_at
         self.trunk = trunk if config.mode == "head" else None  # shared by an ensemble's members, or None
         self.device = autodetect_device()
-        self.accelerator = Accelerator(mixed_precision=mixed_precision_for(self.device), cpu=self.device == "cpu")
+        self.accelerator = _accelerator(config.mixed_precision(self.device), self.device == "cpu")
         self.is_main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.step = 0
@@ -579,6 +580,7 @@ class _Run:
             "rmcore_version": __version__,
             "base_model": self.model_name,
             "mode": config.mode,
+            "precision": self.accelerator.mixed_precision,  # what autocast ran at: "bf16" or "no" (float32)
             "config": {**asdict(config), "lora_alpha": config.lora_scaling_alpha()},
             # head mode: the trunk is the base model's, so evaluation can reuse these trunk features
             "feature_cache": model_key(self.model_path, self.accelerator.mixed_precision)
@@ -628,6 +630,19 @@ class _LinearSchedule:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+
+def _accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
+    """accelerate's Accelerator at this run's precision. Its state is one per process, so a process that
+    trains twice at two precisions (the app, a benchmark beside TRL) starts the second from a fresh
+    state; several processes (`accelerate launch`) all run at the precision they were launched with."""
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except ValueError:
+        if PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()  # accelerate's own reset (its tests use it); one process: nothing shared
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def _margin(budget_s: float) -> float:
