@@ -50,10 +50,19 @@ SET_FILES = {
 # chosen on HH), the rest trains.
 SPLIT_SIZES = {"helpful": (300, 100), "harmless": (300, 100), "oasst": (300, 0)}
 SMOKE_SPLIT_SIZES = {"helpful": (4, 2), "harmless": (4, 2), "oasst": (6, 0)}
+# Sets no length can solve: each instruction's own answer against another instruction's answer of about the
+# same length (bench/instruction_pairs.py), built from the parts of a set above. A reward that ignores the
+# instruction scores 0.5 on them; so does "the longer answer wins", by construction.
+MISMATCH = {"mismatch_helpful": "helpful", "mismatch_harmless": "harmless", "mismatch_oasst": "oasst"}
+INSTRUCTION_TRAIN_PAIRS = 400  # the issue's "400 such pairs", trained the app's default way (head mode)
 # Trainings: name -> (training sets, evaluated sets).
-TASKS = {"hh": (("helpful", "harmless"), ("helpful", "harmless")), "oasst": (("oasst",), ("oasst",))}
-TARGETS = {"helpful": 0.65, "harmless": 0.58, "oasst": 0.65}
-LENGTH_MARGIN = 0.05  # wanted: at least 5 points above the length-only baseline
+TASKS = {"hh": (("helpful", "harmless"), ("helpful", "harmless")), "oasst": (("oasst",), ("oasst",)),
+         "instruction": (("mismatch_helpful",), ("mismatch_harmless", "mismatch_oasst"))}
+# What a short training can honestly deliver (issue 28): above the untrained start and length-only on HH, at
+# least TRL's defaults at the same budget and precision; on OASST length-only + 0.03; 0.90 on the sets no
+# length can solve, from other sources than the training pairs.
+TARGETS = {"helpful": None, "harmless": None, "oasst": None, "mismatch_harmless": 0.90, "mismatch_oasst": 0.90}
+LENGTH_MARGIN = {"helpful": 0.0, "harmless": 0.0, "oasst": 0.03}  # wanted: this much above length-only
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -130,11 +139,22 @@ def split_by_prompt(name: str, groups, n_test: int, n_val: int, seed: int = 0) -
 
 def load_splits(names=tuple(SET_FILES), sizes: dict[str, tuple[int, int]] | None = None,
                 seed: int = 0) -> dict[str, SetSplit]:
+    """The splits of the named sets; a mismatch set's parts are built from its base set's same parts."""
+    from instruction_pairs import mismatch_pairs
+
     from rmcore import read_preferences
 
     sizes = sizes or SPLIT_SIZES
-    return {name: split_by_prompt(name, read_preferences(SET_FILES[name]).groups, *sizes[name], seed=seed)
-            for name in names}
+    bases = sorted({MISMATCH.get(name, name) for name in names})
+    splits = {name: split_by_prompt(name, read_preferences(SET_FILES[name]).groups, *sizes[name], seed=seed)
+              for name in bases}
+    for name in names:
+        if name in MISMATCH:
+            base = splits[MISMATCH[name]]
+            splits[name] = SetSplit(name, *(mismatch_pairs(part, seed) for part in (base.train, base.val, base.test)))
+            if name == "mismatch_helpful":
+                splits[name].train = splits[name].train[:INSTRUCTION_TRAIN_PAIRS]
+    return {name: splits[name] for name in names}
 
 
 def mixed(groups_by_set: list[list], seed: int = 0) -> list:
@@ -164,8 +184,12 @@ def length_baseline(groups) -> float | None:
 
 
 def accuracy_row(summary: dict[str, Any], groups) -> dict[str, Any]:
+    """Accuracy with its standard error, and on pairs of similar length (a length shortcut shows there)."""
     n = summary["comparisons"]
+    matched = summary.get("length_controlled") or {}
     return {"accuracy": summary["accuracy"], "se": standard_error(summary["accuracy"], n), "comparisons": n,
+            "length_matched": matched.get("accuracy"), "length_matched_se": matched.get("se"),
+            "length_matched_comparisons": matched.get("comparisons"),
             "length_correlation": summary.get("length_correlation"), "mean_log_loss": summary.get("mean_log_loss")}
 
 
@@ -459,27 +483,39 @@ def build_rows(results: dict[str, dict[str, Any]], splits_info: dict[str, Any]) 
             continue
         for name in eval_sets:
             row = {"set": name, "task": task, "comparisons": splits_info[name]["test"]["comparisons"],
-                   "length_only": splits_info[name]["length_only"], "target": TARGETS[name]}
+                   "length_only": splits_info[name]["length_only"], "target": TARGETS.get(name)}
             for trainer, record in results[task].items():
                 row[trainer] = record["test"][name]["accuracy"]
                 row[f"{trainer}_se"] = record["test"][name]["se"]
+                row[f"{trainer}_length_matched"] = record["test"][name].get("length_matched")
             rows.append(row)
     return rows
 
 
 def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 28's targets: above the untrained start, above length-only (+ a margin per set), at least TRL,
+    and an accuracy to reach on the sets no length can solve."""
     checks = []
     for row in rows:
         acc = row.get("rmcore")
         if acc is None:
             continue
-        checks.append({"what": f"{row['set']}: accuracy", "value": acc, "wanted": f">= {row['target']}",
-                       "met": acc >= row["target"]})
-        checks.append({"what": f"{row['set']}: above length-only", "value": acc - row["length_only"],
-                       "wanted": f">= {LENGTH_MARGIN}", "met": acc - row["length_only"] >= LENGTH_MARGIN})
+        name = row["set"]
+        if row.get("target") is not None:
+            checks.append({"what": f"{name}: accuracy", "value": acc, "wanted": f">= {row['target']}",
+                           "met": acc >= row["target"]})
+        if name in LENGTH_MARGIN and row.get("length_only") is not None:
+            margin = LENGTH_MARGIN[name]
+            checks.append({"what": f"{name}: above length-only", "value": acc - row["length_only"],
+                           "wanted": f"> {margin}" if not margin else f">= {margin}",
+                           "met": acc - row["length_only"] > margin if not margin else
+                           acc - row["length_only"] >= margin})
+        if row.get("untrained") is not None:
+            checks.append({"what": f"{name}: above the untrained start", "value": acc - row["untrained"],
+                           "wanted": "> 0", "met": acc > row["untrained"]})
         if row.get("trl") is not None:
-            checks.append({"what": f"{row['set']}: above TRL", "value": acc - row["trl"], "wanted": "> 0",
-                           "met": acc > row["trl"]})
+            checks.append({"what": f"{name}: at least TRL", "value": acc - row["trl"], "wanted": ">= 0",
+                           "met": acc >= row["trl"]})
     return checks
 
 
@@ -497,12 +533,15 @@ def markdown(report: dict[str, Any]) -> str:
              "", f"rmcore recipe: `{json.dumps(report['recipe'])}`; TRL: RewardTrainer defaults "
              "(lr 1e-4, 8 pairs/step, 3 epochs, max length 1024; gradient checkpointing off, float32), "
              "stopped at the budget.", "",
-             "| held-out set | comparisons | rmcore | TRL | untrained start | length-only | target |",
-             "|---|---|---|---|---|---|---|"]
+             "| held-out set | comparisons | rmcore | rmcore, length-matched pairs | TRL | untrained start | "
+             "length-only | target |", "|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
-        cells = [_with_se(row, trainer) for trainer in ("rmcore", "trl", "untrained")]
+        cells = [_with_se(row, trainer) for trainer in ("rmcore",)]
+        cells.append(_fmt(row.get("rmcore_length_matched")))
+        cells += [_with_se(row, trainer) for trainer in ("trl", "untrained")]
+        target = f">= {row['target']}" if row.get("target") is not None else "see below"
         lines.append(f"| {row['set']} | {row['comparisons']} | {' | '.join(cells)} | "
-                     f"{_fmt(row['length_only'])} | >= {row['target']} |")
+                     f"{_fmt(row['length_only'])} | {target} |")
     lines += ["", "± = binomial standard error. Trainings (steps, comparisons seen, loop and wall seconds):", ""]
     for task, trainers in report["results"].items():
         for trainer, record in trainers.items():
@@ -545,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=parse_duration, default=600.0,
                         help="wall time per training (loading, tokenizing, training, saving): 10m, 30m, 90s")
-    parser.add_argument("--tasks", default="hh,oasst", help="hh (train helpful+harmless), oasst")
+    parser.add_argument("--tasks", default="hh,oasst", help="hh (train helpful+harmless), oasst, instruction "
+                        "(train on 400 own-vs-other-answer pairs from HH helpful, test on HH harmless and OASST)")
     parser.add_argument("--trainers", default="rmcore,trl", help="rmcore, trl (the untrained start always runs)")
     parser.add_argument("--recipe", default="{}", help="JSON overriding fields of rmcore's recipe (Recipe)")
     parser.add_argument("--model", default="embedded", help="embedded, tiny (random, offline) or a folder")

@@ -66,11 +66,16 @@ def test_parse_duration():
 
 
 def test_targets_name_each_miss():
-    rows = [{"set": "helpful", "rmcore": 0.66, "trl": 0.60, "length_only": 0.59, "target": 0.65},
-            {"set": "oasst", "rmcore": 0.70, "trl": 0.72, "length_only": 0.71, "target": 0.65}]
+    """Issue 28's targets: above length-only (OASST by 0.03) and the untrained start, at least TRL, and an
+    accuracy to reach only on the sets no length can solve."""
+    rows = [{"set": "helpful", "rmcore": 0.56, "trl": 0.55, "length_only": 0.55, "untrained": 0.54, "target": None},
+            {"set": "oasst", "rmcore": 0.72, "trl": 0.72, "length_only": 0.70, "untrained": 0.74, "target": None},
+            {"set": "mismatch_oasst", "rmcore": 0.91, "length_only": 0.5, "target": 0.90}]
     met = {c["what"]: c["met"] for c in quality.check_targets(rows)}
-    assert met == {"helpful: accuracy": True, "helpful: above length-only": True, "helpful: above TRL": True,
-                   "oasst: accuracy": True, "oasst: above length-only": False, "oasst: above TRL": False}
+    assert met == {"helpful: above length-only": True, "helpful: above the untrained start": True,
+                   "helpful: at least TRL": True, "oasst: above length-only": False,
+                   "oasst: above the untrained start": False, "oasst: at least TRL": True,
+                   "mismatch_oasst: accuracy": True}
 
 
 def test_a_failed_training_is_named_and_the_others_are_kept():
@@ -80,7 +85,7 @@ def test_a_failed_training_is_named_and_the_others_are_kept():
     splits = {"oasst": {"test": {"comparisons": 300}, "length_only": 0.71}}
     rows = quality.build_rows(results, splits)
     assert rows[0]["rmcore"] == 0.70 and rows[0]["trl"] is None
-    assert "oasst: above TRL" not in {c["what"] for c in quality.check_targets(rows)}  # no comparison made up
+    assert "oasst: at least TRL" not in {c["what"] for c in quality.check_targets(rows)}  # no comparison made up
     report = {"header": {"date": "d", "commit": "c", "dirty": False, "budget_s": 600, "clock": "wall",
                          "threads": 0, "model": "m", "machine": "x"}, "recipe": {}, "results": results,
               "rows": rows, "targets": quality.check_targets(rows)}
@@ -117,7 +122,7 @@ def test_smoke_quality_benchmark_writes_the_table(shared_data, tmp_path, capsys)
         assert trainers["rmcore"]["steps"] >= 1 and trainers["trl"]["steps"] >= 1
         # TRL's defaults plan 3 epochs; the budget callback ended it long before
         assert trainers["trl"]["steps"] < trainers["trl"]["planned_steps"]
-    assert "| helpful |" in markdown and "above TRL" in markdown
+    assert "| helpful |" in markdown and "at least TRL" in markdown and "length-matched" in markdown
     assert "helpful" in capsys.readouterr().out
 
 
@@ -147,3 +152,21 @@ def test_sweep_summary_lists_baselines_and_trials():
     assert table[3] == "| length-only | | | | | 0.620 | 0.420 | | |"
     assert table[4] == ("| mode full, lr 0.0001 | 4 min cpu | 8 | 64 | 135 | 0.340 ± 0.067 | 0.580 ± 0.070 | "
                         "0.460 | 0.562 (32) |")
+
+
+def test_mismatch_pairs_cannot_be_solved_by_length(demo_path):
+    """Each prompt's own best answer against another prompt's answer of about its length: the longer
+    answer wins about half of them, and every loser answers another instruction."""
+    from instruction_pairs import best_answer, mismatch_pairs  # bench/, on the path above
+
+    from rmcore.data import read_preferences
+
+    groups = read_preferences(demo_path).groups
+    pairs = mismatch_pairs(groups, seed=0)
+    assert len(pairs) == sum(1 for g in groups if g.pairs())
+    own = {g.prompt_text: best_answer(g) for g in groups}
+    for pair in pairs:
+        assert pair.ranks == [1, 2] and pair.responses[0] == own[pair.prompt_text]
+        assert pair.responses[1] != own[pair.prompt_text] and pair.responses[1] in own.values()
+    longer_wins = sum(len(p.responses[0]) > len(p.responses[1]) for p in pairs) / len(pairs)
+    assert 0.3 < longer_wins < 0.7

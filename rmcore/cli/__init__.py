@@ -9,6 +9,7 @@ stderr and exits with status 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -26,6 +27,7 @@ COMMANDS = {  # command -> (module of rmcore.cli, function)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    _say_notes()
     module, name = COMMANDS[args.command]
     try:
         command = getattr(importlib.import_module(f"rmcore.cli.{module}"), name)
@@ -42,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `rmcore validate FILE | head`: the reader left; that is fine
         sys.stderr.close()
         return 0
+
+
+def _say_notes() -> None:
+    """rmcore's one-off notes (the embedded model's first conversion) as `[rmcore] ...` lines on stderr."""
+    logger = logging.getLogger("rmcore")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[rmcore] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _quiet_libraries() -> None:

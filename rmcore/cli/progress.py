@@ -63,7 +63,7 @@ class StepPrinter:
             return
         kind = event.get("event")
         if kind == "phase":
-            if not self._time_for_a_line(event.get("progress")):
+            if not self._time_for_a_line(event.get("progress"), event.get("eta_s")):
                 return
             text = event["phase"]
             if event.get("eta_s") is not None:
@@ -79,8 +79,10 @@ class StepPrinter:
         elif kind == "eval":
             self.write(self.eval_line(event))
 
-    def _time_for_a_line(self, progress: float | None) -> bool:
-        if progress is None or progress >= 1:
+    def _time_for_a_line(self, progress: float | None, eta_s: float | None) -> bool:
+        """A phase that repeats with its progress and time left (trunk features) prints a line every few
+        seconds; any other phase prints at once."""
+        if progress is None or eta_s is None or progress >= 1:
             return True
         moment = time.monotonic()
         if moment - self.last_progress_line < PROGRESS_EVERY_S:

