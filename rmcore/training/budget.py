@@ -78,7 +78,8 @@ class Plan:
     seconds: dict[str, float]  # planned seconds of each phase still to come
     needed_s: float  # the whole command with every training and held-out comparison, at the measured speed
     fits: bool = True
-    feature_order: list[int] = field(default_factory=list, repr=False)  # training groups, in the order to compute
+    feature_order: list[int] = field(default_factory=list, repr=False)  # every usable training group, in the
+    # order to compute their features (cached first): the plan expects the first `train_prompts` to fit
     eval_indices: list[int] = field(default_factory=list, repr=False)  # held-out groups in the sample
     rates: Rates | None = field(default=None, repr=False)  # the speed the plan was made from
 
@@ -196,7 +197,7 @@ def _plan_head(config, encoded, encoded_eval, rates, spent_s, train_order, eval_
     return Plan("head", config.time_budget_s, spent_s, len(train_pick), len(train_order),
                 _comparisons(encoded, train_pick), _comparisons(encoded, train_order), len(eval_pick),
                 len(eval_order), _comparisons(encoded_eval, eval_pick), _comparisons(encoded_eval, eval_order),
-                1 if eval_pick else 0, steps, seconds, needed, fits, train_pick, eval_pick)
+                1 if eval_pick else 0, steps, seconds, needed, fits, train_order, eval_pick)
 
 
 def _sample_eval(order: list[int], cost: list[float], room: float, evaluations: int) -> list[int]:

@@ -15,6 +15,7 @@ can measure them once and reuse them while the user changes epochs, batch size o
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,12 @@ def _sample_batch(encoded: list[EncodedGroup], batch_size: int) -> list[EncodedG
     return order[start : start + batch_size]
 
 
+def _random_batch(encoded: list[EncodedGroup], size: int, seed: int) -> list[EncodedGroup]:
+    """A batch as training draws them: `size` groups at random (seeded), long and short alike, so the
+    seconds per token include what long rows cost more (attention grows with the row)."""
+    return random.Random(seed).sample(encoded, size)
+
+
 def measure_rates(
     config: TrainConfig, groups: list[RankedGroup], *, device: str | None = None, sample_groups: int = 2
 ) -> StepRates:
@@ -106,38 +113,40 @@ def measure_rates(
 
 
 def probe_rates(config: TrainConfig, packed, trainable, encoded: list[EncodedGroup], pad_id: int,
-                accelerator, sample_groups: int = 2) -> tuple[float, float]:
+                accelerator) -> tuple[float, float]:
     """(forward, training) seconds per token of the model a run is about to train, on its own data.
 
     The probe of a time budget (rmcore.training.budget): a warm-up and a timed forward pass of a
-    batch of median length, and for lora and full a forward and backward pass whose gradients are
+    batch of `batch_size` random groups, and for lora and full a forward and backward pass whose gradients are
     then dropped, so the weights, the optimizer and the random state are as before.
     """
-    size = max(1, min(sample_groups, config.batch_size, len(encoded)))
-    batch = pack_groups(_sample_batch(encoded, size), pad_id).to(accelerator.device)
-    forward_s, train_s = _time_batch(config, packed, trainable, batch, accelerator.device.type,
-                                     accelerator.autocast, step=False)
+    size = max(1, min(config.batch_size, len(encoded) // 20, len(encoded)))  # a few seconds, whatever the data
+    batch = pack_groups(_random_batch(encoded, max(size, min(2, len(encoded))), config.seed), pad_id)
+    forward_s, train_s = _time_batch(config, packed, trainable, batch.to(accelerator.device),
+                                     accelerator.device.type, accelerator.autocast, step=False,
+                                     warm_up=pack_groups([min(encoded, key=lambda g: g.num_tokens)], pad_id))
     tokens = max(1, batch.real_tokens)
     return forward_s / tokens, train_s / tokens
 
 
 def _time_batch(config: TrainConfig, packed, trainable, batch, device: str, autocast_context,
-                step: bool) -> tuple[float, float]:
+                step: bool, warm_up=None) -> tuple[float, float]:
     """Seconds of one forward pass of `batch` (after a warm-up) and, for lora and full, of a training
     pass (forward and backward, and the optimizer step when `step`: only on a throwaway model)."""
     was_training = packed.training
     packed.eval()
 
-    def forward_once() -> float:
+    def forward_once(rows) -> float:
         _sync(device)
         t0 = now()
         with torch.no_grad(), autocast_context():
-            packed(batch, features_only=config.mode == "head")
+            packed(rows, features_only=config.mode == "head")
         _sync(device)
         return now() - t0
 
-    forward_once()  # warm-up: first calls allocate and pick kernels
-    forward_s = forward_once()
+    # warm-up: first calls allocate and pick kernels (a small batch does, when the caller gives one)
+    forward_once(batch if warm_up is None else warm_up.to(batch.input_ids.device))
+    forward_s = forward_once(batch)
     train_s = 0.0
     if config.mode != "head":
         params = [p for p in trainable.parameters() if p.requires_grad]
