@@ -17,6 +17,7 @@ import torch
 from rmcore.data.encoding import EncodedGroup
 from rmcore.model.batching import pack_groups
 from rmcore.training.budget import Deadline
+from rmcore.training.features import response_offsets
 from rmcore.training.loss import bradley_terry_loss, pair_index
 
 
@@ -30,7 +31,7 @@ def held_out_metrics(accelerator, module, encoded_eval: list[EncodedGroup], eval
     model.eval()
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
     comparisons = prompts = scored = 0
-    offsets = _response_offsets(encoded_eval)
+    offsets = response_offsets(encoded_eval)
     for start in range(0, len(encoded_eval), batch_size):
         if start and ((deadline is not None and deadline.passed()) or should_stop()):
             break
@@ -56,14 +57,6 @@ def _rewards(accelerator, model, groups: list[EncodedGroup], eval_features, firs
     batch = pack_groups(groups, pad_id).to(accelerator.device)
     with accelerator.autocast():
         return model(batch)
-
-
-def _response_offsets(encoded: list[EncodedGroup]) -> list[int]:
-    offsets, total = [], 0
-    for group in encoded:
-        offsets.append(total)
-        total += len(group.response_ids)
-    return offsets
 
 
 def _summary(totals: dict[str, float], comparisons: int, prompts: int, scored: int,

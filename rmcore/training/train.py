@@ -1,15 +1,19 @@
 """Train a reward model on ranked groups with the Bradley-Terry loss, on accelerate.
 
 `train()` reads top to bottom: (1) load the base model and add the reward neuron, (2) tokenize,
-(3) set up the mode (head: freeze the trunk and cache its last-token features; lora; full),
-(4) optimizer, schedule and accelerate, continuing a checkpoint with `resume`, (5) step through
-length-bucketed batches, evaluating on held-out prompts and checkpointing when due, (6) save
-atomically. `_Run` holds the state those steps share, one method per step.
+(3) set up the mode (head: a frozen trunk; lora; full) and, with a time budget, measure this
+machine's speed and plan every phase (rmcore.training.budget), (4) head mode: compute the trunk
+features (within the plan: a subset until its deadline, the rest of the time kept for the head, the
+evaluation and the save), (5) optimizer, schedule and accelerate, continuing a checkpoint with
+`resume`, (6) step through length-bucketed batches, evaluating on held-out prompts and
+checkpointing when due, (7) save atomically. `_Run` holds the state those steps share, one
+method per step, and the seconds each phase took.
 
 `accelerate launch` runs the same code on several processes: each takes its share of every
 epoch's batches (each batch goes to exactly one process) and DDP averages the gradients.
 With a time budget the number of steps is fitted, after every step, to the time left, so the
-schedule decays to zero and the run ends on time with a finished, evaluated model.
+schedule decays to zero and the run ends on time with a finished, evaluated model. A stop request
+(the app's Stop, Ctrl-C, SIGTERM: rmcore.core.stop) is honoured in every phase at its next safe point.
 """
 
 from __future__ import annotations
