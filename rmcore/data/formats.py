@@ -12,7 +12,6 @@ limits); this module knows the preference formats: which fields mean what, and w
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import math
 import random
@@ -718,6 +717,8 @@ def write_ranked_jsonl(groups: list[RankedGroup], path: str | Path | None = None
 def groups_fingerprint(groups: list[RankedGroup]) -> str:
     """16 hex digits that change whenever any group changes (text, ranks, order): a key for results
     computed from the groups, such as the app's estimates, splits and evaluations."""
+    import hashlib  # OpenSSL, 5 ms: only a fingerprint needs it, and `import rmcore.data` stays light
+
     digest = hashlib.sha256()
     for group in groups:
         digest.update(json.dumps(group.to_record(), sort_keys=True).encode())
