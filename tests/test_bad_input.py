@@ -383,6 +383,182 @@ def test_damaged_model_folders_get_one_line_naming_folder_and_file(tiny_model_di
         assert len(err.splitlines()) == 1 and err.startswith(str(folder / file)) and message in err, err
 
 
+@pytest.fixture(scope="module")
+def trained_rm(tmp_path_factory):
+    from rmcore.model.tiny import build_tiny_reward_model
+
+    return build_tiny_reward_model(tmp_path_factory.mktemp("trained") / "rm", seed=1)
+
+
+def bounded(call, seconds: float = 120):
+    """call() in a thread that must end within `seconds` (a hang fails the test instead of blocking it)."""
+    import threading
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_pipes_devices_and_dangling_links_in_a_model_folder_are_refused_before_loading(trained_rm, tiny_model_dir,
+                                                                                      tmp_path, capsys):
+    """A FIFO named *.safetensors once hung sample, bon and serve; a link to /dev/zero would fill the memory."""
+    fifo = _broken_copy(trained_rm, tmp_path, "fifo")
+    os.mkfifo(fifo / "extra.safetensors")
+    zero = _broken_copy(trained_rm, tmp_path, "zero")
+    (zero / "tokenizer.json").unlink()
+    (zero / "tokenizer.json").symlink_to("/dev/zero")
+    dangling = _broken_copy(trained_rm, tmp_path, "dangling")
+    (dangling / "model-00009.safetensors").symlink_to(tmp_path / "nowhere")
+    policy = _broken_copy(tiny_model_dir, tmp_path, "policy")
+    os.mkfifo(policy / "model-2.safetensors")
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"]}) + "\n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n")
+    commands = [(fifo / "extra.safetensors", ["bon", str(samples), "--model", str(fifo)]),
+                (fifo / "extra.safetensors", ["serve", "--model", str(fifo), "--port", "0"]),
+                (zero / "tokenizer.json", ["score", "--model", str(zero), "--prompt", "q", "--response", "a"]),
+                (dangling / "model-00009.safetensors", ["bon", str(samples), "--model", str(dangling)]),
+                (policy / "model-2.safetensors", ["sample", str(prompts), "--out", str(tmp_path / "s.jsonl"),
+                                                  "--model", str(policy)])]
+    for file, argv in commands:
+        code = bounded(lambda argv=argv: main(argv))
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[rmcore]")]
+        assert code == 2 and len(err) == 1 and err[0].startswith(str(file)), err
+        assert "is not a regular file" in err[0] or "a link to nothing" in err[0]
+
+
+@pytest.mark.parametrize(("template", "says"), [
+    ("{% for m in messages %}{{ m['content'] }", "its chat template has a syntax error (line 1: unexpected '}')"),
+    ("{{ raise_exception('Conversation roles must alternate') }}",
+     "its chat template refused the conversation: Conversation roles must alternate"),
+    ("{{ cycler.__init__.__globals__.os.system('touch ESCAPED') }}",
+     "its chat template tried to do something jinja2's sandbox forbids"),
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "the sandbox stopped it and no code ran"),
+    ("{{ messages[0]['content'].foo.bar }}", "its chat template failed (UndefinedError"),
+])
+def test_chat_templates_that_raise_are_one_line_naming_the_folder(template, says, trained_rm, tmp_path, capsys,
+                                                                  monkeypatch):
+    """jinja2 tracebacks once came out of broken or hostile templates. They run in jinja2's sandbox (no code
+    ran: the escape would have created ESCAPED); the model is refused when it loads, in one line."""
+    folder = _broken_copy(trained_rm, tmp_path, "template")
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    monkeypatch.chdir(tmp_path)
+    code = main(["score", "--model", str(folder), "--prompt", "q", "--response", "a"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"{folder}: ") and says in err, err
+    assert "Traceback" not in err and not (tmp_path / "ESCAPED").exists()
+
+
+def test_a_trained_models_tokenizer_must_match_its_embeddings(trained_rm, tiny_model_dir, tmp_path, capsys):
+    """200k added tokens once made rmcore grow a trained model's embeddings with random rows (90 s, 2.5 GB):
+    a mismatch is refused at once, naming tokenizer.json. A base model is still resized, as before."""
+    import time
+
+    from rmcore.model.reward_model import RewardModel
+
+    grown = _broken_copy(trained_rm, tmp_path, "grown")
+    tokenizer = json.loads((grown / "tokenizer.json").read_text())
+    first = max(tokenizer["model"]["vocab"].values()) + 1
+    tokenizer["added_tokens"] += [{"id": first + i, "content": f"<extra_{i}>", "single_word": False, "lstrip": False,
+                                   "rstrip": False, "normalized": False, "special": False} for i in range(50_000)]
+    (grown / "tokenizer.json").write_text(json.dumps(tokenizer))
+    started = time.perf_counter()
+    code = main(["score", "--model", str(grown), "--prompt", "q", "--response", "a"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"{grown / 'tokenizer.json'}: the tokenizer has ")
+    added = len(tokenizer["added_tokens"])
+    assert f"has {first + 50_000:,} token ids, {added:,} of them added tokens, but the model's embedding matrix has " \
+           f"{first:,} rows" in err and "never changes a trained model" in err
+    assert time.perf_counter() - started < 30  # refused before the tokenizer loads (which takes seconds)
+    base = _broken_copy(tiny_model_dir, tmp_path, "base")
+    tokenizer = json.loads((base / "tokenizer.json").read_text())
+    tokenizer["added_tokens"] += [{"id": first + i, "content": f"<extra_{i}>", "single_word": False, "lstrip": False,
+                                   "rstrip": False, "normalized": False, "special": False} for i in range(3)]
+    (base / "tokenizer.json").write_text(json.dumps(tokenizer))
+    model = RewardModel.load(base)
+    assert model.model.get_input_embeddings().weight.shape[0] == len(model.tokenizer) and not model.trained
+
+
+def test_weights_holding_nan_are_refused_in_one_line(trained_rm, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    broken = _broken_copy(trained_rm, tmp_path, "nan")
+    tensors = load_file(str(broken / "model.safetensors"))
+    name = next(n for n in tensors if "layers.0" in n)
+    tensors[name].view(-1)[0] = float("inf")
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    code = main(["score", "--model", str(broken), "--prompt", "q", "--response", "a"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{broken}: the weights hold NaN or infinite values (" in err and "the model is damaged" in err
+
+
+def test_a_folder_named_like_a_data_file_is_one_line_in_every_command(tiny_model_dir, trained_rm, tmp_path, capsys):
+    """A folder named x.jsonl given as data once gave an IsADirectoryError traceback."""
+    folder = tmp_path / "x.jsonl"
+    folder.mkdir()
+    commands = [["validate", str(folder), "--no-tokenize"],
+                ["train", str(folder), "--out", str(tmp_path / "m"), "--model", str(tiny_model_dir)],
+                ["eval", str(folder), "--model", str(trained_rm)],
+                ["score", "--model", str(trained_rm), "--data", str(folder)],
+                ["sample", str(folder), "--out", str(tmp_path / "s.jsonl"), "--model", str(tiny_model_dir)],
+                ["bon", str(folder), "--model", str(trained_rm)],
+                ["rlhf", str(folder), "--reward-model", str(trained_rm), "--out", str(tmp_path / "p"),
+                 "--policy", str(tiny_model_dir)]]
+    for argv in commands:
+        code = main(argv)
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[rmcore]")]
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"{folder}: is a folder, not a "), (argv, err)
+
+
+def test_a_prompt_with_twenty_thousand_responses_is_skipped_counted_not_built(tmp_path, capsys):
+    """One record with K = 20,000 (0.4 MB) once took 5.4 GB in validate: the 2 x 10^8 pairs were built to be
+    counted. Pairs are counted; a prompt with more than 64 responses is skipped with the reason."""
+    import resource
+    import time
+
+    from rmcore.data.formats import MAX_RESPONSES
+
+    k = 20_000
+    big = {"prompt": "p", "responses": [f"answer {i}" for i in range(k)], "ranks": list(range(1, k + 1))}
+    ok = {"prompt": "q", "responses": [f"r{i}" for i in range(12)], "ranks": [1, 2, 2, *range(3, 12)]}
+    jsonl = tmp_path / "k.jsonl"
+    jsonl.write_text(json.dumps(big) + "\n" + json.dumps(ok) + "\n")
+    tidy = tmp_path / "k.csv"
+    tidy.write_text("prompt,response,rank\n" + "".join(f"p,answer {i},{i + 1}\n" for i in range(k)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    assert main(["validate", str(jsonl), "--json", "--no-tokenize"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["prompts"] == 1 and report["comparisons"] == 12 * 11 // 2 - 1 and report["ties"] == 1
+    [skipped] = report["skipped"]
+    assert skipped["where"] == f"{jsonl}:1" and skipped["reason"].startswith(
+        f"20,000 responses to one prompt; rmcore compares at most {MAX_RESPONSES} per prompt")
+    assert any("more than 9 responses (up to K = 12)" in w for w in report["warnings"])
+    assert main(["validate", str(tidy), "--no-tokenize"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "20,000 responses to one prompt" in err and err.startswith(f"{tidy}:")
+    assert time.perf_counter() - started < 30
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB: far from gigabytes
+
+
 # ----------------------------------------------------------------------------- what the user sees
 
 

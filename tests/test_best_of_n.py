@@ -158,3 +158,71 @@ def test_head_models_of_one_base_share_one_trunk_pass(tmp_path, tiny_model_dir, 
     assert not np.allclose(np.array(proxy), np.array(gold))  # each head gives its own rewards
     with pytest.raises(ValueError, match="same base model"):
         proxy_model.rewards_with_heads([], [other_base])
+
+
+# ----------------------------------------------------------------------------- hostile samples files and models
+
+
+GOOD = {"prompt": "q", "responses": ["a", "b b"], "num_tokens": [1, 2], "hit_limit": [False, False],
+        "sampling": {"n": 2}}
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"responses": "a b"}, "'responses' must be a non-empty list of answers, found text"),
+    ({"responses": None}, "'responses' must be a non-empty list of answers, found null"),
+    ({"responses": []}, "'responses' must be a non-empty list of answers, found an empty list"),
+    ({"responses": ["a", 7]}, "every response must be text"),
+    ({"prompt": None}, "'prompt' is missing"),
+    ({"prompt": 42}, "'prompt' must be text, found a number"),
+    ({"prompt": [{"role": "user"}]}, "'prompt' must be text or a non-empty list of {role, content} messages"),
+    ({"num_tokens": [1]}, "'num_tokens' has 1 entries for 2 responses"),
+    ({"num_tokens": ["1", "2"]}, "'num_tokens' must be a list of whole numbers >= 0, one per response"),
+    ({"num_tokens": [float("nan"), 2]}, "'num_tokens' must be a list of whole numbers >= 0, one per response"),
+    ({"hit_limit": [1, 0]}, "'hit_limit' must be a list of true/false, one per response"),
+])
+def test_samples_records_that_cannot_be_scored_are_skipped_and_reported(change, says, tmp_path, tiny_reward_models,
+                                                                        capsys):
+    """KeyError, TypeError, IndexError and "could not convert string to float" (no file named) once came
+    out of such records: each is skipped with FILE:LINE and the reason, a file of nothing else is refused."""
+    rm, _ = tiny_reward_models
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, **change}) + "\n")
+    assert main(["bon", str(samples), "--model", str(rm), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["prompts"] == 1
+    assert f"skipped 1 of 2 records that cannot be scored (first: {samples}:2: {says})" in err, err
+    samples.write_text(json.dumps({**GOOD, **change}) + "\n")
+    assert main(["bon", str(samples), "--model", str(rm)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{samples}:1: {says}") and "Traceback" not in err, err
+
+
+def test_bon_json_is_valid_json_and_a_nan_model_is_refused(tmp_path, tiny_reward_models, capsys):
+    """NaN in the curve once made --json print NaN, which is not JSON; a reward model whose weights hold
+    NaN is refused in one line naming it, before any scoring."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    rm, _ = tiny_reward_models
+    assert main(["bon", str(samples_file(tmp_path)), "--model", str(rm), "--json"]) == 0
+    json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    broken = tmp_path / "nan-rm"
+    shutil.copytree(rm, broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    tensors["score.weight"].fill_(float("nan"))
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    assert main(["bon", str(samples_file(tmp_path)), "--model", str(broken), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "the weights hold NaN or infinite values (score.weight)" in err
+
+
+def test_bon_plot_that_cannot_be_written_is_refused_before_scoring(tmp_path, tiny_reward_models, capsys):
+    rm, _ = tiny_reward_models
+    (tmp_path / "plots").mkdir()
+    for plot, says in ((tmp_path / "plots", "is a folder; give a file name"),
+                       (tmp_path / "missing" / "bon.html", "no such folder"),
+                       ("/dev/null", "is not a regular file")):
+        code = main(["bon", str(samples_file(tmp_path)), "--model", str(rm), "--plot", str(plot), "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and "scored" not in err and err.count("\n") == 1, err

@@ -417,3 +417,35 @@ def test_a_csv_cell_over_the_csv_module_limit_is_read():
     long = "word " * 60_000
     data = read_preferences_bytes(f"prompt,chosen,rejected\nq,{long},b\n".encode(), "long.csv")
     assert data.groups[0].responses[0] == long
+
+
+def test_pairs_are_counted_as_ordered_pairs_would_build_them():
+    import random
+
+    from rmcore.data.formats import count_pairs, ordered_pairs
+
+    rng = random.Random(0)
+    for _ in range(200):
+        k = rng.randint(0, 12)
+        ranks = [rng.choice([None, 1, 2, 3, 4, 5]) for _ in range(k)]
+        ties = sum(1 for i, a in enumerate(ranks) for b in ranks[i + 1:] if a is not None and a == b)
+        assert count_pairs(ranks) == (len(ordered_pairs(ranks)), ties), ranks
+    assert count_pairs(list(range(1, 20_001))) == (20_000 * 19_999 // 2, 0)  # at once, never built
+
+
+def test_more_than_sixty_four_responses_to_a_prompt_is_skipped_with_the_reason():
+    from rmcore.data import records_to_preferences
+    from rmcore.data.formats import MAX_RESPONSES
+
+    def record(k):
+        return {"prompt": f"p{k}", "responses": [f"r{i}" for i in range(k)], "ranks": list(range(1, k + 1))}
+
+    data = records_to_preferences([("f:1", record(MAX_RESPONSES)), ("f:2", record(MAX_RESPONSES + 1))], "f")
+    assert [len(g.responses) for g in data.groups] == [MAX_RESPONSES]
+    [skipped] = data.report.skipped
+    assert skipped.where == "f:2" and "65 responses to one prompt; rmcore compares at most 64" in skipped.reason
+    assert any(f"more than 9 responses (up to K = {MAX_RESPONSES})" in w for w in data.report.warnings)
+    # candidates to score have no pairs: any number of them is read
+    scored = records_to_preferences([("f:1", {"prompt": "p", "responses": [f"r{i}" for i in range(500)]})], "f",
+                                    for_scoring=True)
+    assert len(scored.groups[0].responses) == 500

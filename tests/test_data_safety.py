@@ -307,6 +307,39 @@ def test_bon_never_writes_its_plot_into_a_model_folder_or_over_its_samples(train
     _one_line_exit_2(code, capsys, "inside the model folder")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_refused_models_and_outputs_are_left_as_they_were(trained, tmp_path, capsys):
+    """A trained model whose tokenizer does not match its embeddings is refused, never resized or saved
+    again; a named pipe given as an output is never opened, written or replaced."""
+    import shutil
+    import stat
+
+    from rmcore.model.reward_model import RewardModel
+
+    grown = tmp_path / "grown"
+    shutil.copytree(trained, grown)
+    tokenizer = json.loads((grown / "tokenizer.json").read_text())
+    first = max(tokenizer["model"]["vocab"].values()) + 1 + len(tokenizer["added_tokens"])
+    tokenizer["added_tokens"] += [{"id": first + i, "content": f"<x{i}>", "special": False, "single_word": False,
+                                   "lstrip": False, "rstrip": False, "normalized": False} for i in range(1000)]
+    (grown / "tokenizer.json").write_text(json.dumps(tokenizer))
+    before = _snapshot(grown)
+    with pytest.raises(ModelError, match="does not belong to these weights, and rmcore never changes a trained"):
+        RewardModel.load(grown)
+    assert _snapshot(grown) == before
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"prompt": "q", "responses": ["a", "bb"]}) + "\n")
+    pipe = tmp_path / "plot.html"
+    os.mkfifo(pipe)
+    code = main(["bon", str(samples), "--model", str(trained), "--plot", str(pipe), "--overwrite"])
+    _one_line_exit_2(code, capsys, "is not a regular file; rmcore replaces only files")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n")
+    code = main(["sample", str(prompts), "--out", str(pipe), "--model", str(trained)])
+    _one_line_exit_2(code, capsys, "is not a regular file (a named pipe, device or socket); give a samples file")
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+
+
 # ----------------------------------------------------------------------------- several processes
 
 

@@ -175,3 +175,34 @@ def test_a_second_run_into_a_policy_folder_keeps_the_users_files(models, tmp_pat
     (out / "README.md").write_text("my notes")  # a name rmcore may write, not listed as rmcore's
     with pytest.raises(ModelError, match="README.md: not written by rmcore"):
         train_policy(config(models, rounds=1), TRAIN, HELD_OUT, out)
+
+
+def test_no_held_out_prompts_is_a_finished_run_not_a_stop(models, tmp_path, capsys):
+    """--eval-fraction 0 once ended every run "stopped early" with exit 130 and a checkpoint: an empty
+    evaluation was read as a stop."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(TRAIN) + "\n")
+    out = tmp_path / "out"
+    code = main(["rlhf", str(prompts), "--reward-model", str(models["rm"]), "--policy", str(models["policy"]),
+                 "--out", str(out), "--rounds", "2", "--n", "2", "--max-new-tokens", "3", "--eval-fraction", "0"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "stopped early" not in err and "trained without evaluations" in err
+    assert not (out / CHECKPOINT_DIR).exists()
+    saved = json.loads((out / POLICY_METADATA_FILE).read_text())
+    assert saved["stopped"] is False and saved["steps"] == saved["total_steps"] > 0
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    (["--seed", str(2**70)], "--seed must be a whole number from 0 to 4,294,967,295"),
+    (["--n", "5000"], "--n and --eval-samples must be at most 4096 answers per prompt"),
+    (["--max-new-tokens", "100000"], "--max-new-tokens 100,000: the policy reads at most 2,048 tokens"),
+])
+def test_rlhf_options_that_cannot_be_met_are_one_line_naming_the_option(options, says, models, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(TRAIN + HELD_OUT) + "\n")
+    code = main(["rlhf", str(prompts), "--reward-model", str(models["rm"]), "--policy", str(models["policy"]),
+                 "--out", str(tmp_path / "out"), "--quiet", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / POLICY_METADATA_FILE).exists()

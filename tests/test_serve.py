@@ -281,6 +281,12 @@ def test_health_and_metrics(server):
     (json.dumps({"prompt": "p", "responses": ["a"] * 9}).encode(), 413, "limit of 8"),
     (json.dumps({"prompt": "p" * 3001, "responses": ["a"]}).encode(), 413, "3001 characters"),
     (json.dumps({"prompt": "p", "responses": ["a" * 2000] * 8 * 4}).encode(), 413, "bytes"),
+    (b"[" * 20_000 + b"]" * 20_000, 400, "the body is nested too deeply"),
+    (b'{"prompt": "p", "responses": [' + b"7" * 5000 + b"]}", 400, "a number with thousands of digits"),
+    (b'{"prompt": "p\\ud800", "responses": ["a"]}', 422, "'prompt' holds a lone UTF-16 surrogate (\\ud800)"),
+    (b'{"prompt": "p", "responses": ["a", "b\\udfff"]}', 422, "responses[1] holds a lone UTF-16 surrogate"),
+    (b'{"prompt": [{"role": "user", "content": "\\udbff"}], "responses": ["a"]}', 422,
+     "prompt[0].content holds a lone UTF-16 surrogate"),
 ])
 def test_bad_score_bodies_get_one_json_error(server, content, status, says):
     got = httpx.post(f"{server.url}/score", content=content, headers={"Content-Type": "application/json"})
@@ -295,10 +301,52 @@ def test_bad_score_bodies_get_one_json_error(server, content, status, says):
     ({"query": "one text"}, 422, "'query' must be a list"),
     ({"query": [1]}, 422, "query[0] must be a string"),
     ({"query": ["t"], "prompts": "p"}, 422, "'prompts' must be a list"),
+    ({"query": ["fine", "lone \ud800 surrogate"]}, 422, "query[1] holds a lone UTF-16 surrogate (\\ud800)"),
 ])
 def test_bad_get_reward_bodies_get_one_json_error(server, payload, status, says):
-    got = httpx.post(f"{server.url}/get_reward", json=payload)
+    got = httpx.post(f"{server.url}/get_reward", content=json.dumps(payload),  # a surrogate as \\ud800
+                     headers={"Content-Type": "application/json"})
     assert got.status_code == status and says in got.json()["error"]
+
+
+def test_hostile_bodies_leave_the_server_answering_everyone(server, library):
+    """Bodies that once gave a 500 (RecursionError, Python's 4,300-digit limit, a lone surrogate reaching
+    the tokenizer) each get a 4xx JSON error; the server goes on answering /health and good requests."""
+    hostile = [("/score", b'{"prompt": "p", "responses": ["a"], "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"),
+               ("/get_reward", b'{"query": [' + b"9" * 5000 + b"]}"),
+               ("/get_reward", b'{"query": ["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n\\ud83d"]}')]
+    for path, content in hostile:
+        got = httpx.post(f"{server.url}{path}", content=content, headers={"Content-Type": "application/json"})
+        assert 400 <= got.status_code < 500 and set(got.json()) == {"error"}, got.text
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    good = httpx.post(f"{server.url}/score", json={"prompt": "Say hi.", "responses": ["Hi!", "No."]})
+    assert good.status_code == 200 and close(good.json()["rewards"], library.score("Say hi.", ["Hi!", "No."]).rewards)
+
+
+def test_non_finite_rewards_are_null_and_flagged(tiny_model_dir):
+    """A reward that is NaN (a head that overflows; loading refuses NaN weights) cannot be written as JSON:
+    it is answered as null and listed in `non_finite`, and counted in /metrics."""
+    import torch
+    from starlette.testclient import TestClient
+
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.serving.config import ServeConfig
+    from rmcore.serving.service import RewardService
+
+    model = RewardModel.load(tiny_model_dir, max_length=MAX_LENGTH, device="cpu")
+    with torch.no_grad():
+        model.model.score.weight.fill_(float("nan"))  # after loading: as an overflow on some text would
+    service = RewardService(model, ServeConfig(batch_wait_ms=0))
+    with TestClient(service.app) as client:
+        got = client.post("/score", json={"prompt": "p", "responses": ["a", "b"]})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["rewards"] == [None, None] and body["non_finite"] == [0, 1] and body["best"] is None
+        assert body["probabilities"] == [[None, None], [None, None]]
+        got = client.post("/get_reward", json={"query": [model.render("p", "a")]})
+        assert got.status_code == 200 and got.json()["rewards"] == [None] and got.json()["non_finite"] == [0]
+        assert client.get("/health").json()["status"] == "ok"
+        assert re.search(r"^rmcore_non_finite_total 3$", client.get("/metrics").text, re.M)
 
 
 def test_unknown_paths_and_methods_answer_json(server):
@@ -369,6 +417,68 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(tiny_model_dir, library
         assert "Traceback" not in stderr and "stopped" in stderr
     finally:
         server.stop()
+
+
+@pytest.mark.slow  # starts a server of its own (a few seconds)
+def test_sigterm_drops_a_client_stalled_half_way_through_its_body(tiny_model_dir, library):
+    """--shutdown-timeout bounds a stop: the request in flight is answered, a client that sent half of its
+    body and went quiet is dropped, and the server exits 0 soon after, without a traceback."""
+    server = Server(tiny_model_dir, "--batch-wait-ms", "500", "--shutdown-timeout", "2")
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    stalled = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        stalled.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n{\"prompt\": \"half")
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, f"{server.url}/score", json={"prompt": "Hi", "responses": ["yes"]},
+                                 timeout=60)
+            deadline = time.monotonic() + 10
+            while server.metric("rmcore_queue_requests") < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            assert answer.result().status_code == 200
+            assert close(answer.result().json()["rewards"], library.score("Hi", ["yes"]).rewards)
+        assert server.process.wait(30) == 0
+        assert time.monotonic() - started < 15
+        stderr = server.process.stderr.read()
+        assert "Traceback" not in stderr and "stopped" in stderr, stderr
+    finally:
+        stalled.close()
+        server.stop()
+
+
+def test_token_files_that_are_no_token_files_are_refused_at_once(tiny_model_dir, tmp_path, capsys):
+    """--token-file /dev/zero once took 5 GB, a named pipe hung: only a regular file of at most 64 KB is read."""
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (65 << 10))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, says in (("/dev/zero", "is not a regular file"), (fifo, "is not a regular file"),
+                       (big, "65 KB is far too large for this file (at most 64 KB)"), (tmp_path, "is a folder")):
+        code = bounded(lambda path=path: cli_main(["serve", "--model", str(tiny_model_dir), "--token-file",
+                                                   str(path)]))
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"--token-file {path}: {says}" in err, err
+
+
+def bounded(call, seconds: float = 60):
+    """call() in a thread that must end within `seconds` (a hang fails the test instead of blocking it)."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def test_command_line_errors_are_one_line_and_status_2(tiny_model_dir, tmp_path, capsys):

@@ -10,12 +10,13 @@ Their options are in rmcore.cli.parser.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 from rmcore.cli.progress import StepPrinter
-from rmcore.core.errors import DataError, ModelError
+from rmcore.core.errors import DataError, ModelError, printable
 from rmcore.core.folders import CHECKPOINT_DIR
 from rmcore.core.outputs import atomic_write_text, check_output_file
 from rmcore.core.progress import ProgressCallback
@@ -25,21 +26,43 @@ from rmcore.policy.best_of_n import bon_figure, curve_from_records, score_proxy_
 from rmcore.policy.config import RLHFConfig, RLHFResult
 from rmcore.policy.models import load_policy, load_reward_model
 from rmcore.policy.rlhf import grpo_available, split_prompts, train_policy
-from rmcore.policy.sampling import SamplingSettings, prompts_done, read_samples_file, write_samples
+from rmcore.policy.sampling import (
+    MAX_PROMPT_TOKENS,
+    MAX_SEQUENCES_PER_CALL,
+    SamplingSettings,
+    check_context,
+    prompts_cut,
+    prompts_done,
+    read_samples_file,
+    read_samples_located,
+    sample_record_problem,
+    write_samples,
+)
 from rmcore.policy.saving import check_policy_output
 
 
 def cmd_sample(args) -> int:
     out = check_output_file(args.out, "--out", inputs=(args.prompts,), read_folders=(args.model,), append=True)
-    prompts = read_prompts(args.prompts)[: args.limit]
     settings = SamplingSettings(model=args.model, n=args.n, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    settings.check()  # options first: a refusal comes before any reading or loading
+    if not 1 <= args.sequences_per_call <= MAX_SEQUENCES_PER_CALL:
+        raise ValueError(f"--sequences-per-call must be from 1 to {MAX_SEQUENCES_PER_CALL}, got "
+                         f"{args.sequences_per_call:,}")
+    prompts = read_prompts(args.prompts)[: args.limit]
     already = prompts_done(out, settings)  # refuses a file that is not ours before loading anything
     if all(prompt_key(p) in already for p in prompts):
         print(f"{out}: all {len(prompts)} prompts already sampled with these settings; nothing to do", file=sys.stderr)
         return 0
     print(f"[rmcore] loading the policy ({args.model})", file=sys.stderr, flush=True)
     model, tokenizer, name = load_policy(args.model)
+    check_context(model, args.max_new_tokens)
+    todo = [p for p in prompts if prompt_key(p) not in already]
+    cut = prompts_cut(tokenizer, todo)
+    if cut:
+        print(f"[rmcore] {args.prompts}: {cut} of {len(todo)} prompts are longer than {MAX_PROMPT_TOKENS:,} tokens; "
+              f"the policy reads the last {MAX_PROMPT_TOKENS:,} tokens of each (a long prompt is cut from the left, "
+              "as everywhere in rmcore)", file=sys.stderr)
     started = time.perf_counter()
     with ProgressCallback(f"sampling {args.n} answers per prompt") as progress_bar:
         written, skipped = write_samples(model, tokenizer, prompts, out, settings,
@@ -56,18 +79,51 @@ def cmd_sample(args) -> int:
 
 
 def read_sample_records(path: str) -> list[dict]:
-    """Records with prompt and responses: a samples file as written, or any file rmcore scores."""
+    """Records with prompt and responses: a samples file as written, or any file rmcore scores. Samples
+    records that cannot be scored (responses not a list of texts, num_tokens not one count per answer,
+    ...) are skipped and reported, as every data reader does; a file without any is refused."""
     file = Path(path)
-    if not file.is_file():
-        raise DataError(path, "no such file" if not file.exists() else "is a folder, not a samples file")
     try:
-        records = read_samples_file(file)
+        located = read_samples_located(file)
     except DataError:
-        records = []
-    if records:
+        located = []  # not a samples file: read as data (which refuses a folder, a named pipe, a device)
+    if located:
+        records, skipped = [], []
+        for where, record in located:
+            problem = sample_record_problem(record)
+            if problem:
+                skipped.append((where, problem))
+            else:
+                records.append(record)
+        if not records:
+            raise DataError(skipped[0][0], f"{skipped[0][1]}; no record of the file can be scored")
+        if skipped:
+            print(printable(f"[rmcore] {path}: skipped {len(skipped)} of {len(located)} records that cannot be "
+                            f"scored (first: {skipped[0][0]}: {skipped[0][1]})"), file=sys.stderr)
         return records
     groups = read_preferences(file, for_scoring=True).groups
     return [{"prompt": g.to_record()["prompt"], "responses": g.responses} for g in groups]
+
+
+def check_finite(records: list[dict], rewards: list[list[float]], model: str, samples: str) -> None:
+    """A reward that is NaN or infinite (weights that overflow on this text) is refused in one line, not
+    carried into the curve and its JSON."""
+    for i, row in enumerate(rewards):
+        for j, reward in enumerate(row):
+            if not math.isfinite(reward):
+                raise ModelError(f"{model}: gave the reward {reward} to answer {j + 1} of record {i + 1} of {samples}; "
+                                 "the reward model is broken (its weights overflow on this text)")
+
+
+def json_safe(value):
+    """The value with every NaN or infinity as null, so the JSON printed is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def cmd_bon(args) -> int:
@@ -85,6 +141,9 @@ def cmd_bon(args) -> int:
         proxy, gold = score_proxy_and_gold(records, proxy_model, gold_model, args.batch_size,
                                            on_progress=progress_bar)
     scoring_s = time.perf_counter() - started
+    check_finite(records, proxy, args.model, args.samples)
+    if gold is not None:
+        check_finite(records, gold, args.gold, args.samples)
     started = time.perf_counter()
     curve = curve_from_records(records, proxy, gold)
     curve_s = time.perf_counter() - started
@@ -94,7 +153,8 @@ def cmd_bon(args) -> int:
         atomic_write_text(args.plot, bon_figure(curve).to_html(include_plotlyjs=True, full_html=True))
         print(f"[rmcore] wrote {args.plot}", file=sys.stderr)
     if args.json:
-        print(json.dumps({**curve.to_dict(), "rows": curve.rows(), "scoring_s": scoring_s, "curve_s": curve_s}))
+        print(json.dumps(json_safe({**curve.to_dict(), "rows": curve.rows(), "scoring_s": scoring_s,
+                                    "curve_s": curve_s}), allow_nan=False))
         return 0
     print(f"best-of-n over {curve.prompts} prompts x {curve.samples_per_prompt} samples "
           f"(one sample's reward spread: proxy sd {curve.proxy_std:.3f}"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rmcore.core.errors import ModelError
+from rmcore.core.files import read_small_file
 from rmcore.core.outputs import check_writable_folder, refuse_inputs
 
 METADATA_FILE = "rmcore.json"
@@ -71,18 +72,20 @@ def read_metadata(folder: str | os.PathLike, metadata_file: str = METADATA_FILE)
 
 def read_json_object(file: Path) -> dict[str, Any]:
     """A model folder's small JSON file (rmcore.json, config.json) as a dict, or one line naming what is
-    wrong; its size is checked before reading, so a huge file costs nothing."""
+    wrong; only a regular file is read, its size checked first, so a huge file or a named pipe costs nothing."""
+    raw = read_small_file(file, MAX_METADATA_BYTES, fail=model_error)  # never a FIFO, a device or gigabytes
     try:
-        if file.stat().st_size > MAX_METADATA_BYTES:
-            raise ModelError(f"{file}: {file.stat().st_size / 2**20:.0f} MB is far too large for this file")
-        value = json.loads(file.read_bytes())
-    except OSError as exc:
-        raise ModelError(f"{file}: cannot read the file ({exc.strerror})") from None
+        value = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise ModelError(f"{file}: not valid JSON ({exc}); the file is damaged") from None
     if not isinstance(value, dict):
         raise ModelError(f"{file}: expected a JSON object, found {type(value).__name__}; the file is damaged")
     return value
+
+
+def model_error(name: str, reason: str) -> ModelError:
+    """The refusal of a file of a model folder, for rmcore.core.files' readers."""
+    return ModelError(f"{name}: {reason}")
 
 
 def _listed_files(folder: Path) -> set[str] | None:

@@ -75,6 +75,10 @@ def check_writable_folder(folder: Path, what: str, create: bool = False) -> None
         except OSError as exc:
             raise OutputError(f"{what}: cannot create the folder {folder} ({_reason(exc)})") from None
     if not folder.is_dir():
+        if folder.exists():
+            raise OutputError(f"{what}: {folder} is a file, not a folder; choose a path in a folder")
+        if any(parent.exists() and not parent.is_dir() for parent in folder.parents):
+            raise OutputError(f"{what}: {folder} lies under a file, not in a folder; choose a path in a folder")
         raise OutputError(f"{what}: no such folder {folder}")
     try:
         probe = tempfile.mkdtemp(prefix=".rmcore-write-check-", dir=folder)

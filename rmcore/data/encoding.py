@@ -12,6 +12,7 @@ import re
 import weakref
 from dataclasses import dataclass
 
+from rmcore.core.errors import ModelError
 from rmcore.data.formats import Message, RankedGroup, ordered_pairs
 
 # Tokens of prompt + one response when nobody says otherwise: training's default (TrainConfig) and
@@ -57,10 +58,51 @@ def _fallback_prompt(messages: list[Message]) -> str:
     return turns + "Assistant:"
 
 
+class ChatTemplateError(ModelError):
+    """A model's chat template that fails. Transformers renders templates in jinja2's sandbox, so a
+    template that tries to reach Python (or the shell) is stopped there: the message says so, in one line."""
+
+
+def template_problem(tokenizer, exc: Exception) -> str:
+    """One line naming the model folder and what its chat template did wrong."""
+    folder = getattr(tokenizer, "name_or_path", "") or "the model"
+    detail = " ".join(str(getattr(exc, "message", None) or exc).split())[:300]
+    kind = type(exc).__name__
+    if kind == "TemplateSyntaxError":
+        line = getattr(exc, "lineno", None)
+        return (f"{folder}: its chat template has a syntax error ({f'line {line}: ' if line else ''}{detail}); "
+                "nothing was rendered: fix chat_template (chat_template.jinja or tokenizer_config.json)")
+    if kind == "SecurityError":
+        return (f"{folder}: its chat template tried to do something jinja2's sandbox forbids ({detail}); the "
+                "sandbox stopped it and no code ran; do not use this template")
+    if kind == "TemplateError":  # the template's own raise_exception(...)
+        return (f"{folder}: its chat template refused the conversation: {detail} (it ran in jinja2's sandbox; "
+                "no code ran)")
+    return (f"{folder}: its chat template failed ({kind}: {detail}); it ran in jinja2's sandbox, so no code "
+            "ran; fix the template")
+
+
+def apply_template(tokenizer, messages: list[Message], add_generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except ChatTemplateError:
+        raise
+    except Exception as exc:  # jinja2 raises many types, and a template can raise its own
+        raise ChatTemplateError(template_problem(tokenizer, exc)) from None
+
+
+def check_chat_template(tokenizer) -> None:
+    """Render a one-turn conversation and its reply once, so a broken template is refused when the
+    model loads, in one line naming the folder, not in the middle of a run."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": "Hi"}]
+        render_response(tokenizer, messages, "Hello", render_prompt(tokenizer, messages))
+
+
 def render_prompt(tokenizer, messages: list[Message]) -> str:
     """The text before the response: the conversation plus the assistant-turn header."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return apply_template(tokenizer, messages, add_generation_prompt=True)
     return _fallback_prompt(messages)
 
 
@@ -68,9 +110,8 @@ def render_response(tokenizer, messages: list[Message], response: str, prompt_te
     """The text the response adds after `render_prompt` (content plus end-of-turn markers)."""
     if getattr(tokenizer, "chat_template", None):
         prompt_text = prompt_text if prompt_text is not None else render_prompt(tokenizer, messages)
-        full = tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": response}], tokenize=False
-        )
+        full = apply_template(tokenizer, messages + [{"role": "assistant", "content": response}],
+                               add_generation_prompt=False)
         if full.startswith(prompt_text):
             return full[len(prompt_text) :]
         return response + (tokenizer.eos_token or "")

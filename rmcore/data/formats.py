@@ -29,6 +29,7 @@ Message = dict[str, str]
 ROLES = ("system", "user", "assistant", "tool")  # the roles chat templates know
 MAX_MARGIN = 1e4
 MAX_K = 9  # the README's range of responses per prompt; more is read, with a warning on its cost
+MAX_RESPONSES = 64  # ranked responses one prompt may have (2,016 pairs); a prompt with more is skipped, reported
 
 FORMATS = {
     "ranked": "ranked lists: prompt, responses, ranks (1 = best, equal = tie, null = unranked)",
@@ -52,6 +53,15 @@ def ordered_pairs(ranks: list[int | None]) -> list[tuple[int, int]]:
         for l, rank_l in enumerate(ranks)
         if rank_w is not None and rank_l is not None and rank_w < rank_l
     ]
+
+
+def count_pairs(ranks: list[int | None]) -> tuple[int, int]:
+    """(strictly ordered pairs, tied pairs) of a ranking, counted without building them: K = 20,000
+    responses make 2 x 10^8 pairs, which `ordered_pairs` would hold in gigabytes."""
+    counts = Counter(rank for rank in ranks if rank is not None)
+    ranked = sum(counts.values())
+    ties = sum(c * (c - 1) // 2 for c in counts.values())
+    return ranked * (ranked - 1) // 2 - ties, ties
 
 
 @dataclass
@@ -653,6 +663,12 @@ _GROUP_READERS = {
 def _why_unusable(group: RankedGroup) -> str | None:
     if len(group.responses) < 2:
         return "only one response: nothing to compare"
+    k = len(group.responses)
+    if k > MAX_RESPONSES:
+        return (f"{k:,} responses to one prompt; rmcore compares at most {MAX_RESPONSES} per prompt "
+                f"({MAX_RESPONSES * (MAX_RESPONSES - 1) // 2:,} pairs, where K = {k:,} would give "
+                f"{k * (k - 1) // 2:,} and dominate the loss): keep the {MAX_RESPONSES} best-ranked responses, or "
+                "split them into several prompts")
     ranked = [r for r in group.ranks if r is not None]
     if not ranked:
         return "no response is ranked, so nothing to compare; to score unranked responses use rmcore score --data"
@@ -671,15 +687,10 @@ def _fill_stats(report: DataReport, groups: list[RankedGroup]) -> None:
     report.prompts = len(groups)
     report.responses = sum(len(g.responses) for g in groups)
     report.k_distribution = dict(sorted(Counter(len(g.responses) for g in groups).items()))
-    report.comparisons = sum(len(g.pairs()) for g in groups)
+    counted = [count_pairs(g.ranks) for g in groups]  # counted, never built: K responses make K(K-1)/2 pairs
+    report.comparisons = sum(pairs for pairs, _ in counted)
     report.unranked = sum(r is None for g in groups for r in g.ranks)
-    report.ties = sum(
-        1
-        for g in groups
-        for i, a in enumerate(g.ranks)
-        for b in g.ranks[i + 1 :]
-        if a is not None and a == b
-    )
+    report.ties = sum(ties for _, ties in counted)
 
 
 def summarize(groups: list[RankedGroup], name: str = "(in memory)", fmt: str = "ranked") -> DataReport:

@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 
 from rmcore.core.errors import DataError
+from rmcore.core.files import read_small_file
 from rmcore.data.formats import Message, read_preferences
+from rmcore.data.records import decode, limits
 
 Prompt = str | list[Message]
 
@@ -31,12 +33,15 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
     """Prompts from a plain .txt (one instruction per line) or from any file rmcore reads (its prompts,
     each once, in file order)."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(str(path), "no such file")
     if path.is_dir():
         raise DataError(str(path), "is a folder, not a prompts file")
     if path.suffix.lower() == ".txt":
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        # as a data file is read: a regular file only (never a named pipe or /dev/zero), under the size
+        # limit, UTF-8 (UTF-16 and binary files are refused, not sampled as garbage)
+        raw = read_small_file(path, limits().max_bytes, str(path), kind="prompts file", fail=DataError)
+        lines = decode(raw, str(path)).split("\n") if raw.strip() else []
         prompts: list[Prompt] = [line.strip() for line in lines if line.strip()]
     else:
         groups = read_preferences(path, for_scoring=True).groups

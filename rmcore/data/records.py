@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rmcore.core.errors import DataError
+from rmcore.core.files import open_regular_file
 from rmcore.data.fields import RECORD_FIELDS
 
 MAX_DATA_ENV = "RMCORE_MAX_DATA_MB"
@@ -101,20 +101,10 @@ def no_cycle_collection():
 def read_path(path: str | Path, name: str) -> Records:
     """Records of a file on disk: only a regular file is read, and never more than the limit."""
     cap = limits()
-    try:  # O_NONBLOCK: a named pipe opens at once instead of waiting for a writer
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise DataError(name, "no such file") from None
-    except IsADirectoryError:
-        raise DataError(name, "is a folder, not a data file") from None
-    except OSError as exc:
-        raise DataError(name, f"cannot open the file ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as stream:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise DataError(name, "is a folder, not a data file")
-        if not stat.S_ISREG(info.st_mode):
-            raise DataError(name, "is not a regular file (a named pipe, device or socket); give a data file")
+    # O_NONBLOCK: a named pipe opens at once instead of waiting for a writer; a folder (even one
+    # named x.jsonl) or a device is refused before anything is read
+    with open_regular_file(path, name, kind="data file", fail=DataError) as stream:
+        info = os.fstat(stream.fileno())
         suffix, gz = _suffix(name)
         magic = stream.read(2)
         stream.seek(0)

@@ -11,11 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MAX_ANSWERS_PER_PROMPT = 4096  # answers sampled per prompt (--n): they are held in memory together
 SEQUENCES_PER_CALL = 128  # sequences per generate call: 1.25x the tokens/s of 32 on 2 CPU cores (4 x 32 answers)
 METHODS = ("rs", "grpo")
 DEFAULT_LR = {"rs": 3e-4, "grpo": 1e-5}  # LoRA learning rates; GRPO's per-sample updates want a smaller one
 
 StepCallback = Callable[[dict[str, Any]], None]
+MAX_SEED = 2**32 - 1  # what every random generator a run seeds accepts (numpy's is the narrowest)
+
+
+def check_seed(seed: int) -> None:
+    """A seed every generator takes: torch, numpy (TRL seeds it) and Python's `random`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be a whole number from 0 to {MAX_SEED:,}, got {seed!r}")
 
 
 @dataclass
@@ -58,6 +66,10 @@ class RLHFConfig:
             raise ValueError(f"KL coefficient must be a number >= 0, got {self.kl_coef}")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.n > MAX_ANSWERS_PER_PROMPT or self.eval_samples > MAX_ANSWERS_PER_PROMPT:
+            raise ValueError(f"--n and --eval-samples must be at most {MAX_ANSWERS_PER_PROMPT} answers per prompt, got "
+                             f"{max(self.n, self.eval_samples):,}")
+        check_seed(self.seed)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from rmcore.model.reward_model import (
     load_tokenizer,
     resolve_model_path,
 )
+from rmcore.policy.models import own_generation_config
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Generator:
         self.device = device or autodetect_device()
         self.tokenizer = load_tokenizer(path)
         self.model = from_pretrained_safely(AutoModelForCausalLM, path).to(self.device).eval()
+        own_generation_config(self.model, path)  # sampling settings are this class's, never the folder's
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 

@@ -8,8 +8,11 @@ KL term needs no second copy, and a saved policy is the adapters merged into a c
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,12 +20,22 @@ from rmcore.core.errors import ModelError
 from rmcore.model.device import autodetect_device
 from rmcore.model.reward_model import (
     RewardModel,
+    check_finite_weights,
+    check_tokenizer_file,
+    check_vocabulary,
     from_pretrained_safely,
     is_reward_model_folder,
     load_tokenizer,
     resolve_model_path,
 )
 from rmcore.policy.config import RLHFConfig
+
+# What a policy folder's generation_config.json may give generation: its special tokens. Every other
+# setting (num_beams, num_return_sequences, max_length, penalties, ...) comes from rmcore's options.
+GENERATION_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+_UNSAID_KEYS = {"transformers_version", "_from_model_config", "use_cache", "output_attentions",
+                "output_hidden_states", "output_logits"}  # settings that change no answer: left out unsaid
+_MAX_END_TOKENS = 64
 
 
 def load_policy(name: str | os.PathLike | None = None, *, device: str | None = None):
@@ -33,10 +46,48 @@ def load_policy(name: str | os.PathLike | None = None, *, device: str | None = N
     if is_reward_model_folder(path):
         raise ModelError(f"{path}: is a reward model (a sequence classifier), not a policy that writes text; "
                          "pass a causal LM folder or 'embedded'")
+    check_tokenizer_file(path)
     tokenizer = load_tokenizer(path)
     model = from_pretrained_safely(AutoModelForCausalLM, path, dtype=torch.float32)
+    check_finite_weights(model, path)
+    check_vocabulary(model, tokenizer, path, trained=True)  # a policy is never resized: refused on a mismatch
+    own_generation_config(model, path)
     model.to(device or autodetect_device()).eval()
     return model, tokenizer, display
+
+
+def own_generation_config(model, path: str) -> dict[str, Any]:
+    """Give the model a generation config holding only its folder's special tokens, so that sampling
+    takes every setting from rmcore's options: a folder's `num_beams: 1000` would turn sampling into a
+    beam search, a huge `max_length` or `num_return_sequences` would fill the memory. Returns the
+    settings left out, and says them in one `[rmcore]` line."""
+    from transformers import GenerationConfig  # transformers: loaded already, with the model
+
+    folder = getattr(model, "generation_config", None)
+    if folder is None:
+        return {}
+    kept = {key: _token_ids(getattr(folder, key, None)) for key in GENERATION_TOKEN_KEYS}
+    kept = {key: value for key, value in kept.items() if value is not None}
+    left_out = {key: value for key, value in folder.to_diff_dict().items()
+                if key not in GENERATION_TOKEN_KEYS and key not in _UNSAID_KEYS}
+    model.generation_config = GenerationConfig(**kept)
+    if left_out:
+        shown = ", ".join(f"{key}={value!r}"[:60] for key, value in list(left_out.items())[:6])
+        more = f" and {len(left_out) - 6} more" if len(left_out) > 6 else ""
+        logging.getLogger("rmcore").info(
+            f"{Path(path) / 'generation_config.json'}: ignored {shown}{more}; sampling takes its settings from "
+            "rmcore's options (--n, --temperature, --top-p, --max-new-tokens)")
+    return left_out
+
+
+def _token_ids(value):
+    """A special-token setting as generation can use it: an id or a short list of ids, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, list) and 0 < len(value) <= _MAX_END_TOKENS and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return value
+    return None
 
 
 def check_reward_model_folder(path: str, what: str = "reward model") -> str:

@@ -90,10 +90,11 @@ class RejectionSampling(PolicyRun):
             # the end of a round: held-out evaluation, next round samples from the new policy
             state["round"] += 1
             state["picks"] = None
-            metrics = self.evaluate(state["step"], state["round"])
-            if metrics is None:
-                return True
-            state["last_eval"] = metrics
+            if self.eval_prompts:  # without held-out prompts (--eval-fraction 0) there is nothing to evaluate
+                metrics = self.evaluate(state["step"], state["round"])
+                if metrics is None:  # stopped during the evaluation
+                    return True
+                state["last_eval"] = metrics
             if state["round"] < rounds:
                 self.save_checkpoint()
         return False

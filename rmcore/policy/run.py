@@ -38,6 +38,7 @@ from rmcore.model.reward_model import resolve_model_path
 from rmcore.policy.config import RLHFConfig, RLHFResult, StepCallback
 from rmcore.policy.evaluation import before_after, eval_event, evaluate_policy
 from rmcore.policy.models import check_reward_model_folder, load_policy, load_reward_model
+from rmcore.policy.sampling import MAX_PROMPT_TOKENS, check_context, prompts_cut
 from rmcore.policy.saving import check_policy_output, policy_metadata, run_key, save_policy
 
 EVAL_SEED_OFFSET = 7919  # held-out answers are drawn with config.seed + this, by every method
@@ -91,6 +92,11 @@ class PolicyRun:
         self.gold_model = load_reward_model(config.gold_model, "gold model")
         self.policy_path, self.policy_name = resolve_model_path(config.policy)
         self.policy, self.tokenizer, _ = load_policy(config.policy, device=self.device)
+        check_context(self.policy, config.max_new_tokens)
+        cut = prompts_cut(self.tokenizer, self.train_prompts + self.eval_prompts)
+        if cut:
+            self.phase(f"{cut} prompts are longer than {MAX_PROMPT_TOKENS:,} tokens; the policy reads the last "
+                       f"{MAX_PROMPT_TOKENS:,} tokens of each (a long prompt is cut from the left, as everywhere)")
 
     def restore(self, resume: bool) -> None:
         key = run_key(self.config, self.policy_path, self.train_prompts, self.eval_prompts)
@@ -104,6 +110,8 @@ class PolicyRun:
         state = self.state
         if state["before"] is None and self.eval_prompts:
             state["before"] = state["last_eval"] = self.evaluate(0, 0)  # curves start where training starts
+        elif not self.eval_prompts:
+            self.phase("no held-out prompts (--eval-fraction 0): the policy is trained without evaluations")
         stopped = self.train()
         if stopped:
             self.phase(f"stopped at step {self.step}; saving a checkpoint")

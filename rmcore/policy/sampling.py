@@ -12,7 +12,9 @@ skips the prompts already there, so an interrupted run continues where it stoppe
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -23,9 +25,14 @@ from typing import Any
 import torch
 
 from rmcore.core.errors import DataError, ModelError
-from rmcore.data.encoding import render_prompt
+from rmcore.core.files import read_small_file
+from rmcore.data.encoding import clip_prompt, max_chars, render_prompt
 from rmcore.data.prompts import Prompt, as_messages, prompt_key
-from rmcore.policy.config import SEQUENCES_PER_CALL
+from rmcore.data.records import decode, limits
+from rmcore.policy.config import MAX_ANSWERS_PER_PROMPT, SEQUENCES_PER_CALL, check_seed
+
+MAX_SEQUENCES_PER_CALL = 4096  # sequences generated together; more would only run out of memory
+MAX_PROMPT_TOKENS = 1024  # a longer prompt is cut from the left (as a reward model cuts one), and reported
 
 
 @dataclass
@@ -53,12 +60,16 @@ class SamplingSettings:
     def check(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.n > MAX_ANSWERS_PER_PROMPT:
+            raise ValueError(f"--n must be at most {MAX_ANSWERS_PER_PROMPT} answers per prompt (a prompt's answers are "
+                             f"one record, held in memory), got {self.n:,}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be above 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        check_seed(self.seed)
 
 
 # ----------------------------------------------------------------------------- the policy's tokens
@@ -75,9 +86,35 @@ def end_token_ids(tokenizer, model=None) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def prompt_token_ids(tokenizer, prompt: Prompt) -> list[int]:
-    """The prompt as the policy sees it: rendered with the chat template, up to the assistant header."""
-    return tokenizer(render_prompt(tokenizer, as_messages(prompt)), add_special_tokens=True)["input_ids"]
+def prompt_token_ids(tokenizer, prompt: Prompt, max_tokens: int = MAX_PROMPT_TOKENS) -> list[int]:
+    """The prompt as the policy sees it: rendered with the chat template, up to the assistant header,
+    cut from the left to its last `max_tokens` tokens (as a reward model cuts a long prompt)."""
+    return _prompt_ids(tokenizer, prompt, max_tokens)[0]
+
+
+def _prompt_ids(tokenizer, prompt: Prompt, max_tokens: int) -> tuple[list[int], bool]:
+    """(token ids, whether the prompt was cut). A text far past `max_tokens` is cut by characters first,
+    so a 5 MB prompt costs what its last few thousand characters cost."""
+    messages = as_messages(prompt)
+    clipped = clip_prompt(messages, max_chars(tokenizer, max_tokens))
+    ids = tokenizer(render_prompt(tokenizer, clipped), add_special_tokens=True)["input_ids"]
+    return ids[-max_tokens:], len(ids) > max_tokens
+
+
+def prompts_cut(tokenizer, prompts: list[Prompt], max_tokens: int = MAX_PROMPT_TOKENS) -> int:
+    """How many of the prompts are longer than `max_tokens` tokens (sampling keeps their last ones)."""
+    return sum(_prompt_ids(tokenizer, p, max_tokens)[1] for p in prompts)
+
+
+def check_context(policy_model, max_new_tokens: int) -> None:
+    """Refuse more new tokens than the policy can read after a prompt (its position limit)."""
+    config = getattr(policy_model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    context = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    if isinstance(context, int) and max_new_tokens + MAX_PROMPT_TOKENS > context:
+        raise ValueError(f"--max-new-tokens {max_new_tokens:,}: the policy reads at most {context:,} tokens (its "
+                         f"max_position_embeddings) and a prompt takes up to {MAX_PROMPT_TOKENS:,} of them, so at "
+                         f"most {max(context - MAX_PROMPT_TOKENS, 1):,} new tokens")
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -126,16 +163,35 @@ def iter_samples(policy_model, tokenizer, prompts: list[Prompt], n: int, max_new
     tokens), so progress moves during a long call.
     """
     SamplingSettings("", n, max_new_tokens, temperature, top_p, seed).check()
+    if not 1 <= sequences_per_call <= MAX_SEQUENCES_PER_CALL:
+        raise ValueError(f"--sequences-per-call must be from 1 to {MAX_SEQUENCES_PER_CALL}, got {sequences_per_call:,}")
+    check_context(policy_model, max_new_tokens)
     per_call = max(1, sequences_per_call // n)
+    calls = math.ceil(n / sequences_per_call)  # above sequences_per_call, one prompt's answers take several calls
     for start in range(0, len(prompts), per_call):
-        torch.manual_seed(seed * 1_000_003 + first_index + start)
-        size = len(prompts[start : start + per_call])
-        ticker = None
-        if on_token is not None:
-            def ticker(step: int, start=start, size=size) -> None:
-                on_token(start + size * min(step, max_new_tokens) / max_new_tokens)
-        yield _generate(policy_model, tokenizer, prompts[start : start + per_call], n, max_new_tokens,
-                        temperature, top_p, ticker)
+        part = prompts[start : start + per_call]
+        size = len(part)
+        answers: list[list[Sample]] = [[] for _ in part]
+        for call in range(calls):
+            torch.manual_seed(_call_seed(seed, first_index + start, call))
+            count = min(sequences_per_call, n - call * sequences_per_call)
+            ticker = None
+            if on_token is not None:
+                def ticker(step: int, start=start, size=size, call=call) -> None:
+                    on_token(start + size * (call + min(step, max_new_tokens) / max_new_tokens) / calls)
+            for mine, more in zip(answers, _generate(policy_model, tokenizer, part, count, max_new_tokens,
+                                                     temperature, top_p, ticker)):
+                mine.extend(more)
+        yield answers
+
+
+def _call_seed(seed: int, index: int, call: int) -> int:
+    """The random seed of a generate call: from the seed and its first prompt's index, and for the second
+    and later calls of one prompt's answers (n above --sequences-per-call), a hash of the three."""
+    if call == 0:
+        return seed * 1_000_003 + index
+    digest = hashlib.sha256(f"{seed}:{index}:{call}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
 
 
 def _token_ticker(callback: Callable[[int], None]):
@@ -171,8 +227,10 @@ def _generate(model, tokenizer, prompts: list[Prompt], n: int, max_new_tokens: i
             pad_token_id=pad_id, eos_token_id=ends,
             stopping_criteria=[_token_ticker(on_step)] if on_step is not None else None,
         )  # (P * n, T + new): the n answers of a prompt are consecutive rows
-    except RuntimeError as exc:
-        raise ModelError(f"generation failed ({exc})") from None
+    except (RuntimeError, MemoryError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelError(f"generation failed ({type(exc).__name__}: {detail}); if memory ran out, lower "
+                         "--sequences-per-call, --n or --max-new-tokens") from None
     new_tokens = output[:, width:].tolist()
     samples = [_to_sample(tokenizer, row, ends) for row in new_tokens]
     return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -199,11 +257,25 @@ def sample_record(prompt: Prompt, samples: list[Sample], settings: SamplingSetti
     }
 
 
-def read_samples_file(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The complete records of a samples file (a cut-off last line from an interrupted write is left out)."""
+def json_line(record: dict[str, Any]) -> str:
+    """One JSON line. U+2028, U+2029 and U+0085 are escaped: JSON allows them raw in a string, but readers
+    that split on every line end (Python's str.splitlines, many editors) would cut the record there."""
+    text = json.dumps(record, ensure_ascii=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\u0085", "\\u0085") + "\n"
+
+
+def _samples_text(path: Path) -> str:
+    """The text of a samples file, read as data files are: a regular file, under the size limit, UTF-8."""
+    raw = read_small_file(path, limits().max_bytes, str(path), kind="samples file", fail=DataError)
+    return decode(raw, str(path)) if raw.strip() else ""
+
+
+def read_samples_located(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """("PATH:LINE", record) of each complete record of a samples file (a cut-off last line from an
+    interrupted write is left out); a file that is not a samples file is refused."""
     path = Path(path)
     records = []
-    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may be inside a JSON string
+    lines = _samples_text(path).split("\n")  # not splitlines(): U+2028 may be inside a JSON string
     while lines and not lines[-1].strip():
         lines.pop()
     for number, line in enumerate(lines, 1):
@@ -211,24 +283,64 @@ def read_samples_file(path: str | os.PathLike) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             if number == len(lines):  # the write that was interrupted
                 break
             raise DataError(f"{path}:{number}", "not valid JSON; is this a samples file from rmcore sample?") from None
-        if not isinstance(record, dict) or "responses" not in record or "sampling" not in record:
+        if not isinstance(record, dict) or "responses" not in record or not isinstance(record.get("sampling"), dict):
             raise DataError(f"{path}:{number}", "not a samples record (prompt, responses, sampling); "
                                                 "rmcore sample writes only to a new file or to its own samples file")
-        records.append(record)
+        records.append((f"{path}:{number}", record))
     return records
+
+
+def read_samples_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete records of a samples file (a cut-off last line from an interrupted write is left out)."""
+    return [record for _, record in read_samples_located(path)]
+
+
+def sample_record_problem(record: dict[str, Any]) -> str | None:
+    """Why a samples record cannot be scored (best-of-n reads prompt, responses, num_tokens, hit_limit), or None."""
+    prompt = record.get("prompt")
+    if isinstance(prompt, list):
+        if not prompt or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and
+                                 isinstance(m.get("content"), str) for m in prompt):
+            return "'prompt' must be text or a non-empty list of {role, content} messages"
+    elif not isinstance(prompt, str) or not prompt.strip():
+        return "'prompt' is missing" if prompt is None else f"'prompt' must be text, found {_kind(prompt)}"
+    responses = record.get("responses")
+    if not isinstance(responses, list) or not responses:
+        return "'responses' must be a non-empty list of answers, found " + (
+            "an empty list" if responses == [] else _kind(responses))
+    if not all(isinstance(r, str) for r in responses):
+        return "every response must be text"
+    for key, kind in (("num_tokens", "whole numbers >= 0"), ("hit_limit", "true/false")):
+        values = record.get(key)
+        if values is None:
+            continue
+        good = isinstance(values, list) and all(
+            (isinstance(v, bool) if key == "hit_limit" else isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+            for v in values)
+        if not good:
+            return f"'{key}' must be a list of {kind}, one per response"
+        if len(values) != len(responses):
+            return f"'{key}' has {len(values)} entries for {len(responses)} responses"
+    return None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {str: "text", dict: "an object", list: "a list", bool: "true/false"}.get(type(value), "a number")
 
 
 def prompts_done(path: Path, settings: SamplingSettings) -> set[str]:
     """Keys of the prompts already in `path`; refuse a file that is not a samples file of these settings."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return set()
     if path.is_dir():
         raise DataError(str(path), "is a folder; --out must be a .jsonl file")
-    records = read_samples_file(path) if path.stat().st_size else []
+    records = read_samples_file(path)  # refuses a named pipe or a device without opening it for long
     if not records:
         raise DataError(str(path), "exists and holds no samples record; rmcore sample never writes over a file: "
                                    "choose a new --out file")
@@ -239,6 +351,9 @@ def prompts_done(path: Path, settings: SamplingSettings) -> set[str]:
             verb = "differs" if len(differ) == 1 else "differ"
             raise DataError(str(path), f"already holds samples made with other settings ({', '.join(differ)} "
                                        f"{verb}); choose a new --out file, or the same settings to continue it")
+        if not isinstance(record.get("prompt"), (str, list)):
+            raise DataError(str(path), "holds a record without a prompt; rmcore sample writes only to a new file "
+                                       "or to its own samples file")
     return {prompt_key(r["prompt"]) for r in records}
 
 
@@ -269,7 +384,7 @@ def write_samples(policy_model, tokenizer, prompts: list[Prompt], out_path: str 
                               settings.temperature, settings.seed, top_p=settings.top_p,
                               first_index=first_index, sequences_per_call=sequences_per_call,
                               on_token=on_token if on_progress is not None else None):
-        lines = "".join(json.dumps(sample_record(prompt, samples, settings), ensure_ascii=False) + "\n"
+        lines = "".join(json_line(sample_record(prompt, samples, settings))
                         for prompt, samples in zip(todo[written : written + len(chunk)], chunk, strict=True))
         with out_path.open("a", encoding="utf-8") as out:  # opened per call: no empty file before the first
             out.write(lines)
@@ -285,7 +400,7 @@ def _drop_partial_line(path: Path) -> None:
     killed half-way is removed (read_samples_file leaves it out too, so its prompt is sampled again)."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    data = path.read_bytes()
+    data = read_small_file(path, limits().max_bytes, str(path), kind="samples file", fail=DataError)
     if data.endswith(b"\n"):
         return
     keep = data.rfind(b"\n") + 1

@@ -18,7 +18,13 @@ from typing import Any
 
 from rmcore import __version__
 from rmcore.core.errors import TrainingError
-from rmcore.core.folders import CHECKPOINT_DIR, POLICY_METADATA_FILE, check_output_folder, save_folder
+from rmcore.core.folders import (
+    CHECKPOINT_DIR,
+    POLICY_METADATA_FILE,
+    check_output_folder,
+    read_json_object,
+    save_folder,
+)
 from rmcore.core.outputs import atomic_write_text
 from rmcore.policy.config import RLHFConfig
 from rmcore.policy.models import merged_copy
@@ -75,7 +81,7 @@ def write_run_state(folder: Path, state: dict[str, Any]) -> None:
 
 def read_run_state(folder: Path, key: str) -> dict[str, Any]:
     """What write_run_state wrote; refuse the state of another run, as load_policy_checkpoint does."""
-    state = json.loads((folder / STATE_FILE).read_text())
+    state = read_json_object(folder / STATE_FILE)  # a regular file of sane size, or one line naming it
     if state.get("run_key") != key:
         raise TrainingError(f"{folder}: this checkpoint was made with another {RESUME_MISMATCH}, or use a new "
                             "--out folder")

@@ -34,6 +34,7 @@ class Stats:
         self.rounds = 0
         self.truncated = 0
         self.unparsed = 0
+        self.non_finite = 0  # rewards that were NaN or infinite (answered as null)
         self.latencies: dict[str, deque[float]] = {}
         self.latency_sum: dict[str, float] = {}
         self.latency_count: dict[str, int] = {}
@@ -84,6 +85,8 @@ def prometheus_text(stats: Stats, batcher: Batcher, model) -> str:
                [("", stats.truncated)])
         metric("rmcore_unparsed_total", "counter", "/get_reward texts without the model's assistant turn, "
                "scored whole.", [("", stats.unparsed)])
+        metric("rmcore_non_finite_total", "counter", "Rewards that were NaN or infinite, answered as null.",
+               [("", stats.non_finite)])
         metric("rmcore_compute_seconds_total", "counter", "Seconds the worker spent scoring.",
                [("", stats.compute_seconds)])
         quantiles = []

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
+
+from rmcore.core.files import read_small_file
 
 
 @dataclass
@@ -46,6 +47,9 @@ class ServeConfig:
         "metavar": "N"})
     max_body_mb: float = field(default=16.0, metadata={
         "help": "request body size limit in MiB (default 16)", "metavar": "MB"})
+    shutdown_timeout: float = field(default=20.0, metadata={
+        "help": "seconds SIGTERM or Ctrl-C waits for the requests in flight before dropping the connections "
+                "left (a client stalled half-way through its body); default 20", "metavar": "S"})
 
     @property
     def max_body_bytes(self) -> int:
@@ -74,19 +78,28 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         raise ValueError(f"--batch-wait-ms must be between 0 and 1000, got {config.batch_wait_ms:g}")
     if not 0 < config.max_body_mb <= 1024:
         raise ValueError(f"--max-body-mb must be above 0 and at most 1024, got {config.max_body_mb:g}")
+    if not 0 < config.shutdown_timeout <= 3600:
+        raise ValueError(f"--shutdown-timeout must be above 0 and at most 3600 s, got {config.shutdown_timeout:g}")
     if not 0 <= config.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {config.port}")
     return config
 
 
+MAX_TOKEN_FILE_BYTES = 64 << 10  # a bearer token is a line; a file far larger is not a token file
+
+
+def _token_file_error(name: str, reason: str) -> ValueError:
+    return ValueError(f"--token-file {name}: {reason}")
+
+
 def read_token(path: str) -> str:
-    """The bearer token from a file (never from the command line, where `ps` would show it)."""
+    """The bearer token from a file (never from the command line, where `ps` would show it). Only a
+    regular file of at most 64 KB is read: a named pipe or /dev/zero is refused at once."""
+    raw = read_small_file(path, MAX_TOKEN_FILE_BYTES, str(path), kind="token file", fail=_token_file_error)
     try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ValueError(f"--token-file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--token-file {path}: cannot read it ({exc})") from None
+        token = raw.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"--token-file {path}: not UTF-8 text; put the token on one line") from None
     if not token or any(c.isspace() for c in token):
         raise ValueError(f"--token-file {path}: give the token on one line, no spaces (the file is "
                          f"{'empty' if not token else 'several words'})")

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from rmcore.data import RankedGroup
-from rmcore.data.encoding import EncodedGroup, encode_group, render_prompt, render_response
+from rmcore.data.encoding import EncodedGroup, apply_template, encode_group, render_prompt, render_response
 from rmcore.serving.config import ServeConfig
 
 
@@ -64,7 +65,7 @@ class TemplateShape:
         messages = [{"role": "user", "content": "\u2063rmcore-prompt\u2063"}]
         prompt = render_prompt(tokenizer, messages)
         if getattr(tokenizer, "chat_template", None):
-            without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+            without = apply_template(tokenizer, messages, add_generation_prompt=False)
             header = prompt[len(without):] if prompt.startswith(without) else ""
         else:  # rmcore's plain "Role: text" transcript
             header = "Assistant:"
@@ -100,12 +101,19 @@ def encode_rendered(tokenizer, prompt_text: str, replies: list[str], max_length:
     return encode_group(_RenderedTemplate(tokenizer, prompt_text), group, max_length)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # "\ud800" in JSON: half of a UTF-16 pair, not a character
+
+
 def _check_text(value: Any, where: str, limit: int) -> str:
     if not isinstance(value, str):
         raise ApiError(422, f"{where} must be a string, got {_json_type(value)}")
     if len(value) > limit:
         raise ApiError(413, f"{where} has {len(value)} characters, more than this server's limit of {limit} "
                             "(--max-text-chars)")
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise ApiError(422, f"{where} holds a lone UTF-16 surrogate (\\u{ord(bad.group()):04x}) at character "
+                            f"{bad.start()}, which is not a character; send valid Unicode text")
     return value
 
 
@@ -192,6 +200,11 @@ async def read_json_body(request, limit: int) -> dict:
         raise ApiError(400, "the body is not UTF-8 text; send a JSON object") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply (thousands of brackets) to be a request") from None
+    except ValueError:  # Python refuses to read an integer of more than 4,300 digits
+        raise ApiError(400, "the body holds a number with thousands of digits; no field of a request is a "
+                            "number") from None
     if not isinstance(body, dict):
         raise ApiError(422, f"the body must be a JSON object, got {_json_type(body)}")
     return body

@@ -21,7 +21,8 @@ tokens and its own (the block mask), whichever requests it was batched with.
 
 Limits: request body size, responses per request, characters per text, and a bounded queue
 that answers 503 with Retry-After. SIGTERM or Ctrl-C stops accepting connections, answers every
-request already received, then exits with status 0.
+request already received (waiting at most --shutdown-timeout seconds for them: a client stalled
+half-way through its body is dropped), then exits with status 0.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import signal
 import socket
 import sys
@@ -102,6 +104,9 @@ class RewardService:
                 response = await handler(request)
             except ApiError as exc:
                 response = _error_response(exc)
+            except asyncio.CancelledError:  # a stop past --shutdown-timeout: a client stalled mid-body
+                response = _error_response(ApiError(503, "the server stopped before this request was received "
+                                                         "whole (--shutdown-timeout)", {"Connection": "close"}))
             except Exception as exc:  # a bug: log it here, tell the client one line
                 traceback.print_exc()
                 response = _error_response(ApiError(500, f"internal error ({type(exc).__name__}); see the server log"))
@@ -132,10 +137,13 @@ class RewardService:
         if empty:  # nothing to read a reward at: refused before it joins a batch
             raise ApiError(422, f"responses[{empty[0]}] has no tokens to read a reward at")
         [rewards] = await self.batcher.score([group])
+        self._count_cuts(len(responses) if group.prompt_truncated else len(group.truncated), 0)
+        bad = self._non_finite(rewards)
+        if bad:  # NaN cannot be written as JSON: null, and the indexes said in `non_finite`
+            return JSONResponse(_non_finite_score(rewards, bad, self.model.trained, group))
         best = max(range(len(rewards)), key=rewards.__getitem__)
         result = ScoreResult(rewards, preference_matrix(rewards), best, self.model.trained, group.prompt_truncated,
                              list(group.truncated))
-        self._count_cuts(len(responses) if group.prompt_truncated else len(group.truncated), 0)
         return JSONResponse(result.to_dict())
 
     async def get_reward(self, request):
@@ -145,9 +153,27 @@ class RewardService:
         rewards = [reward for [reward] in await self.batcher.score(groups)]
         truncated = [i for i, group in enumerate(groups) if group.prompt_truncated or group.truncated]
         self._count_cuts(len(truncated), len(unparsed))
-        return JSONResponse({"rewards": rewards, "scores": rewards,
-                             "extra_logs": {"rm_truncated": [float(i in truncated) for i in range(len(texts))]},
-                             "truncated": truncated, "unparsed": unparsed})
+        bad = self._non_finite(rewards)
+        shown = [None if i in bad else r for i, r in enumerate(rewards)]
+        answer = {"rewards": shown, "scores": shown,
+                  "extra_logs": {"rm_truncated": [float(i in truncated) for i in range(len(texts))]},
+                  "truncated": truncated, "unparsed": unparsed}
+        if bad:
+            answer["non_finite"] = bad
+        return JSONResponse(answer)
+
+    def _non_finite(self, rewards: list[float]) -> list[int]:
+        """Indexes of rewards that are NaN or infinite (weights that overflow on a text); counted, and said
+        once in the server's log."""
+        bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
+        if bad:
+            with self.stats.lock:
+                first = self.stats.non_finite == 0
+                self.stats.non_finite += len(bad)
+            if first:
+                print(f"warning: {self.model.name} gave a non-finite reward ({rewards[bad[0]]}); such rewards are "
+                      "answered as null and listed in 'non_finite'", file=sys.stderr, flush=True)
+        return bad
 
     def encode_texts(self, texts: list[str]) -> tuple[list[EncodedGroup], list[int]]:
         """Each full text as a group of its own: (groups, indexes of the texts scored whole).
@@ -183,6 +209,18 @@ class RewardService:
     async def metrics(self, request):
         return PlainTextResponse(prometheus_text(self.stats, self.batcher, self.model),
                                  media_type="text/plain; version=0.0.4")
+
+
+def _non_finite_score(rewards: list[float], bad: list[int], trained: bool, group: EncodedGroup) -> dict[str, Any]:
+    """A /score answer whose rewards are not all finite: those are null (and listed in `non_finite`), as are
+    the probabilities that involve them; `best` is the best finite one (null when none is)."""
+    good = [i for i in range(len(rewards)) if i not in bad]
+    matrix = preference_matrix([0.0 if i in bad else r for i, r in enumerate(rewards)])
+    probabilities = [[None if i in bad or j in bad else p for j, p in enumerate(row)] for i, row in enumerate(matrix)]
+    return {"rewards": [None if i in bad else r for i, r in enumerate(rewards)], "probabilities": probabilities,
+            "best": max(good, key=rewards.__getitem__) if good else None, "trained": trained,
+            "truncated_prompt": group.prompt_truncated, "truncated_responses": list(group.truncated),
+            "non_finite": bad}
 
 
 def _error_response(error: ApiError):
@@ -235,8 +273,10 @@ def run(config: ServeConfig) -> int:
         if token is None and sock.getsockname()[0] not in ("127.0.0.1", "::1"):
             print(f"warning: listening on {config.host} without --token-file: anyone who can reach this machine "
                   "can use the model", file=sys.stderr)
+        # A stop waits for the requests in flight at most --shutdown-timeout seconds: a client that stalls
+        # half-way through its body must not keep the server alive (uvicorn then cancels what is left).
         server = uvicorn.Server(uvicorn.Config(service.app, log_level="warning", access_log=False,
-                                               timeout_graceful_shutdown=None, lifespan="on"))
+                                               timeout_graceful_shutdown=config.shutdown_timeout, lifespan="on"))
         print(banner(url_of(sock), model, config), flush=True)
         # uvicorn handles SIGTERM and SIGINT while it runs, then raises them again for the handlers it
         # found: make those handlers "already stopped" so a graceful stop exits with status 0.
