@@ -32,6 +32,7 @@ from rmcore.training.config import TrainConfig
 from rmcore.training.modes import setup_mode
 
 PROBE_S = 3.0  # the few seconds a budgeted run spends measuring its speed before it plans
+PROBE_TOKENS = 1024  # tokens of the probe's batch: about 1.5 s forward and 6 s for a full step (SmolLM2, 2 cores)
 
 
 @dataclass
@@ -77,10 +78,17 @@ def _sample_batch(encoded: list[EncodedGroup], batch_size: int) -> list[EncodedG
     return order[start : start + batch_size]
 
 
-def _random_batch(encoded: list[EncodedGroup], size: int, seed: int) -> list[EncodedGroup]:
-    """A batch as training draws them: `size` groups at random (seeded), long and short alike, so the
-    seconds per token include what long rows cost more (attention grows with the row)."""
-    return random.Random(seed).sample(encoded, size)
+def _random_batch(encoded: list[EncodedGroup], tokens: int, seed: int) -> list[EncodedGroup]:
+    """Groups at random (seeded), long and short alike, until `tokens`: the seconds per token then include
+    what long rows cost more (attention grows with the row), and the probe stays a few seconds."""
+    order = random.Random(seed).sample(range(len(encoded)), len(encoded))
+    batch, total = [], 0
+    for i in order:
+        if batch and total + encoded[i].num_tokens > tokens:
+            break
+        batch.append(encoded[i])
+        total += encoded[i].num_tokens
+    return batch
 
 
 def measure_rates(
@@ -117,11 +125,10 @@ def probe_rates(config: TrainConfig, packed, trainable, encoded: list[EncodedGro
     """(forward, training) seconds per token of the model a run is about to train, on its own data.
 
     The probe of a time budget (rmcore.training.budget): a warm-up and a timed forward pass of a
-    batch of `batch_size` random groups, and for lora and full a forward and backward pass whose gradients are
+    batch of random groups (`PROBE_TOKENS`), and for lora and full a forward and backward pass whose gradients are
     then dropped, so the weights, the optimizer and the random state are as before.
     """
-    size = max(1, min(config.batch_size, len(encoded) // 20, len(encoded)))  # a few seconds, whatever the data
-    batch = pack_groups(_random_batch(encoded, max(size, min(2, len(encoded))), config.seed), pad_id)
+    batch = pack_groups(_random_batch(encoded, PROBE_TOKENS, config.seed), pad_id)
     forward_s, train_s = _time_batch(config, packed, trainable, batch.to(accelerator.device),
                                      accelerator.device.type, accelerator.autocast, step=False,
                                      warm_up=pack_groups([min(encoded, key=lambda g: g.num_tokens)], pad_id))
