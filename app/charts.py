@@ -227,7 +227,8 @@ def token_trace(tokens: list[str], rewards: list[float]) -> go.Figure:
     """The reward head applied after every token: top, the reward if the answer ended there;
     bottom, its change at each token.
 
-    The last point is the real reward: the model reads it at the final token (the end-of-turn marker).
+    The last point is the real reward: the model reads it at the final token of the rendered text (for
+    SmolLM2's template the line break after `<|im_end|>`).
     """
     x = list(range(1, len(tokens) + 1))
     deltas = [rewards[0]] + [b - a for a, b in zip(rewards, rewards[1:], strict=False)] if rewards else []
@@ -411,7 +412,8 @@ def accuracy_with_baselines(summary: dict[str, Any]) -> go.Figure:
     """The model's accuracy beside what length alone gets, each with ± one standard error."""
     rows = [("this model, every pair", summary.get("accuracy"), summary.get("accuracy_se"), TRAIN)]
     controlled = summary.get("length_controlled") or {}
-    rows.append((f"this model, pairs of similar length ({controlled.get('comparisons', 0)})",
+    similar = controlled.get("comparisons", 0)
+    rows.append((f"this model, {similar} pair{'' if similar == 1 else 's'} of similar length",
                  controlled.get("accuracy"), controlled.get("se"), TRAIN))
     base = summary.get("length_baseline") or {}
     rows.append(("“the longer answer wins”", base.get("accuracy"), base.get("se"), GREY))

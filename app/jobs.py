@@ -55,6 +55,8 @@ class JobRequest:
     data_name: str = ""
     data_summary: dict[str, Any] = field(default_factory=dict)
     resume: bool = False  # continue the stopped run saved in out_dir (same data and settings)
+    expected_s: dict[str, float] = field(default_factory=dict)  # the app's estimate of each phase, shown while
+    # a phase that reports no progress of its own runs (loading, features without a budget)
 
     def new_job(self, owner: str) -> TrainingJob:
         return TrainingJob(self, owner)
@@ -84,6 +86,11 @@ class JobSnapshot:
     train_prompts: int
     eval_prompts: int
     saved: bool = False  # a model folder was written (a run stopped before its first step writes none)
+    plan: str | None = None  # with a time budget: the plan rmcore made at the start ("head mode, 1,205 of ...")
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # once done: seconds of each phase
+    phase_elapsed_s: float = 0.0  # seconds since the current phase began
+    budget_s: float = 0.0  # the run's time budget (0: none)
+    expected_s: dict[str, float] = field(default_factory=dict)  # JobRequest.expected_s
 
     @property
     def active(self) -> bool:
@@ -188,9 +195,10 @@ class Job:
 
 
 def _phase_text(event: dict[str, Any]) -> str:
-    """A phase event in words, with the time left when the phase knows it."""
+    """A phase event in words, with the time left when the phase knows it (and is not done)."""
     text = str(event.get("phase", ""))
-    if event.get("eta_s") is not None:
+    progress = event.get("progress")
+    if event.get("eta_s") is not None and (progress is None or progress < 1):
         text += f", about {format_duration(event['eta_s'])} left"
     return text
 
@@ -205,13 +213,17 @@ class TrainingJob(Job):
     def __init__(self, request: JobRequest, owner: str):
         super().__init__(request, owner)
         self._phase_progress: float | None = None
+        self._plan: str | None = None
+        self._phase_seconds: dict[str, float] = {}
+        self._phase_kind, self._phase_since = "", time.time()
 
     def _on_event(self, event: dict[str, Any]) -> None:
         with self._lock:
             kind = event.get("event")
             if kind == "phase":
-                self._phase = _phase_text(event)
-                self._phase_progress = event.get("progress")
+                self._on_phase(event)
+            elif kind == "done":
+                self._phase_seconds = dict(event.get("phase_seconds") or {})
             elif kind == "step":
                 if self._status == "starting":
                     self._status = "running"
@@ -221,6 +233,20 @@ class TrainingJob(Job):
                 self._steps.append({k: v for k, v in event.items() if k != "event"})
             elif kind == "eval":
                 self._evals.append({k: v for k, v in event.items() if k != "event"})
+
+    def _on_phase(self, event: dict[str, Any]) -> None:
+        """A phase event: the plan is kept apart (it is shown above the bar); a new kind of phase restarts
+        the clock that the bar of a phase without progress of its own runs on."""
+        text = str(event.get("phase", ""))
+        if text.startswith("plan: "):
+            self._plan = text.removeprefix("plan: ")
+            text = "planned the run; preparing"
+        kind = text.split("(")[0].strip()
+        if kind != self._phase_kind:
+            self._phase_kind, self._phase_since = kind, time.time()
+        self._phase = _phase_text({**event, "phase": text})
+        progress = event.get("progress")
+        self._phase_progress = None if progress is None else float(progress)
 
     def _work(self) -> tuple[str, str]:
         from rmcore.training.train import train  # torch: only a running job needs it (app.jobs is on the first paint)
@@ -246,7 +272,11 @@ class TrainingJob(Job):
             return JobSnapshot(**self._common(), data_name=self.request.data_name,
                                phase_progress=self._phase_progress,
                                train_prompts=len(self.request.train_groups),
-                               eval_prompts=len(self.request.eval_groups))
+                               eval_prompts=len(self.request.eval_groups), plan=self._plan,
+                               phase_seconds=dict(self._phase_seconds),
+                               phase_elapsed_s=time.time() - self._phase_since,
+                               budget_s=float(self.request.config.time_budget_s or 0.0),
+                               expected_s=dict(self.request.expected_s))
 
 
 class JobManager:

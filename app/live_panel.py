@@ -38,10 +38,11 @@ class LivePanel:
     polling_key: str  # this session's flag: the page polls while a job (of either kind) runs
     stop_label: str
     stop_key: str
-    bar: Callable[[Any], tuple[float, str] | None]  # the progress bar's value and text, or None for no bar
+    bar: Callable[[Any], list[tuple[float, str]] | tuple[float, str] | None]  # the bars' values and texts
     numbers: Callable[[Any], None]  # the run's tiles and curves so far
     finished: Callable[[Any], None]  # what the owner can do with the run once it ended
     heading: Callable[[str], None] = _subheader
+    intro: Callable[[Any], None] | None = None  # drawn under the heading (the Train page: the run's plan)
     watching: str | None = None  # told to a session watching another session's running job
     saved_hint: str = ""  # after "`models/NAME`" in the line that says what was saved
     every_s: float = 1.0
@@ -59,6 +60,8 @@ class LivePanel:
         self.heading(f"{HEADINGS.get(snap.status, self.doing)}: {snap.model_name}")
         if self.watching and snap.active and not mine:
             st.info(self.watching, icon=":material/group:")
+        if self.intro is not None:
+            self.intro(snap)
         self._progress(snap)
         self._outcome(snap)
         self.numbers(snap)
@@ -88,12 +91,11 @@ class LivePanel:
 
     def _progress(self, snap) -> None:
         shown = self.bar(snap)
-        if shown is None:
-            return
-        value, text = shown
-        st.progress(min(1.0, value), text=text)
-        if snap.status == "stopping" and snap.phase not in text:
-            st.caption(snap.phase)  # what stopping does, when the bar's text is about steps
+        bars = [] if shown is None else [shown] if isinstance(shown, tuple) else list(shown)
+        for value, text in bars:
+            st.progress(max(0.0, min(1.0, value)), text=text)
+        if snap.status == "stopping" and not any(snap.phase in text for _, text in bars):
+            st.caption(snap.phase)  # what stopping does, when the bars' texts are about steps
 
     def _outcome(self, snap) -> None:
         if snap.status == "failed":

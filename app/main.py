@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st  # noqa: E402
 
-from app import resources, state, ui  # noqa: E402
+from app import resources, ui  # noqa: E402
 
 PAGES = [
     ("views/data.py", "Data", ":material/table_view:"),
@@ -43,7 +43,6 @@ def run() -> None:
         st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)
     ]
     page = st.navigation(pages)
-    state.keep_widget_values(page.title)
     with st.sidebar:
         st.markdown("### :material/balance: rmcore workbench")
         st.caption("Train, probe and evaluate reward models from ranked preferences.")
@@ -51,8 +50,7 @@ def run() -> None:
         loading = st.empty()  # the page's title and a spinner at once, replaced by the page when ready
         with loading.container():
             st.title(page.title)
-            with st.spinner("Loading torch and transformers (once per server, a few seconds)..."):
-                resources.ensure_ml()
+            resources.ensure_ml_shown()  # a bar and the time left
         loading.empty()
     with ui.user_errors(f"The {page.title} page failed"):  # any failure: one readable message, no traceback
         page.run()

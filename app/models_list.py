@@ -68,7 +68,7 @@ def models_section() -> None:
 def delete_section(deletable: list[str], sizes: dict[str, FolderSize]) -> None:
     """Pick a model, press Delete..., then confirm: only rmcore's own model folders are offered."""
     left, right = st.columns([3, 1], vertical_alignment="bottom")
-    name = left.selectbox("Delete a model", deletable, key="models_delete_pick")
+    name = left.selectbox("Delete a model", deletable, key="models_delete_pick", persist_state="session")
     if right.button("Delete...", icon=":material/delete:", key="models_delete"):
         st.session_state[CONFIRM_KEY] = name
     pending = st.session_state.get(CONFIRM_KEY)

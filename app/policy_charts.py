@@ -58,6 +58,8 @@ def bon_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "gold" in row:
             item["gold reward"] = round(row["gold"], 3)
         item["length (tokens)"] = round(row["length"], 1)
+        if "hit_limit" in row:
+            item["picks cut at the token limit"] = f"{row['hit_limit']:.0%}"
         table.append(item)
     return table
 

@@ -19,7 +19,7 @@ def policies_section() -> None:
              "`AutoModelForCausalLM.from_pretrained` loads, with rmcore_policy.json (how they were made, the curves "
              "and the before/after answers).")
     names = [name for name, _ in policies]
-    name = st.selectbox("Policy", names, key="export_policy")
+    name = st.selectbox("Policy", names, key="export_policy", persist_state="session")
     meta = dict(policies)[name]
     evals = [h for h in meta.get("history", []) if h.get("event") == "eval"]
     cols = st.columns(4)

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from app import settings
+from app import settings, waiting
+from rmcore.core.paths import cache_dir
+from rmcore.model.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME
 from rmcore.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -88,11 +90,39 @@ def _load_reward_model(source: str, stamp: float) -> RewardModel:
     return RewardModel.load(source)
 
 
+# Loading a model on a quiet 2-core machine: a second or two, plus reading its weights; the embedded model's
+# first use on a machine converts it (rmcore.model.embedded) first.
+LOAD_S, READ_BYTES_PER_S, CONVERT_EMBEDDED_S = 1.5, 250e6, 25.0
+ML_IMPORT_S = 6.0  # importing torch and transformers, once per server
+
+
+def load_seconds(source: str) -> float:
+    """About how long loading the model in `source` (a folder, or the embedded model) takes on a quiet machine."""
+    if str(source).lower() in EMBEDDED_ALIASES:
+        weights = cache_dir() / "base" / EMBEDDED_NAME / "model.safetensors"
+        if not weights.is_file():
+            return LOAD_S + 540e6 / READ_BYTES_PER_S + CONVERT_EMBEDDED_S
+        return LOAD_S + weights.stat().st_size / READ_BYTES_PER_S
+    folder = Path(source)
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+    return LOAD_S + size / READ_BYTES_PER_S
+
+
+def ensure_ml_shown() -> None:
+    """ensure_ml, with a bar and the time left while it imports (seconds, once per server)."""
+    if not _ml_ready:
+        waiting.wait_for(ensure_ml, "Loading torch and transformers (once per server)", ML_IMPORT_S, "ml")
+
+
 def reward_model(choice: ModelChoice) -> RewardModel:
+    """The reward model of a picker's choice, loaded once per server; the page shows a bar while it loads."""
     if choice.kind == "untrained":
-        return _load_reward_model(choice.name, 0.0)
-    path = settings.model_path(choice.name)
-    return _load_reward_model(str(path), (path / "config.json").stat().st_mtime)
+        source, stamp = choice.name, 0.0
+    else:
+        path = settings.model_path(choice.name)
+        source, stamp = str(path), (path / "config.json").stat().st_mtime
+    return waiting.wait_for(lambda: _load_reward_model(source, stamp),
+                            f"Loading the reward model {choice.label} (once per server)", load_seconds(source), "load")
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -106,18 +136,28 @@ def _load_ensemble(source: str, stamp: float):
 
 def ensemble(choice: ModelChoice):
     """The rmcore.training.ensemble.Ensemble of an "ensemble" choice, loaded once per server."""
-    from rmcore.training.ensemble import ENSEMBLE_FILE  # torch: only the pages that load models (ML loaded) get here
+    from rmcore.training.ensemble import ENSEMBLE_FILE, member_folders  # torch: pages that load models (ML loaded)
 
     path = settings.model_path(choice.name)
-    return _load_ensemble(str(path), (path / ENSEMBLE_FILE).stat().st_mtime)
+    stamp = (path / ENSEMBLE_FILE).stat().st_mtime
+    quiet = sum(load_seconds(str(member)) for member in member_folders(path)) or load_seconds(str(path))
+    return waiting.wait_for(lambda: _load_ensemble(str(path), stamp),
+                            f"Loading the ensemble {choice.name} (once per server)", quiet, "load")
 
 
 @st.cache_resource(show_spinner=False, max_entries=1)
-def generator(name: str):
+def _load_generator(name: str):
     ensure_ml()
     from rmcore.policy.generate import Generator  # torch: after ensure_ml
 
     return Generator(name)
+
+
+def generator(name: str):
+    """The instruct LLM that samples answers, loaded once per server; the page shows a bar while it loads."""
+    return waiting.wait_for(lambda: _load_generator(name),
+                            f"Loading the instruct model {settings.base_model_label(name)} (once per server)",
+                            load_seconds(name), "generator")
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -130,6 +170,12 @@ def tokenizer(name: str):
     tok = load_tokenizer(path)
     choose_pad_token(tok)
     return tok
+
+
+def tokenizer_shown(name: str, why: str = "Loading the tokenizer"):
+    """tokenizer(name), with a bar and the time left while it loads (torch and transformers first, once)."""
+    quiet = 1.0 + (0.0 if _ml_ready else ML_IMPORT_S)
+    return waiting.wait_for(lambda: tokenizer(name), why, quiet, "tokenizer")
 
 
 @st.cache_data(show_spinner=False, ttl=3600, max_entries=16)

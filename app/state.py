@@ -98,31 +98,3 @@ def session_id() -> str:
     if "rm_session_id" not in st.session_state:
         st.session_state["rm_session_id"] = uuid.uuid4().hex
     return st.session_state["rm_session_id"]
-
-
-# Widget values each page keeps while the user is on another page. Streamlit drops the state of a
-# widget that a run did not draw, so without this, going to Learn and back would empty the Probe
-# page's texts and reset the Train form. Buttons and file uploaders cannot be set this way and are
-# not listed. Keys ending in "*" are prefixes.
-PAGE_WIDGETS: dict[str, tuple[str, ...]] = {
-    "Train": ("train_base", "train_mode", "train_epochs", "train_lr", "train_batch", "train_max_length",
-              "train_held_out", "train_seed", "train_lora_r", "train_center", "train_name"),
-    "Probe": ("probe_model", "probe_prompt", "cand_*", "gen_n", "gen_tokens", "gen_temperature", "gen_seed"),
-    "Evaluate": ("eval_model", "eval_source", "eval_limit"),
-    "Learn": ("learn_r1", "learn_r2", "learn_k"),
-    "Export": ("export_model",),
-}
-
-
-def keep_widget_values(current_page: str) -> None:
-    """Re-save the widget values of every page but the one being drawn, so Streamlit keeps them.
-
-    The current page is left alone: its widgets are drawn in this run, and re-saving a widget's
-    value in the run that draws it makes Streamlit warn about a value set twice.
-    """
-    for page, keys in PAGE_WIDGETS.items():
-        if page == current_page:
-            continue
-        for key in list(st.session_state):
-            if any(key.startswith(k[:-1]) if k.endswith("*") else key == k for k in keys):
-                st.session_state[key] = st.session_state[key]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from dataclasses import dataclass
 
 import streamlit as st
 
 from app import settings, state
 from app.jobs import manager
 from app.resources import ModelChoice
+from app.wording import budget_text, duration
 from rmcore.core.errors import RmcoreError
-from rmcore.core.progress import format_duration
 
 log = logging.getLogger(__name__)
 # Markdown, Streamlit directives (:red[...], :emoji:) and LaTeX ($) read these; a backslash escapes them.
@@ -58,8 +59,34 @@ def fmt(value, digits: int = 3, missing: str = "–") -> str:
     return str(value)
 
 
-def duration(seconds: float | None) -> str:
-    return "–" if seconds is None else format_duration(seconds)
+@dataclass(frozen=True)
+class KeptUpload:
+    """An uploaded file kept in the session, so it is still there after a visit to another page."""
+
+    name: str
+    data: bytes
+    file_id: str
+
+    def getvalue(self) -> bytes:
+        return self.data
+
+
+def kept_upload(label: str, key: str, **options) -> KeptUpload | None:
+    """A file uploader whose file survives a visit to another page (an uploader cannot be given a file back:
+    the file is kept beside it, said so, and can be removed)."""
+    kept_key = f"{key}_kept"
+    upload = st.file_uploader(label, key=key, **options)
+    if upload is not None:
+        st.session_state[kept_key] = KeptUpload(upload.name, upload.getvalue(), upload.file_id)
+    kept = st.session_state.get(kept_key)
+    if upload is None and kept is not None:
+        left, right = st.columns([4, 1], vertical_alignment="center")
+        left.caption(f"Using **{md(kept.name)}** ({len(kept.data) / 1e6:,.1f} MB), uploaded earlier in this session; "
+                     "upload another file to replace it.")
+        if right.button("Remove it", key=f"{key}_forget", icon=":material/close:"):
+            st.session_state.pop(kept_key, None)
+            st.rerun()
+    return kept
 
 
 def model_choices(include_untrained: bool = True, include_ensembles: bool = False) -> list[ModelChoice]:
@@ -95,7 +122,7 @@ def pick_model(
 
     if st.session_state.get(key) not in by_key:
         st.session_state.pop(key, None)  # a model that disappeared: fall back to the newest
-    picked = st.selectbox(label, list(by_key), format_func=label_of, key=key, help=help)
+    picked = st.selectbox(label, list(by_key), format_func=label_of, key=key, persist_state="session", help=help)
     return by_key[picked]
 
 
@@ -136,10 +163,19 @@ def _job_status() -> None:
         return
     snap = job.snapshot()
     if snap.active:
-        text = f"{job.doing} **{snap.model_name}**: "
-        text += f"{snap.progress:.0%}, ETA {duration(snap.eta_s)}" if snap.steps else snap.phase
+        budget = getattr(snap, "budget_s", 0.0)  # a training run's time budget (0: none; policy jobs have none)
+        text = f"{job.doing} **{md(snap.model_name)}**: "
+        text += f"{snap.progress:.0%}, ETA {duration(snap.eta_s)}" if snap.steps else md(snap.phase)
+        if budget:
+            text += f" · {duration(snap.elapsed_s)} of the {budget_text(budget)} budget"
         st.caption(text)
-        st.progress(snap.progress if snap.steps else (snap.phase_progress or 0.0))
+        if snap.steps:
+            value = snap.progress
+        elif snap.phase_progress is not None:
+            value = snap.phase_progress
+        else:
+            value = snap.elapsed_s / budget if budget else 0.0
+        st.progress(max(0.0, min(1.0, value)))
     elif st.session_state.get("_sidebar_polling"):
         st.session_state["_sidebar_polling"] = False
         st.rerun()  # the job just ended: one full rerun updates every page and stops the polling

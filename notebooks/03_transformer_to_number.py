@@ -82,12 +82,15 @@ print("the LM would start its answer with:", [tokenizer.decode([i]) for i in nex
 #
 # Because attention is causal, $h_t$ has seen tokens $1..t$. Only the **last** position has seen
 # the whole prompt and the whole answer, so that is where the reward is read. Which token is last
-# depends on the chat template: SmolLM2 ends an assistant turn with `<|im_end|>` and a newline.
+# depends on the chat template: SmolLM2 ends an assistant turn with `<|im_end|>` and a newline, so the
+# reward is read at that **newline**, the token after `<|im_end|>` (which has seen `<|im_end|>` too).
 
 # %%
 text = rm.render(prompt, answer)  # the exact text the reward is read from
 print(text)
 print("last tokens:", [tokenizer.decode([t]) for t in ids[-4:]])
+IM_END = tokenizer.convert_tokens_to_ids("<|im_end|>")
+assert tokenizer.decode(ids[-1:]) == "\n" and ids[-2] == IM_END  # the last token is the newline after <|im_end|>
 
 
 # %%
@@ -217,6 +220,47 @@ pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=
 piped = [out["score"] for out in pipe(texts, function_to_apply="none")]
 print("stock head:", stock.numpy().round(5), "| pipeline:", [round(s, 5) for s in piped])
 assert all(abs(s - p) < TOL and abs(q - p) < TOL for s, q, p in zip(stock.tolist(), piped, packed))
+
+# %% [markdown]
+# ### Which token do TRL and the pipeline read?
+#
+# The same one. The pipeline tokenizes the rendered text, which ends `<|im_end|>` + newline, and the
+# stock head reads its rightmost non-pad token: the newline. TRL's `RewardTrainer`, given conversations
+# (a `prompt` and `chosen`/`rejected` messages), renders them with the same chat template, so its
+# token ids are rmcore's to the last one, and the stock head it trains reads the newline too — with
+# rmcore's pad token or with the shipped one (`<|im_end|>`: the newline is still not padding). Only
+# text that ends *at* `<|im_end|>` (plain strings, to which TRL appends `eos_token`) would be read
+# elsewhere, as 3.3 showed. Check all three on our first answer:
+
+# %%
+last, at_im_end = reward_at(hidden, len(ids) - 1), reward_at(hidden, len(ids) - 2)
+piped_first = pipe(rm.render(prompt, answer), function_to_apply="none")[0]["score"]
+assert abs(piped_first - last) < TOL and abs(piped_first - at_im_end) > 10 * TOL  # the newline, not <|im_end|>
+print(f"pipeline {piped_first:.5f} = w · h at the newline {last:.5f} (at <|im_end|>: {at_im_end:.5f})")
+try:
+    import tempfile
+
+    import datasets
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+except ImportError:  # TRL comes with the benchmark's requirements (requirements-dev.txt installs them)
+    print("TRL is not installed here: its check is skipped")
+else:
+    example = {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": answer}],
+               "rejected": [{"role": "assistant", "content": "Sleep is good."}]}
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # a TrainingArguments deprecation, not ours
+    pad_before = model.config.pad_token_id  # RewardTrainer sets the model's pad token to its tokenizer's
+    for name, tok in (("rmcore's tokenizer", tokenizer), ("the shipped tokenizer", raw)):
+        with tempfile.TemporaryDirectory() as scratch:
+            trainer = RewardTrainer(model=model, processing_class=tok, train_dataset=Dataset.from_list([example]),
+                                    args=RewardConfig(output_dir=scratch, use_cpu=device == "cpu", report_to=[]))
+        row, trl_pad = trainer.train_dataset[0]["chosen_ids"], trainer.processing_class.pad_token_id
+        read = rightmost_non_pad(row, trl_pad)  # where the stock head TRL trains reads the reward
+        assert row == ids and read == len(ids) - 1
+        print(f"TRL with {name} (pad {trainer.processing_class.pad_token!r}): the same {len(row)} tokens as "
+              f"rmcore; the reward is read at token {read}, {tokenizer.decode(row[read:read + 1])!r}")
+    model.config.pad_token_id = pad_before
 
 # %% [markdown]
 # ## 3.4 Per-token rewards

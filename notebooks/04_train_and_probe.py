@@ -27,6 +27,12 @@
 # notebook 1.6. The defaults below use a few dozen prompts. That is enough to see every
 # mechanism, not to build a good reward model: for that, raise the numbers in the next cell on a
 # GPU (or use `mode="lora"`).
+#
+# The training also gets a **time budget**, so the notebook does not depend on the machine being
+# quiet. On a quiet 2-core machine everything fits in a fraction of it (about half a minute, less
+# once the features are cached) and the budget changes nothing; on a busy one `rmcore` measures
+# its speed first and plans to end in time, training on fewer prompts — its `plan:` line says how
+# many — rather than running for ten minutes.
 
 # %% tags=["parameters"]
 DATA = "oasst"  # "oasst" (ranked lists, K = 2..9), "hh-helpful" or "hh-harmless" (pairs)
@@ -38,9 +44,11 @@ EVAL_EVERY = 5  # steps between held-out evaluations (on cached features: free)
 BATCH_SIZE = 8  # prompts per step, each with all its answers
 LR = 5e-3  # None = rmcore's default for head mode (2e-3); a larger step suits our few steps
 SEED = 0
+TIME_BUDGET_S = 150  # the whole training call ends within this (+10%), on any machine; a quiet one needs ~30 s
 OUT_DIR = None  # folder to keep the trained model in; None = a temporary folder removed at the end
 
 # %%
+import json
 import math
 import shutil
 import tempfile
@@ -107,9 +115,13 @@ def on_step(metrics: dict) -> None:
 
 
 config = TrainConfig(model="embedded", mode="head", epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR,
-                     max_length=MAX_LENGTH, seed=SEED, eval_every=EVAL_EVERY)
+                     max_length=MAX_LENGTH, seed=SEED, eval_every=EVAL_EVERY, time_budget_s=TIME_BUDGET_S)
 result = train(config, train_groups, out_dir, eval_groups=eval_groups, on_step=on_step)
 print(f"[{time.perf_counter() - started:5.1f}s] {result.steps} steps; saved to {result.out_dir}")
+assert time.perf_counter() - started < 1.1 * TIME_BUDGET_S + 15  # the budget holds, on any machine
+trained_on = json.loads((out_dir / "rmcore.json").read_text())["data"]["train_prompts"]  # as the model records it
+if trained_on < len(train_groups):  # all of them, unless a busy machine made the plan smaller
+    print(f"a busy machine: the budget fitted {trained_on} of the {len(train_groups)} training prompts")
 steps = [e for e in result.history if e["event"] == "step"]
 evals = [e for e in result.history if e["event"] == "eval"]
 print(f"held-out accuracy {evals[0]['eval_accuracy']:.1%} untrained, {evals[-1]['eval_accuracy']:.1%} after")
@@ -158,8 +170,10 @@ fig.show()
 # %%
 held_out = [(g.responses[w], g.responses[l]) for g in eval_groups for w, l in g.pairs()]
 longer = sum(len(a) > len(b) for a, b in held_out) / len(held_out)
-assert len(held_out) == evals[-1]["eval_comparisons"]
-print(f"held-out comparisons: {len(held_out)}")
+sampled = result.plan["eval_prompts"] < result.plan["eval_prompts_total"]  # a busy machine: a sample of them
+assert len(held_out) == evals[-1]["eval_comparisons"] or sampled
+print(f"held-out comparisons: {len(held_out)}" + (f" (the neuron was scored on a sample of "
+      f"{evals[-1]['eval_comparisons']}, all the budget allowed)" if sampled else ""))
 print(f"  untrained neuron       {evals[0]['eval_accuracy']:.1%}")
 print(f"  'prefer the longer'    {longer:.1%}")
 print(f"  trained neuron         {evals[-1]['eval_accuracy']:.1%}   (best during training: "

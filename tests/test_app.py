@@ -720,3 +720,219 @@ def test_a_stopped_run_resumes_from_the_app_also_after_a_server_restart(app_env,
     assert not meta["stopped"] and meta["steps"] == meta["total_steps"]
     assert not (folder / "checkpoint").exists() and not (folder / jobs.TRAIN_DATA_FILE).exists()
     assert (folder / jobs.HELD_OUT_FILE).is_file()
+
+
+# ----------------------------------------------------------------------------- a new user's problems (issue 25)
+
+VALUE_WIDGETS = {"text_area", "text_input", "number_input", "selectbox", "radio", "slider", "checkbox", "toggle",
+                 "select_slider", "multiselect"}
+
+
+def test_every_value_widget_keeps_its_value_across_pages():
+    """What a person types or chooses survives a visit to another page in a real browser only when the widget
+    says persist_state="session" (Streamlit drops an undrawn widget's value, and a widget drawn again shows its
+    default in the browser however the server kept it: AppTest never saw that). tests/e2e reads them back."""
+    import ast
+
+    missing = []
+    for source in sorted((ROOT / "app").rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in VALUE_WIDGETS:
+                keywords = {k.arg: k.value for k in node.keywords}
+                persist = keywords.get("persist_state")
+                if "key" not in keywords or not (isinstance(persist, ast.Constant) and persist.value == "session"):
+                    missing.append(f"{source.relative_to(ROOT)}:{node.lineno} {node.func.attr}")
+    assert not missing, missing
+
+
+def test_train_page_shows_the_plan_a_time_budget_will_follow(app_env):
+    at = load_demo(new_session())
+    open_page(at, "views/train.py")
+    no_exception(at)
+    plan = "\n".join(m.value for m in at.markdown)
+    assert "Trains in **head mode** on **all 344 training comparisons**" in plan
+    assert "Evaluates on **all 40 held-out comparisons** (6 instructions)" in plan
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Planned time"].endswith(" of 5 min") and "Estimated time" not in metrics
+    at.radio(key="train_how").set_value("epochs").run()
+    assert "Estimated time" in {m.label for m in at.metric}, "a run of epochs gets the time estimate"
+
+
+def test_train_page_says_when_nothing_useful_fits_and_does_not_start(app_env, monkeypatch):
+    import rmcore.training.estimate as estimate
+
+    real = estimate.plan_for
+
+    def nothing_fits(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        plan.fits, plan.train_prompts, plan.train_comparisons = False, 0, 0
+        return plan
+
+    monkeypatch.setattr(estimate, "plan_for", nothing_fits)
+    at = load_demo(new_session())
+    open_page(at, "views/train.py")
+    no_exception(at)
+    said = at.error[0].value
+    assert said.startswith("Nothing useful fits: a 5 min budget fits 0 of 344 training comparisons in head mode")
+    assert "Choose a longer time budget" in said and "--time-budget" not in said
+    assert at.button(key="start_training").disabled
+
+
+def test_the_plan_in_words_for_each_mode():
+    from app.wording import plan_lines, refusal_text
+    from rmcore.training.budget import Plan
+
+    head = Plan("head", 300, 12, 301, 2354, 1205, 9416, 30, 235, 120, 942, 1, 40, {"features": 250}, 2460)
+    lines = plan_lines(head)
+    assert lines[0].startswith("Trains in **head mode** on **1,205 of the 9,416 training comparisons** (301 of "
+                               "2,354 instructions")
+    assert "**120 of the 942 held-out comparisons** (30 of 235 instructions, a random sample" in lines[1]
+    full = Plan("full", 300, 12, 52, 52, 1135, 344, 6, 6, 40, 40, 4, 43, {"training": 250}, 900)
+    assert plan_lines(full)[0] == ("Trains in **full mode** on **43 steps: 3.3 passes over all 344 training "
+                                   "comparisons**.")
+    assert plan_lines(full)[1].endswith("(6 instructions), 4 times.")
+    none_held = Plan("lora", 60, 12, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, {}, 30)
+    assert plan_lines(none_held)[1].startswith("No held-out instructions")
+    refused = Plan("full", 60, 40, 0, 52, 0, 344, 0, 6, 0, 40, 0, 0, {}, 2400, fits=False)
+    assert refusal_text(refused).endswith("Choose a longer time budget, or try head mode")
+
+
+def test_length_warning_says_not_significantly_better_with_the_interval_and_counts_right():
+    from app.wording import length_warning
+
+    s = {"length_warning": "rmcore's words", "accuracy": 0.825, "accuracy_se": 0.06, "length_agreement": 0.92,
+         "length_correlation": 0.71, "length_baseline": {"accuracy": 0.725},
+         "length_controlled": {"accuracy": 1.0, "se": 0.0, "comparisons": 1}}
+    said = length_warning(s)
+    assert "not significantly better than the 0.725" in said and "between 0.705 and 0.945" in said
+    assert "On the 1 pair of similar length" in said and "1 pairs" not in said and "no better than" not in said
+    s.update(accuracy=0.95, accuracy_se=0.01, length_controlled={"accuracy": 0.9, "se": 0.03, "comparisons": 30})
+    assert "significantly better than the 0.725" in length_warning(s) and "30 pairs" in length_warning(s)
+    assert length_warning({**s, "length_warning": None}) is None  # rmcore decides when to warn
+
+
+def test_the_token_trace_says_the_reward_is_read_at_the_line_break_after_im_end():
+    from app.wording import trace_legend
+
+    said = trace_legend([" Boil", " it", ".", "<|im_end|>", "\n"])
+    assert "here `⏎`, the line break after `<|im_end|>`" in said
+    assert "TRL's RewardTrainer" in said and "pipeline read the same token" in said
+    assert "here `.`" in trace_legend(["Fine", "."])
+
+
+def test_best_of_n_says_when_every_pick_hit_the_token_limit():
+    from app.wording import limit_summary
+
+    records = [{"responses": ["a", "b"], "hit_limit": [True, False]},
+               {"responses": ["c", "d"], "hit_limit": [False, True]}]
+    kind, text = limit_summary(records, [[1.0, 0.0], [0.0, 2.0]], 48)
+    assert kind == "warning" and text.startswith("Every pick hit the 48-token limit") and "all 2 prompts" in text
+    kind, text = limit_summary(records, [[0.0, 1.0], [0.0, 2.0]], 48)
+    assert kind == "caption" and text == "2 of 4 answers hit the 48-token limit (cut mid-answer); 1 of the 2 picks did."
+    assert limit_summary([{"responses": ["a"], "hit_limit": [False]}], [[0.0]], 48) is None
+
+
+def test_the_live_panel_shows_every_wait_with_a_bar_and_the_time_left():
+    from types import SimpleNamespace
+
+    from app.wording import progress_bar
+
+    def snap(**kw):
+        base = dict(active=True, status="starting", steps=[], phase="loading the base model", phase_progress=None,
+                    phase_elapsed_s=4.0, expected_s={}, budget_s=0.0, elapsed_s=10.0, progress=0.0, step=0,
+                    total_steps=0, eta_s=None, last={})
+        return SimpleNamespace(**{**base, **kw})
+
+    # a budget: the bar of elapsed against it carries a phase that reports no progress of its own
+    [(value, text)] = progress_bar(snap(budget_s=300.0))
+    assert value == 10 / 300 and text == "loading the base model… · 10 s of the 5 min budget · at most 4 min 50 s left"
+    # rmcore's own progress and time left, then the budget
+    bars = progress_bar(snap(budget_s=300.0, phase="computing trunk features (12/40), about 20 s left",
+                             phase_progress=0.3))
+    assert bars[0] == (0.3, "computing trunk features (12/40), about 20 s left…") and "budget" in bars[1][1]
+    # no budget: the estimate made before the start, and plain words when it runs over
+    [(value, text)] = progress_bar(snap(expected_s={"loading": 10.0}))
+    assert value == 0.4 and text.endswith("4 s so far, about 6 s left")
+    [(value, text)] = progress_bar(snap(expected_s={"loading": 2.0}))
+    assert value == 0.95 and "longer than the 2 s estimated" in text
+    # steps: the ETA never beyond what the budget leaves
+    [steps, budget] = progress_bar(snap(status="running", steps=[{}], step=1, total_steps=130, eta_s=278.0,
+                                        last={"epoch": 0.1}, budget_s=60.0, elapsed_s=5.0, progress=0.01))
+    assert steps[1].endswith("5 s elapsed · ETA 55 s") and budget[1].endswith("at most 55 s left")
+
+
+def test_a_wait_shows_the_time_left_and_learns_a_busy_machine():
+    from app import waiting
+
+    assert waiting.progress_text("Loading", 2.0, 8.0) == (0.25, "Loading: 2 s so far, about 6 s left")
+    value, text = waiting.progress_text("Loading", 9.0, 8.0)
+    assert value == 0.95 and "longer than the 8 s expected" in text
+    assert waiting.wait_for(lambda: 42, "Nothing", 1.0, "test") == 42
+    with pytest.raises(ValueError):
+        waiting.wait_for(lambda: int("x"), "Nothing", 1.0, "test")
+
+
+def test_a_head_only_download_is_offered_for_the_embedded_trunk_and_its_trunk_comes_back(app_env, tiny_model_dir,
+                                                                                         tmp_path):
+    """A head-mode model of the embedded model: the zip leaves out the trunk shard (the embedded weights), and its
+    restore_trunk.py writes it back, checked by hash, to the same model (here the tiny model stands in)."""
+    from app.files import (
+        RESTORE_SCRIPT,
+        embedded_head_model,
+        head_only_extras,
+        included,
+        trunk_fingerprint,
+        write_zip,
+        zip_folder,
+        zip_size,
+    )
+    from rmcore.model.reward_model import RewardModel
+    from rmcore.model.shared_trunk import TRUNK_SHARD
+    from rmcore.training.train import TrainConfig, train
+
+    groups = read_preferences(demo_data_path()).groups[:8]
+    folder = app_env / "emb-head"
+    train(TrainConfig(model=str(tiny_model_dir), mode="head", epochs=1), groups, folder)
+    meta = json.loads((folder / "rmcore.json").read_text())
+    assert not embedded_head_model(folder, meta), "only where the trunk is the embedded model"
+    meta["config"]["model"] = "embedded"
+    (folder / "rmcore.json").write_text(json.dumps(meta))
+    assert embedded_head_model(folder, meta)
+
+    files = included(folder, head_only=True)
+    extra = head_only_extras("emb-head", trunk_fingerprint(folder), (folder / TRUNK_SHARD).stat().st_size)
+    buffer = io.BytesIO()
+    write_zip(folder, files, buffer, extra)
+    assert len(buffer.getvalue()) <= zip_size(files, extra), "the size on the button is an upper bound"
+    whole = included(folder)
+    assert 0.8 * zip_size(whole) < len(zip_folder(folder)) <= zip_size(whole), "and close: weights are stored"
+    with zipfile.ZipFile(buffer) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "unzipped")
+    assert f"emb-head/{TRUNK_SHARD}" not in names and f"emb-head/{RESTORE_SCRIPT}" in names
+    restored = tmp_path / "unzipped" / "emb-head"
+    script = {}
+    exec(compile((restored / RESTORE_SCRIPT).read_text(), RESTORE_SCRIPT, "exec"), script)
+    script["restore"](restored, source=tiny_model_dir / "model.safetensors")
+    before, after = RewardModel.load(folder, device="cpu"), RewardModel.load(restored, device="cpu")
+    assert after.rewards("Hi", ["Hello!", "Go away."]) == before.rewards("Hi", ["Hello!", "Go away."])
+
+    at = open_page(new_session(), "views/export.py")  # the page offers both, each with its size
+    no_exception(at)
+    assert at.selectbox(key="export_model").value == "trained:emb-head"
+    at.radio(key="export_head_only").set_value("the head only").run()
+    no_exception(at)
+    assert at.get("download_button")[0].proto.label.startswith("Download emb-head-head-only.zip (")
+
+
+def test_the_skipped_rows_table_has_one_row_per_skipped_row_and_their_reasons(app_env):
+    lines = demo_data_path().read_bytes() + (
+        b'{"prompt": "A question with only one answer", "responses": ["The only answer."], "ranks": [1]}\n'
+        b'{"prompt": "A question nobody ranked", "responses": ["One.", "Two."], "ranks": [null, null]}\n')
+    at = new_session()
+    at.get("file_uploader")[0].set_value(("mine.jsonl", lines, "application/json"))
+    at.run()
+    no_exception(at)
+    table = next(d.value for d in at.dataframe if "reason" in d.value.columns)
+    assert list(table["where"]) == ["line 59", "line 60"]
+    assert table["reason"][1].startswith("no response is ranked")

@@ -6,7 +6,7 @@ import logging
 
 import streamlit as st
 
-from app import charts, resources, settings, state
+from app import charts, resources, settings, state, waiting
 from app.ui import error_text, md, user_errors
 from rmcore.core.errors import DataError
 from rmcore.data import RANKED_FORMATS, write_ranked_jsonl
@@ -88,37 +88,63 @@ def report_section(data: state.LoadedData):
         st.plotly_chart(charts.k_distribution(report["k_distribution"]), key="k_dist")
     with right:
         truncation_slot = st.empty()  # filled last (truncation_section): the tokenizer may take seconds to load
-        if report["skipped"]:
-            st.write(f"**{len(report['skipped'])} skipped rows** (where, why):")
-            import pandas as pd  # not at the top: the empty page, the app's first paint, does without it
-
-            st.dataframe(
-                pd.DataFrame(report["skipped"]),
-                hide_index=True,
-                height=180,
-                key="skipped_table",
-                column_config={
-                    "where": st.column_config.TextColumn("where", width="medium"),
-                    "reason": st.column_config.TextColumn("reason", width="large"),
-                },
-            )
-        else:
+        if not report["skipped"]:
             st.write("**No row was skipped.**")
         if report["warnings"]:
             with st.expander(f"{len(report['warnings'])} warnings"):
                 for warning in report["warnings"][:200]:
                     st.text(warning)
+    if report["skipped"]:
+        skipped_table(report["skipped"], data.name)
     return truncation_slot
+
+
+def skipped_table(skipped: list[dict], file_name: str) -> None:
+    """The skipped rows, full width: as many table rows as skipped rows, and each reason in full (tall rows
+    wrap it). "where" drops the file's name, which the report's first line already gives."""
+    import pandas as pd  # not at the top: the empty page, the app's first paint, does without it
+
+    rows = [{"where": str(row["where"]).removeprefix(f"{file_name}:").removeprefix(f"{file_name} "),
+             "reason": str(row["reason"])} for row in skipped]
+    for row in rows:
+        if row["where"][:1].isdigit():
+            row["where"] = f"line {row['where']}"
+    lines = max(max(-(-len(r["where"]) // WHERE_CHARS), -(-len(r["reason"]) // REASON_CHARS)) for r in rows)
+    st.write(f"**{len(rows)} skipped row{'' if len(rows) == 1 else 's'}** (where, why):")
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        key="skipped_table",
+        row_height=row_height(lines),
+        column_config={
+            "where": st.column_config.TextColumn("where", width=WHERE_PX),
+            "reason": st.column_config.TextColumn("reason", width=REASON_PX),
+        },
+    )
+
+
+# The skipped table's columns (they fit the wide layout's page at 1400 px) and the characters a line of each
+# holds; the table wraps a cell's text only in rows of 70 px or more (measured in Chromium).
+WHERE_PX, REASON_PX, WHERE_CHARS, REASON_CHARS = 330, 560, 44, 76
+
+
+def row_height(lines: int) -> int | None:
+    """Rows tall enough for `lines` lines of text (None: the table's one-line default)."""
+    if lines <= 1:
+        return None
+    return 70 if lines == 2 else min(150, 30 + 20 * lines)
 
 
 def truncation_section(slot, data: state.LoadedData) -> None:
     """How many prompts and responses the base model's tokenizer cuts, drawn into the report's slot."""
     with slot.container():
         try:
-            with st.spinner("Loading the base model's tokenizer to count truncated texts..."):
-                prompts, responses = truncation_counts(
-                    settings.base_model(), data.fingerprint(), data.active(), REPORT_MAX_LENGTH
-                )
+            resources.tokenizer_shown(settings.base_model(), "Loading the base model's tokenizer to count truncated "
+                                      "texts")
+            texts = sum(len(g.responses) + 1 for g in data.active())
+            prompts, responses = waiting.wait_for(
+                lambda: truncation_counts(settings.base_model(), data.fingerprint(), data.active(), REPORT_MAX_LENGTH),
+                f"Counting the texts longer than {REPORT_MAX_LENGTH} tokens", 0.2 + 3e-4 * texts, "truncation")
             st.write(
                 f"**Truncation** at {REPORT_MAX_LENGTH} tokens (the base model's tokenizer): "
                 f"{prompts} prompts cut from the left, {responses} responses cut at the end. "
@@ -192,6 +218,7 @@ def editor_section(data: state.LoadedData) -> None:
         "Instruction",
         range(len(data.groups)),
         key=f"edit_index_{data.uid}",
+        persist_state="session",
         format_func=lambda i: f"#{i + 1}: {' '.join(data.groups[i].prompt_text.split())[:110]}",
     )
     group = data.groups[index]
@@ -221,7 +248,8 @@ def ranks_section(data: state.LoadedData, index: int) -> None:
             st.session_state[key] = rank  # value=None lets the user clear it back to unranked
         ranks.append(
             rank_col.number_input(
-                f"Rank of #{k + 1}", min_value=1, value=None, step=1, key=key, placeholder="unranked"
+                f"Rank of #{k + 1}", min_value=1, value=None, step=1, key=key, persist_state="session",
+                placeholder="unranked",
             )
         )
     _apply_ranks(data, index, ranks)
@@ -232,6 +260,7 @@ def too_hard_box(data: state.LoadedData, index: int) -> None:
         "Too hard to rank: leave this instruction out",
         value=index in data.excluded,
         key=f"too_hard_{data.uid}_{index}",
+        persist_state="session",
     )
     if too_hard != (index in data.excluded):
         (data.excluded.add if too_hard else data.excluded.discard)(index)
@@ -252,6 +281,7 @@ def better_response_box(data: state.LoadedData, index: int) -> None:
         "Start from",
         [None] + list(range(len(group.responses))),
         key=f"start_{data.uid}_{index}_{revision}",
+        persist_state="session",
         format_func=lambda i: (
             "an empty box"
             if i is None
@@ -263,6 +293,7 @@ def better_response_box(data: state.LoadedData, index: int) -> None:
         value="" if start is None else group.responses[start],
         height=150,
         key=f"better_{data.uid}_{index}_{revision}_{start}",
+        persist_state="session",
     )
     left, right = st.columns(2)
     add = left.button(

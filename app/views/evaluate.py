@@ -9,8 +9,15 @@ import streamlit as st
 
 from app import charts, resources, settings, state
 from app.jobs import read_held_out
-from app.ui import fmt, md, pick_model, user_errors
-from rmcore.analysis.evaluate import categories_from_records, compare, compare_sentence, evaluate, worst_pairs
+from app.ui import fmt, kept_upload, md, pick_model, user_errors
+from app.wording import count, length_warning
+from rmcore.analysis.evaluate import (
+    categories_from_records,
+    compare,
+    compare_sentence,
+    evaluate,
+    worst_pairs,
+)
 from rmcore.core.errors import DataError
 from rmcore.core.progress import format_duration
 from rmcore.data import groups_fingerprint, read_preferences_bytes
@@ -40,6 +47,7 @@ def choose_data(choice) -> tuple[str, list, list | None] | None:
         "Evaluate on",
         sources,
         key="eval_source",
+        persist_state="session",
         horizontal=True,
         captions=[
             {
@@ -54,10 +62,10 @@ def choose_data(choice) -> tuple[str, list, list | None] | None:
         return f"{choice.name} held-out", held_out, None
     if source == LOADED:
         return data.name, data.active(), None
-    upload = st.file_uploader(
+    upload = kept_upload(
         "Evaluation data",
-        type=settings.UPLOAD_TYPES,
         key="eval_upload",
+        type=settings.UPLOAD_TYPES,
         max_upload_size=settings.upload_limit_mb(),
     )
     if upload is None:
@@ -76,6 +84,7 @@ def with_se(value, se) -> str:
     return fmt(value) if value is None or se is None else f"{fmt(value)} ± {se:.3f}"
 
 
+
 def show(result) -> None:
     s = result.summary
     headline_metrics(s)
@@ -84,8 +93,9 @@ def show(result) -> None:
             "An untrained head: these numbers are the chance baseline to compare trained models with.",
             icon=":material/warning:",
         )
-    if s["length_warning"]:
-        st.warning(s["length_warning"], icon=":material/straighten:")
+    warning = length_warning(s)
+    if warning:
+        st.warning(warning, icon=":material/straighten:")
     length_section(s)
     if s.get("ensemble"):
         ensemble_section(s)
@@ -206,13 +216,33 @@ def length_section(s) -> None:
             lines.append(f"- It gives the longer answer the higher reward in **{s['length_agreement']:.0%}** of the "
                          "pairs whose lengths differ.")
         if controlled["accuracy"] is not None:
-            lines.append(f"- On the **{controlled['comparisons']}** pairs whose lengths are within "
+            n = controlled["comparisons"]
+            lines.append(f"- On the **{n}** pair{'' if n == 1 else 's'} whose lengths are within "
                          f"{controlled['max_relative_difference']:.0%} of each other, where length cannot decide, "
-                         f"it scores **{controlled['accuracy']:.3f}** ± {controlled['se']:.3f}.")
+                         f"it scores **{controlled['accuracy']:.3f}** ± {controlled['se']:.3f}"
+                         + (" (too few pairs to tell)." if n < 10 else "."))
         if logistic["accuracy"] is not None:
             lines.append(f"- A logistic model that sees only the two lengths (fitted on other instructions, "
                          f"{logistic['folds']} folds) scores **{logistic['accuracy']:.3f}**.")
         st.markdown("\n".join(lines) or "Too few pairs to say.")
+
+
+TEXT_COLUMNS = ("instruction", "preferred (winner)", "rejected (loser)")
+NUMBERS = ("r winner", "r loser", "P(winner)", "P(winner) by A", "P(winner) by B")
+# Pixel widths that fit the wide layout's page at 1400 px (about 935 px); the texts share what is left and
+# wrap in their tall rows.
+PAGE_PX = 930
+SHORT_WIDTH = {"model agrees": 90, "ranks": 60, "right": 50, "line": 50, "source": 150, "P(winner) by A": 100,
+               "P(winner) by B": 100}
+
+
+def by_line(frame):
+    """Sources of one file ("held_out.jsonl:2", ...) as a line-number column, the file said once above."""
+    files = frame["source"].astype(str).str.rpartition(":")
+    if files[0].nunique() == 1 and files[0].iloc[0] and files[2].str.isdigit().all():
+        st.caption(f"All from {md(files[0].iloc[0])}; “line” is the line of each pair's instruction in it.")
+        return frame.assign(source=files[2].astype(int)).rename(columns={"source": "line"})
+    return frame
 
 
 def pairs_table(title: str, caption: str, rows: list[dict], key: str) -> None:
@@ -222,22 +252,30 @@ def pairs_table(title: str, caption: str, rows: list[dict], key: str) -> None:
     if not rows:
         st.caption("None.")
         return
-    text = st.column_config.TextColumn(width="large")
+    frame = pd.DataFrame(rows)
+    if "source" in frame and frame["source"].nunique() <= 1:
+        st.caption(f"All from {md(frame['source'].iloc[0])}.")
+        frame = frame.drop(columns="source")  # one value: a column less to fit the page
+    elif "source" in frame:
+        frame = by_line(frame)
+    texts = [c for c in TEXT_COLUMNS if c in frame]
+    short = [c for c in frame.columns if c not in texts]
+    text_px = max(150, (PAGE_PX - sum(SHORT_WIDTH.get(c, 72) for c in short)) // max(1, len(texts)))
     st.dataframe(
-        pd.DataFrame(rows),
+        frame,
         hide_index=True,
         key=key,
         row_height=90,
+        column_order=short + texts,  # the verdict and the numbers first: never the part cut off on a narrow page
         column_config={
-            "instruction": text,
-            "preferred (winner)": text,
-            "rejected (loser)": text,
-            **{c: st.column_config.NumberColumn(format="%.3f")
-               for c in ("r winner", "r loser", "P(winner)", "P(winner) by A", "P(winner) by B")},
+            **{c: st.column_config.TextColumn(width=text_px) for c in texts},
+            **{c: st.column_config.Column(width=SHORT_WIDTH.get(c, 72)) for c in short if c not in NUMBERS},
+            **{c: st.column_config.NumberColumn(format="%.3f", width=SHORT_WIDTH.get(c, 72))
+               for c in NUMBERS if c in frame},
         },
     )
     with st.expander("Read one pair in full", icon=":material/article:"):
-        index = st.selectbox("Pair", range(len(rows)), key=f"{key}_full",
+        index = st.selectbox("Pair", range(len(rows)), key=f"{key}_full", persist_state="session",
                              format_func=lambda i: f"{i + 1}. {' '.join(str(rows[i]['instruction']).split())[:90]}")
         row = rows[index]
         st.markdown("**Instruction**")
@@ -289,8 +327,9 @@ def show_details_b(result) -> None:
     base = s["length_baseline"]
     st.write(f"Accuracy {with_se(s['accuracy'], s['accuracy_se'])}; the longer answer wins "
              f"{with_se(base['accuracy'], base['se'])}; length correlation {fmt(s['length_correlation'], 2)}.")
-    if s["length_warning"]:
-        st.warning(s["length_warning"], icon=":material/straighten:")
+    warning = length_warning(s)
+    if warning:
+        st.warning(warning, icon=":material/straighten:")
 
 
 def page() -> None:
@@ -303,7 +342,7 @@ def page() -> None:
                         help="Trained models in the models folder, its ensembles (accuracy against how much their "
                              "members disagree), or an untrained head")
     choice_b = None
-    if st.toggle("Compare with a second model", key="eval_compare",
+    if st.toggle("Compare with a second model", key="eval_compare", persist_state="session",
                  help="Both score the same pairs: their accuracies, the difference with a bootstrap interval over "
                       "instructions, how often they agree, and the pairs where they disagree most"):
         choice_b = pick_model("Second model (B; the first is A)", key="eval_model_b", include_ensembles=True)
@@ -317,6 +356,7 @@ def page() -> None:
         100_000,
         300,
         key="eval_limit",
+        persist_state="session",
         help="Scoring runs one forward pass per response; large files take a while on a CPU",
     )
     groups = groups[: int(limit)]
@@ -324,7 +364,7 @@ def page() -> None:
     key = (choice.key, choice_b.key if choice_b else None, name, groups_fingerprint(groups))
     models = [choice] + ([choice_b] if choice_b else [])
     if st.button(
-        f"Evaluate on {len(groups)} instructions" + (" with both models" if choice_b else ""),
+        f"Evaluate on {count(len(groups), 'instruction')}" + (" with both models" if choice_b else ""),
         type="primary",
         icon=":material/play_arrow:",
         key="run_eval",

@@ -16,8 +16,8 @@ def page() -> None:
         "rewards into the probability that a person prefers one answer over the other. Move the sliders."
     )
     c1, c2 = st.columns(2)
-    r1 = c1.slider("r₁, reward of answer 1", -6.0, 6.0, 1.5, 0.1, key="learn_r1")
-    r2 = c2.slider("r₂, reward of answer 2", -6.0, 6.0, 0.5, 0.1, key="learn_r2")
+    r1 = c1.slider("r₁, reward of answer 1", -6.0, 6.0, 1.5, 0.1, key="learn_r1", persist_state="session")
+    r2 = c2.slider("r₂, reward of answer 2", -6.0, 6.0, 0.5, 0.1, key="learn_r2", persist_state="session")
     d = r1 - r2
     p = preference_probability(d)
     loss = pair_loss(d)
@@ -46,7 +46,7 @@ def page() -> None:
             "rmcore runs each answer through the model once and averages the loss over an instruction's "
             "pairs, then over instructions (as in InstructGPT)."
         )
-        k = st.slider("K answers, all ranked differently", 2, 9, 4, key="learn_k")
+        k = st.slider("K answers, all ranked differently", 2, 9, 4, key="learn_k", persist_state="session")
         st.write(f"K = {k} gives {k * (k - 1) // 2} comparisons from {k} forward passes.")
     st.subheader("Notebooks")
     found = settings.notebooks()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import policy_charts, resources, settings, state
+from app import policy_charts, resources, settings, state, waiting
 from app.jobs import JobBusy, manager
 from app.live_panel import LivePanel, clear_button
 from app.policy_jobs import PolicyJob, PolicyJobRequest
 from app.resources import ModelChoice
 from app.ui import duration, fmt, md, pick_model, user_errors
+from app.wording import limit_summary
 from rmcore.data import demo_data_path
 from rmcore.data.prompts import read_prompts, unique_prompts
 from rmcore.policy.best_of_n import bon_figure, curve_from_records, score_proxy_and_gold
@@ -48,6 +49,7 @@ def pick_models():
     names = ["(none)", *others]
     with right:
         gold = st.selectbox("Gold model (an independent judge, optional)", names, key="policy_gold",
+                            persist_state="session",
                             help="A second reward model, trained on other data, that only judges. It reveals "
                                  "when the proxy is being gamed.")
     return proxy, None if gold == "(none)" else gold
@@ -55,11 +57,11 @@ def pick_models():
 
 def prompt_picker() -> list:
     data_loaded = state.get_data() is not None
-    source = st.radio("Prompts", PROMPT_SOURCES, horizontal=True, key="policy_source",
+    source = st.radio("Prompts", PROMPT_SOURCES, horizontal=True, key="policy_source", persist_state="session",
                       captions=["the demo set's instructions", "load data on the Data page" if not data_loaded
                                 else "each prompt of the loaded data once", "one instruction per line"])
     if source == PROMPT_SOURCES[2]:
-        st.text_area("Instructions, one per line", key="policy_typed", height=120,
+        st.text_area("Instructions, one per line", key="policy_typed", persist_state="session", height=120,
                      placeholder="How do I boil an egg?\nExplain why the sky is blue.")
     prompts = prompts_from(source)
     st.caption(f"{len(prompts)} prompts available.")
@@ -75,9 +77,9 @@ def bon_section(proxy, gold_name: str | None, prompts: list) -> None:
              "reward of the best-of-n pick exactly (all subsets of the N samples, no resampling noise).")
     c1, c2, c3 = st.columns(3)
     count = c1.number_input("Prompts to sample", 1, max(1, len(prompts)), min(4, max(1, len(prompts))),
-                            key="bon_prompts")
-    n = c2.selectbox("Samples per prompt (N)", [4, 8, 16, 32], index=1, key="bon_n")
-    max_new = c3.selectbox("Max new tokens", [32, 48, 64, 96], index=1, key="bon_max_new")
+                            key="bon_prompts", persist_state="session")
+    n = c2.selectbox("Samples per prompt (N)", [4, 8, 16, 32], index=1, key="bon_n", persist_state="session")
+    max_new = c3.selectbox("Max new tokens", [32, 48, 64, 96], index=1, key="bon_max_new", persist_state="session")
     if st.button("Sample and draw the curve", type="primary", icon=":material/show_chart:", key="bon_run",
                  disabled=not prompts or proxy is None):
         with user_errors("Best-of-n failed"):
@@ -89,27 +91,48 @@ def bon_section(proxy, gold_name: str | None, prompts: list) -> None:
 
 def run_bon(proxy, gold_name: str | None, prompts: list, n: int, max_new: int) -> None:
     generator = resources.generator(settings.generator_model())
-    bar = st.progress(0.0, text="sampling…")
+    bar = st.progress(0.0, text=f"Sampling {n} answers to each of {len(prompts)} prompts…")
+    sampling = waiting.TimeLeft()
 
-    def progress(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / total), text=f"sampling: {int(done)}/{total} prompts")
+    def sampled(done: float, total: int) -> None:  # at every token: a share of the prompts
+        share = done / max(1, total)
+        bar.progress(min(1.0, share), text=f"Sampling {n} answers per prompt: {done:.1f} of {total} prompts"
+                     + sampling.text(share, most=True) + f" (answers stop at {max_new} tokens, or sooner)")
 
-    groups = sample(generator.model, generator.tokenizer, prompts, n, max_new, 1.0, seed=0, on_progress=progress)
+    groups = sample(generator.model, generator.tokenizer, prompts, n, max_new, 1.0, seed=0, on_progress=sampled)
     records = [{"prompt": p, "responses": [s.text for s in g], "num_tokens": [s.num_tokens for s in g],
                 "hit_limit": [s.hit_limit for s in g]} for p, g in zip(prompts, groups)]
-    bar.progress(1.0, text="scoring…")
-    gold_model = None
-    if gold_name:
-        gold_model = resources.reward_model(ModelChoice("trained", gold_name))
-    proxy_rewards, gold_rewards = score_proxy_and_gold(records, resources.reward_model(proxy), gold_model)
+    bar.progress(0.0, text="Loading the reward models…")
+    gold_model = resources.reward_model(ModelChoice("trained", gold_name)) if gold_name else None
+    proxy_model = resources.reward_model(proxy)
+    scoring = waiting.TimeLeft()
+
+    def scored(done: float, total: int) -> None:
+        share = done / max(1, total)
+        bar.progress(min(1.0, share), text=f"Scoring the answers: {done:.0f} of {total} prompts" + scoring.text(share))
+
+    proxy_rewards, gold_rewards = score_proxy_and_gold(records, proxy_model, gold_model, on_progress=scored)
     bar.empty()
     curve = curve_from_records(records, proxy_rewards, gold_rewards)
     st.session_state["bon_result"] = {"records": records, "proxy": proxy_rewards, "gold": gold_rewards,
-                                      "curve": curve, "gold_name": gold_name}
+                                      "curve": curve, "gold_name": gold_name, "max_new": max_new}
+
+
+def limit_note(result: dict) -> None:
+    """How many answers, and how many of the picks, stopped at the token limit (as `rmcore sample` says)."""
+    said = limit_summary(result["records"], result["proxy"], result.get("max_new"))
+    if said is None:
+        return
+    kind, text = said
+    if kind == "warning":
+        st.warning(text, icon=":material/content_cut:")
+    else:
+        st.caption(text)
 
 
 def show_bon(result: dict) -> None:
     curve = result["curve"]
+    limit_note(result)
     st.plotly_chart(bon_figure(curve), key="bon_curve")
     st.caption(f"{curve.prompts} prompts x {curve.samples_per_prompt} samples. Gain is in standard deviations of "
                "one sample's reward (proxy and gold each in their own); bars are standard errors over prompts.")
@@ -137,18 +160,22 @@ def rlhf_section(proxy, gold_name: str | None, prompts: list, busy: bool) -> Non
              "the answer length after each round. On a CPU keep it small: a round takes minutes.")
     c1, c2, c3, c4 = st.columns(4)
     count = c1.number_input("Prompts (a third held out)", 3, max(3, len(prompts)), min(12, max(3, len(prompts))),
-                            key="rlhf_prompts")
-    rounds = c2.number_input("Rounds", 1, 10, 1, key="rlhf_rounds")
-    n = c3.selectbox("n (best of)", [2, 4, 8, 16], index=1, key="rlhf_n")
-    max_new = c4.selectbox("Max new tokens", [24, 48, 64, 96], index=1, key="rlhf_max_new")
+                            key="rlhf_prompts", persist_state="session")
+    rounds = c2.number_input("Rounds", 1, 10, 1, key="rlhf_rounds", persist_state="session")
+    n = c3.selectbox("n (best of)", [2, 4, 8, 16], index=1, key="rlhf_n", persist_state="session")
+    max_new = c4.selectbox("Max new tokens", [24, 48, 64, 96], index=1, key="rlhf_max_new", persist_state="session")
     with st.expander("More options"):
         a1, a2, a3 = st.columns(3)
-        lr = a1.selectbox("Learning rate", [1e-4, 3e-4, 1e-3], index=1, key="rlhf_lr", format_func=lambda v: f"{v:g}")
+        lr = a1.selectbox("Learning rate", [1e-4, 3e-4, 1e-3], index=1, key="rlhf_lr",
+                          persist_state="session", format_func=lambda v: f"{v:g}")
         kl_coef = a2.number_input("KL coefficient (beta)", 0.0, 10.0, 0.05, 0.01, key="rlhf_kl",
+                                  persist_state="session",
                                   help="Picks maximise reward - beta x log(pi/pi_ref): a pick the policy already "
                                        "over-prefers counts for less")
-        eval_samples = a3.number_input("Answers per held-out prompt", 1, 8, 2, key="rlhf_eval_samples")
-    name = st.text_input("Name of the new policy", key="rlhf_name", max_chars=80, placeholder=unused_policy_name())
+        eval_samples = a3.number_input("Answers per held-out prompt", 1, 8, 2, key="rlhf_eval_samples",
+                                       persist_state="session")
+    name = st.text_input("Name of the new policy", key="rlhf_name",
+                         persist_state="session", max_chars=80, placeholder=unused_policy_name())
     running = manager().running()
     mine_busy = busy and isinstance(running, PolicyJob) and running.owner == state.session_id()
     if running is not None and not isinstance(running, PolicyJob):

@@ -8,15 +8,17 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import charts, resources, settings
+from app import charts, resources, settings, waiting
 from app.jobs import read_held_out
-from app.ui import md, pick_model, user_errors
+from app.ui import kept_upload, md, pick_model, user_errors
+from app.wording import count, trace_legend
 from rmcore.analysis.probes import record_probes, reward_spread, run_probes
 from rmcore.analysis.scoring import scored_records
 from rmcore.core.errors import DataError, RmcoreError
 from rmcore.core.folders import read_metadata
 from rmcore.data import demo_data_path, read_preferences, read_preferences_bytes
 from rmcore.model.card import verdict
+from rmcore.policy.sampling import sample
 from rmcore.training.ensemble import member_folders, reading
 
 MIN_CANDIDATES, MAX_CANDIDATES = 2, 9
@@ -62,12 +64,12 @@ def remove_candidate(cid: int) -> None:
 
 
 def inputs_section() -> tuple[str, list[str]]:
-    prompt = st.text_area("Instruction", key="probe_prompt", height=80)
+    prompt = st.text_area("Instruction", key="probe_prompt", persist_state="session", height=80)
     ids = st.session_state["probe_ids"]
     st.write(f"**Candidates** ({len(ids)}; between {MIN_CANDIDATES} and {MAX_CANDIDATES})")
     for n, cid in enumerate(ids):
         left, right = st.columns([12, 1], vertical_alignment="center")
-        left.text_area(f"Candidate #{n + 1}", key=f"cand_{cid}", height=68)
+        left.text_area(f"Candidate #{n + 1}", key=f"cand_{cid}", persist_state="session", height=68)
         limit, cut = st.session_state.get("probe_cut", (0, []))
         if st.session_state.get(f"cand_{cid}") in cut:
             left.caption(f":material/content_cut: cut at the {limit}-token limit: it stops mid-answer")
@@ -101,40 +103,44 @@ def generate_section(prompt: str) -> None:
             "the reward model then picks the best of n (what a reward model is used for at inference time)."
         )
         c1, c2, c3, c4 = st.columns(4)
-        n = c1.slider("n", 2, MAX_CANDIDATES, 4, key="gen_n")
+        n = c1.slider("n", 2, MAX_CANDIDATES, 4, key="gen_n", persist_state="session")
         max_new = c2.slider(
-            "Max new tokens", 16, 512, 160, 16, key="gen_tokens",
+            "Max new tokens", 16, 512, 160, 16, key="gen_tokens", persist_state="session",
             help="Answers stop here even mid-sentence (they are marked as cut); more tokens take longer",
         )
-        temperature = c3.slider("Temperature", 0.1, 1.5, 0.8, 0.1, key="gen_temperature")
-        seed = c4.number_input("Seed", 0, 10**6, 0, key="gen_seed")
+        temperature = c3.slider("Temperature", 0.1, 1.5, 0.8, 0.1, key="gen_temperature", persist_state="session")
+        seed = c4.number_input("Seed", 0, 10**6, 0, key="gen_seed", persist_state="session")
         if st.button(
             f"Generate {n} candidates",
             icon=":material/auto_awesome:",
             key="generate",
             disabled=not prompt.strip(),
         ):
-            with (
-                user_errors("Generation failed"),
-                st.status(f"Sampling {n} answers…", expanded=False) as status,
-            ):
-                generator = resources.generator(settings.generator_model())
-                texts = generator.sample(
-                    prompt, n, max_new_tokens=max_new, temperature=temperature, seed=int(seed)
-                )
-                status.update(label=f"Sampled {n} answers", state="complete")
-                pending = [t if t.strip() else "(empty answer)" for t in texts]
+            with user_errors("Generation failed"):
+                pending, cut = generate(prompt, int(n), int(max_new), float(temperature), int(seed))
                 st.session_state["probe_pending"] = pending
                 st.session_state["probe_generated"] = tuple(pending)
-                st.session_state["probe_cut"] = (int(max_new), cut_at_limit(generator.tokenizer, pending, max_new))
+                st.session_state["probe_cut"] = (int(max_new), cut)
                 st.session_state["probe_live"] = True  # generating asks for the best of n: score at once
                 st.rerun()
 
 
-def cut_at_limit(tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:
-    """The answers that used up the token limit, so probably stopped mid-sentence (an answer that
-    ended by itself is shorter: its end-of-turn token counts as one of the new tokens)."""
-    return [t for t in texts if len(tokenizer(t, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1]
+def generate(prompt: str, n: int, max_new: int, temperature: float, seed: int) -> tuple[list[str], list[str]]:
+    """n answers sampled by the instruct LLM (empty ones said so), and those cut at the token limit; a bar
+    with the time left while it samples."""
+    generator = resources.generator(settings.generator_model())
+    bar = st.progress(0.0, text=f"Sampling {n} answers…")
+    left = waiting.TimeLeft()
+
+    def sampled(done: float, total: int) -> None:  # at every token
+        bar.progress(min(1.0, done), text=f"Sampling {n} answers: {done:.0%} of the {max_new}-token limit"
+                     + left.text(done, most=True) + " (answers that end sooner finish sooner)")
+
+    answers = sample(generator.model, generator.tokenizer, [prompt], n, max_new, temperature, seed, top_p=0.95,
+                     on_progress=sampled)[0]
+    bar.empty()
+    texts = [a.text if a.text.strip() else "(empty answer)" for a in answers]
+    return texts, [t for t, a in zip(texts, answers) if a.hit_limit]
 
 
 def loaded(choice):
@@ -228,6 +234,7 @@ def disagreement_section(result, members: int, numbers: list[int]) -> None:
                      "on it.")
     st.markdown("\n".join(lines))
     k = st.slider("Caution k for the conservative pick (mean − k × spread)", 0.0, 3.0, 1.0, 0.25, key="probe_k",
+                  persist_state="session",
                   help="Best-of-n with an ensemble can pick the answer with the highest mean minus k spreads: an "
                        "answer the members disagree about must then lead by more. k = 0 is the plain mean.")
     careful = result.pick(k)
@@ -252,16 +259,13 @@ def token_section(model, prompt: str, candidates: list[str], numbers: list[int],
         index=best,
         # a new key when the candidates change: the trace then starts on the best one again
         key=f"trace_{hashlib.sha1(repr((prompt, candidates)).encode()).hexdigest()[:12]}",
+        persist_state="session",
         format_func=lambda i: f"#{numbers[i]}: {' '.join(candidates[i].split())[:80]}",
     )
     trace = model.token_rewards(prompt, candidates[index])
     st.plotly_chart(charts.token_trace(trace.tokens, trace.rewards), key="token_trace")
-    st.caption(
-        "How to read the tokens: the model reads text in pieces (tokens), often a word with the space before "
-        "it; `·` stands for that space and `⏎` for a line break. `<|im_end|>` (or the model's own end marker) "
-        "is the end-of-turn token the chat template puts after every answer: the reward is read there, so the "
-        "last bar is the answer's reward."
-    )
+    st.caption(trace_legend(trace.tokens))
+
 
 
 def page() -> None:
@@ -351,7 +355,7 @@ def probes_section(choice, prompt: str, candidates: list[str], numbers: list[int
         "that rises for the first kind is one a policy trained on it will learn to exploit."
     )
     index = st.selectbox(
-        "Answer to edit", range(len(candidates)), key="probe_edit_index",
+        "Answer to edit", range(len(candidates)), key="probe_edit_index", persist_state="session",
         format_func=lambda i: f"#{numbers[i]}: {' '.join(candidates[i].split())[:80]}",
     )
     original = candidates[min(index, len(candidates) - 1)]
@@ -359,7 +363,7 @@ def probes_section(choice, prompt: str, candidates: list[str], numbers: list[int
     if wrong_key not in st.session_state:
         st.session_state[wrong_key] = original
     wrong = st.text_area(
-        "Your version with wrong facts, in a confident tone", key=wrong_key, height=90,
+        "Your version with wrong facts, in a confident tone", key=wrong_key, persist_state="session", height=90,
         help="Change facts so the answer is wrong but sounds just as sure. Left unchanged, it is not probed.",
     )
     if not st.button("Run the probes", icon=":material/science:", key="run_probes"):
@@ -414,19 +418,17 @@ def file_section(choice) -> None:
         "answers without ranks (prompt + responses, or one row per prompt + response). The download "
         "holds one JSON line per instruction with its rewards and best answer (as `rmcore score --data`)."
     )
-    upload = st.file_uploader(
-        "File of instructions and answers", type=settings.UPLOAD_TYPES, key="score_upload",
-        max_upload_size=settings.upload_limit_mb(),
-    )
+    upload = kept_upload("File of instructions and answers", key="score_upload", type=settings.UPLOAD_TYPES,
+                         max_upload_size=settings.upload_limit_mb())
     groups = None if upload is None else uploaded_groups(upload)
     if groups is None:
         return
     limit = st.number_input("Instructions to score at most", 1, len(groups), min(len(groups), 200),
-                            key=f"score_limit_{upload.file_id}")
+                            key=f"score_limit_{upload.file_id}", persist_state="session")
     groups = groups[: int(limit)]
     key = (choice.key, upload.file_id, len(groups))
     responses = sum(len(g.responses) for g in groups)
-    if st.button(f"Score {len(groups)} instructions ({responses} answers)", key="score_file",
+    if st.button(f"Score {count(len(groups), 'instruction')} ({count(responses, 'answer')})", key="score_file",
                  icon=":material/play_arrow:"):
         with user_errors("Scoring failed"):
             bar = st.progress(0.0, text="loading the model")

@@ -10,6 +10,17 @@ from app import charts, resources, settings, state
 from app.jobs import JobBusy, JobRequest, TrainingJob, manager, resumable, resume_request
 from app.live_panel import LivePanel, clear_button
 from app.ui import duration, fmt, md, user_errors
+from app.wording import (
+    budget_text,
+    budget_words,
+    count,
+    held_out_delta,
+    held_out_help,
+    phase_times,
+    plan_lines,
+    progress_bar,
+    refusal_text,
+)
 from rmcore.data import split_groups
 from rmcore.training.config import (
     APP_DEFAULT_TIME_BUDGET_MIN,
@@ -21,7 +32,7 @@ from rmcore.training.config import (
     default,
     help_text,
 )
-from rmcore.training.estimate import estimate_training_time
+from rmcore.training.estimate import estimate_training_time, plan_for
 
 LEARNING_RATES = [
     "default",
@@ -73,7 +84,8 @@ def resolve_base(option: str) -> str:
     return option
 
 
-def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
+def settings_form(data: state.LoadedData, busy: bool) -> tuple[TrainConfig, bool]:
+    """The form's TrainConfig, and whether it may start (False when the plan says nothing useful fits)."""
     options = base_model_options()
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -82,11 +94,13 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             list(options),
             format_func=options.get,
             key="train_base",
+            persist_state="session",
             help="The embedded SmolLM2-135M-Instruct, or a model folder in the project's models "
             f"folder ({settings.models_dir()})",
         )
         mode = st.radio(
             "Mode", MODES, index=MODES.index(default("mode")), horizontal=True, key="train_mode",
+            persist_state="session",
             captions=[MODE_HELP[m] for m in MODES],
         )
         budget_min = time_budget_input()
@@ -98,6 +112,7 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
             value=default("eval_fraction"),
             step=0.05,
             key="train_held_out",
+            persist_state="session",
             help="Share of instructions kept out of training to measure accuracy on unseen prompts",
         )
         with st.expander("More options"):
@@ -105,6 +120,7 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
         name = st.text_input(
             "Name of the new model",
             key="train_name",
+            persist_state="session",
             max_chars=80,
             placeholder=f"{unused_name(f'{data.stem}-{mode}')} (a new folder in the models folder)",
         )
@@ -117,11 +133,11 @@ def settings_form(data: state.LoadedData, busy: bool) -> TrainConfig | None:
         **more,
     )
     with right:
-        estimate_box(data, config, busy)
+        fits = estimate_box(data, config, busy)
     st.session_state["train_model_name"] = settings.clean_model_name(name) or unused_name(
         f"{data.stem}-{mode}"
     )
-    return config
+    return config, fits
 
 
 def time_budget_input() -> int | None:
@@ -132,6 +148,7 @@ def time_budget_input() -> int | None:
         ["time budget", "epochs"],
         horizontal=True,
         key="train_how",
+        persist_state="session",
         help="A time budget fits the number of steps to the minutes you give, from the measured time per "
         "step, and ends on time with a finished, evaluated model. Epochs run a fixed number of passes.",
     )
@@ -143,6 +160,7 @@ def time_budget_input() -> int | None:
         index=APP_TIME_BUDGETS_MIN.index(APP_DEFAULT_TIME_BUDGET_MIN),
         format_func=lambda m: f"{m} min",
         key="train_budget",
+        persist_state="session",
         help="The whole run, loading and saving included",
     )
 
@@ -156,6 +174,7 @@ def schedule_inputs(mode: str, budgeted: bool) -> dict:
         max_value=500,
         value=DEFAULT_EPOCHS[default("mode")],
         key="train_epochs",
+        persist_state="session",
         help=help_text("epochs") + ". Head mode: cheap after the first."
         + (" With a time budget: at most this many." if budgeted else ""),
     )
@@ -163,6 +182,7 @@ def schedule_inputs(mode: str, budgeted: bool) -> dict:
         "Learning rate",
         LEARNING_RATES,
         key="train_lr",
+        persist_state="session",
         format_func=lambda v: "default" if v == "default" else f"{v:g}",
         help=f"The default for {mode} mode, {DEFAULT_LR[mode]:g}, suits most runs. Defaults: "
         + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()),
@@ -173,6 +193,7 @@ def schedule_inputs(mode: str, budgeted: bool) -> dict:
         max_value=256,
         value=default("batch_size"),
         key="train_batch",
+        persist_state="session",
         help=help_text("batch_size"),
     )
     max_length = c4.number_input(
@@ -182,6 +203,7 @@ def schedule_inputs(mode: str, budgeted: bool) -> dict:
         value=default("max_length"),
         step=32,
         key="train_max_length",
+        persist_state="session",
         help=help_text("max_length") + ", then the end of the response",
     )
     return {"epochs": int(epochs), "lr": None if lr == "default" else float(lr), "batch_size": int(batch),
@@ -191,9 +213,11 @@ def schedule_inputs(mode: str, budgeted: bool) -> dict:
 def more_options(mode: str) -> dict:
     """Seed, LoRA rank, reward centering and trainable blocks, as TrainConfig fields."""
     a1, a2, a3, a4 = st.columns(4, vertical_alignment="bottom")
-    seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default("seed"), key="train_seed")
+    seed = a1.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default("seed"), key="train_seed",
+                           persist_state="session")
     lora_r = a2.number_input("LoRA rank", min_value=1, max_value=256, value=default("lora_r"),
-                             key="train_lora_r", disabled=mode != "lora", help=help_text("lora_r"))
+                             key="train_lora_r",
+                                 persist_state="session", disabled=mode != "lora", help=help_text("lora_r"))
     center = a3.number_input(
         "Reward centering",
         min_value=0.0,
@@ -201,37 +225,40 @@ def more_options(mode: str) -> dict:
         value=default("center_coefficient"),
         step=0.01,
         key="train_center",
+        persist_state="session",
         help=help_text("center_coefficient"),
     )
     top_blocks = a4.number_input("Trainable blocks", min_value=0, max_value=1024, value=default("trainable_layers"),
-                                 key="train_trainable_layers", disabled=mode == "head",
+                                 key="train_trainable_layers", persist_state="session", disabled=mode == "head",
                                  help=help_text("trainable_layers"))
     return {"seed": int(seed), "lora_r": int(lora_r), "center_coefficient": float(center),
             "trainable_layers": int(top_blocks) if mode != "head" else 0}
 
 
-def count(n: int, noun: str) -> str:
-    """"1 step", "2 steps"."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
-
-def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> None:
+def estimate_box(data: state.LoadedData, config: TrainConfig, busy: bool) -> bool:
+    """What the run will do and how long it takes, measured here; False when nothing useful fits the budget.
+    While a job runs nothing is timed (it would slow the job down): a plan or estimate made before is shown."""
     train_groups, eval_groups = split_groups(data.active(), config.eval_fraction, config.seed)
     with st.container(border=True):
         st.markdown("**Before you start**")
+        result = measured(data, config, train_groups, eval_groups, measure=not busy)
+        if result is None:
+            st.write(plan_text(train_groups, eval_groups, config))
+            if busy:
+                st.caption("The plan and the time estimate wait until the running job ends (timing now would slow "
+                           "it down).")
+            return True
+        if config.time_budget_s:
+            return plan_box(result)
         st.write(plan_text(train_groups, eval_groups, config))
-        if busy:
-            st.caption("The time estimate waits until the running job ends (timing now would slow it down).")
-            return
-        estimate = time_estimate(data, config, train_groups, eval_groups)
-        if estimate is None:
-            return
         st.metric(
             "Estimated time",
-            duration(estimate.seconds),
+            duration(result.seconds),
             help="Timed on one batch of your data here, scaled to every token the run will see",
         )
-        st.caption(estimate.describe())
+        st.caption(result.describe())
+    return True
 
 
 def plan_text(train_groups: list, eval_groups: list, config: TrainConfig) -> str:
@@ -241,31 +268,75 @@ def plan_text(train_groups: list, eval_groups: list, config: TrainConfig) -> str
     return (
         f"{count(len(train_groups), 'instruction')} to train on ({count(comparisons, 'comparison')}), "
         f"{len(eval_groups)} held out; "
-        + (f"as many steps as fit in {duration(config.time_budget_s)}, at most {count(config.epochs, 'epoch')}"
+        + (f"as many steps as fit in {budget_text(config.time_budget_s)}, at most {count(config.epochs, 'epoch')}"
            f" of {count(steps, 'step')}." if config.time_budget_s
            else f"{count(config.epochs, 'epoch')} of {count(steps, 'step')}.")
     )
 
 
-def time_estimate(data: state.LoadedData, config: TrainConfig, train_groups: list, eval_groups: list):
-    """rmcore's estimate of the run's time, measured once per data and settings in this session; None, with
-    the reason shown, when it cannot be made (the estimate is advice: it never blocks training)."""
-    key = (data.fingerprint(), config.model, config.mode, config.epochs, config.batch_size, config.max_length,
-           config.eval_fraction, config.seed, config.lora_r, config.trainable_layers, config.time_budget_s)
+def plan_box(plan) -> bool:
+    """The plan a run with this budget will follow (rmcore.training.estimate.plan_for, from the speed measured
+    here): how many of the comparisons it sees, in which mode, how large an evaluation; or that nothing fits."""
+    if not plan.fits:
+        st.error(f"Nothing useful fits: {refusal_text(plan)}.", icon=":material/timer_off:")
+        return False
+    st.markdown("\n".join(f"- {line}" for line in plan_lines(plan)))
+    planned = plan.spent_s + sum(plan.seconds.values())
+    st.metric("Planned time", f"{duration(planned)} of {budget_text(plan.budget_s)}",
+              help="Measured on a batch of your data here. The run measures again when it starts and re-plans as "
+                   "it goes: a busier machine gets fewer comparisons, never a longer run.")
+    phases = {"loading and measuring": plan.spent_s, **plan.seconds}
+    everything = plan.train_prompts >= plan.train_prompts_total and plan.eval_prompts >= plan.eval_prompts_total
+    st.caption(" · ".join(f"{name} {duration(s)}" for name, s in phases.items() if s >= 0.5) + "."
+               + ("" if everything else f" Every comparison and the whole held-out set would take about "
+                  f"{duration(plan.needed_s)} here."))
+    return True
+
+
+
+def settings_key(data: state.LoadedData, config: TrainConfig) -> tuple:
+    """What a plan or time estimate depends on."""
+    return (data.fingerprint(), config.model, config.mode, config.epochs, config.batch_size, config.max_length,
+            config.eval_fraction, config.seed, config.lora_r, config.trainable_layers, config.time_budget_s)
+
+
+def measured(data: state.LoadedData, config: TrainConfig, train_groups: list, eval_groups: list,
+             measure: bool = True):
+    """rmcore's plan of a budgeted run (rmcore.training.budget.Plan), or its time estimate of a run of epochs
+    (TimeEstimate), from the speed measured once per data and settings in this session (not at all unless
+    `measure`); None, with the reason shown, when it cannot be made (it is advice: it never blocks training,
+    a plan that fits nothing aside)."""
+    key = settings_key(data, config)
     cached = st.session_state.get("train_estimate")
     if cached is not None and cached[0] == key:
         return cached[1]
+    if not measure:
+        return None
     try:
         with st.spinner("Timing one batch on this machine…"):
             rates = resources.step_rates(config.model, config.mode, config.max_length, config.batch_size,
                                          config.lora_r, config.trainable_layers, train_groups)
-            estimate = estimate_training_time(config, train_groups, eval_groups, rates=rates,
-                                              tokenizer=resources.tokenizer(config.model))
-    except Exception as exc:  # the estimate is advice; never block training on it
-        st.caption(f"No time estimate ({type(exc).__name__}: {md(exc)})")
+            tokenizer = resources.tokenizer(config.model)
+            if config.time_budget_s:
+                result = plan_for(config, train_groups, eval_groups, rates=rates, tokenizer=tokenizer)
+                expected = {"loading": rates.load_s, **result.seconds}
+            else:
+                result = estimate_training_time(config, train_groups, eval_groups, rates=rates, tokenizer=tokenizer)
+                expected = dict(result.parts)
+    except Exception as exc:  # advice; never block training on it
+        st.caption(f"No {'plan' if config.time_budget_s else 'time estimate'} ({type(exc).__name__}: {md(exc)})")
         return None
-    st.session_state["train_estimate"] = (key, estimate)
-    return estimate
+    st.session_state["train_estimate"] = (key, result)
+    st.session_state["train_expected"] = (key, expected)
+    return result
+
+
+def expected_phases(data: state.LoadedData, config: TrainConfig) -> dict[str, float]:
+    """The seconds of each phase the plan or estimate shown expects (what the bar of a phase without progress
+    of its own counts against), or nothing when none was made for these settings."""
+    key = settings_key(data, config)
+    stored = st.session_state.get("train_expected")
+    return dict(stored[1]) if stored is not None and stored[0] == key else {}
 
 
 def start(data: state.LoadedData, config: TrainConfig) -> None:
@@ -288,6 +359,7 @@ def start(data: state.LoadedData, config: TrainConfig) -> None:
             "edited_groups": len(data.edited),
             "excluded_groups": len(data.excluded),
         },
+        expected_s=expected_phases(data, config),
     )
     try:
         manager().start(request, state.session_id())
@@ -320,24 +392,18 @@ def stopped_runs_box(busy: bool) -> None:
     if not runs:
         return
     with st.expander(f"Continue a stopped run ({len(runs)})"):
-        name = st.selectbox("Stopped run", [entry.name for entry in runs], key="train_resume_pick")
+        name = st.selectbox("Stopped run", [entry.name for entry in runs], key="train_resume_pick",
+                            persist_state="session")
         if st.button("Resume", key="resume_stopped", disabled=busy,
                      help="Continues from its checkpoint with the data and settings it was started with"):
             resume(settings.model_path(name))
 
 
-def progress_bar(snap) -> tuple[float, str] | None:
-    """The live panel's bar: the preparing phase, then the steps."""
-    if snap.status == "starting":
-        return snap.phase_progress or 0.0, f"{snap.phase}…"
-    if not (snap.steps or snap.active):
-        return None
-    text = f"step {snap.step} of {snap.total_steps} · epoch {snap.last.get('epoch', 0):.1f}"
-    if snap.active:
-        text += f" · {duration(snap.elapsed_s)} elapsed · ETA {duration(snap.eta_s)}"
-    else:
-        text += f" · took {duration(snap.elapsed_s)}"
-    return snap.progress, text
+
+def plan_caption(snap) -> None:
+    """The plan the run made at its start, above its bars."""
+    if snap.plan:
+        st.caption(f"Plan: {md(budget_words(snap.plan, snap.budget_s))}")
 
 
 def numbers(snap) -> None:
@@ -349,11 +415,8 @@ def numbers(snap) -> None:
                  for key in ("loss", "accuracy", "margin")}
         cols[0].metric("Train loss", fmt(trend["loss"][-1]), help="Smoothed over recent steps, as the curve")
         cols[1].metric("Train accuracy", fmt(trend["accuracy"][-1]), help="Smoothed over recent steps, as the curve")
-        cols[2].metric(
-            "Held-out accuracy",
-            fmt(last_eval.get("eval_accuracy")),
-            help=f"On {last_eval.get('eval_comparisons', 0)} comparisons of prompts never trained on",
-        )
+        cols[2].metric("Held-out accuracy", fmt(last_eval.get("eval_accuracy")), delta=held_out_delta(last_eval),
+                       delta_color="off", delta_arrow="off", help=held_out_help(last_eval))
         cols[3].metric(
             "Reward margin", fmt(trend["margin"][-1]),
             help="Mean r_winner - r_loser over a batch's pairs, smoothed over recent steps"
@@ -361,6 +424,9 @@ def numbers(snap) -> None:
         cols[4].metric("Comparisons / s", fmt(last.get("comparisons_per_s"), 0))
     if snap.steps or snap.evals:
         st.plotly_chart(charts.training_curves(snap.steps, snap.evals), key="curves")
+    if snap.phase_seconds and not snap.active:
+        st.caption(phase_times(snap.phase_seconds, snap.budget_s))
+
 
 
 def finished(snap) -> None:
@@ -395,6 +461,7 @@ PANEL = LivePanel(
     numbers=numbers,
     finished=finished,
     heading=heading,
+    intro=plan_caption,
     watching="This job was started in another browser session. One training job runs on this server at a "
     "time: you can watch it here, and start your own when it ends.",
 )
@@ -414,7 +481,7 @@ def page() -> None:
         st.warning("The data has no comparison left to learn from (see the Data page).")
     else:
         with user_errors():
-            config = settings_form(data, busy)
+            config, fits = settings_form(data, busy)
             mine = isinstance(running, TrainingJob) and running.owner == state.session_id()
             if busy and not isinstance(running, TrainingJob):
                 st.info(f"A policy is being fine-tuned on this server (**{md(running.snapshot().model_name)}**, "
@@ -426,8 +493,9 @@ def page() -> None:
                 type="primary",
                 icon=":material/play_arrow:",
                 key="start_training",
-                disabled=busy,
-                help="Another job is running: one job per server" if busy and not mine else None,
+                disabled=busy or not fits,
+                help="Another job is running: one job per server" if busy and not mine
+                else None if fits else "Nothing useful fits this time budget: choose a longer one",
             ):
                 with user_errors("Not started"):
                     config.check()
