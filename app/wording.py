@@ -1,7 +1,8 @@
 """What the pages say: their sentences and progress-bar texts, as pure functions of rmcore's results.
 
-No Streamlit here, so each is tested directly (tests/test_app.py): the plan of a time budget, the
-length warning of an evaluation, which token a reward is read at, the live panel's bars.
+No Streamlit here, so each is tested directly (tests/test_app.py): the plan of a time budget, which
+token a reward is read at, the live panel's bars. (An evaluation's length warning is rmcore's own text,
+rmcore.analysis.evaluate.length_warning, shown as the CLI prints it.)
 """
 
 from __future__ import annotations
@@ -76,51 +77,6 @@ def refusal_text(plan) -> str:
 def budget_words(text: str, budget_s: float) -> str:
     """rmcore's text with its budget as chosen here ("5 min", not "5 min 00 s")."""
     return text.replace(f"{format_duration(budget_s)} budget", f"{budget_text(budget_s)} budget")
-
-
-def against_length(accuracy: float, se: float, baseline: float) -> str:
-    """The model's accuracy against "the longer answer wins", said as a test: significantly better (its
-    interval of two standard errors lies above the baseline), not significantly better, or worse."""
-    low, high = accuracy - 2 * se, accuracy + 2 * se
-    interval = f"{accuracy:.3f} ± {se:.3f}, so likely between {max(0.0, low):.3f} and {min(1.0, high):.3f}"
-    longer = f"the {baseline:.3f} that “the longer answer wins” gets"
-    if high < baseline:
-        return f"Its accuracy ({interval}) is significantly worse than {longer}."
-    if low <= baseline:
-        return (f"Its accuracy ({interval}) is not significantly better than {longer}: the difference is within "
-                "two standard errors, so on this data the model has not shown that it learned more than length.")
-    return f"Its accuracy ({interval}) is significantly better than {longer}."
-
-
-def length_warning(s: dict) -> str | None:
-    """The warning when the reward mostly tracks length, or when it does no better than length alone, in plain
-    words (rmcore.analysis.evaluate decides when: the same thresholds; this says what is meant)."""
-    from rmcore.analysis.evaluate import TRACKS_LENGTH_AGREEMENT, TRACKS_LENGTH_CORRELATION  # numpy, torch: Evaluate
-
-    if not s.get("length_warning") or s.get("accuracy") is None:
-        return None
-    baseline = (s.get("length_baseline") or {}).get("accuracy")
-    against = against_length(s["accuracy"], s.get("accuracy_se") or 0.0, baseline) if baseline is not None else ""
-    agreement, corr = s.get("length_agreement"), s.get("length_correlation")
-    tracks = (agreement is not None and agreement >= TRACKS_LENGTH_AGREEMENT) or (
-        corr is not None and abs(corr) >= TRACKS_LENGTH_CORRELATION)
-    if not tracks:
-        return against or None
-    parts = ["This reward mostly tracks length:"]
-    if agreement is not None:
-        parts.append(f"it gives the longer answer the higher reward in {agreement:.0%} of the pairs whose lengths "
-                     "differ" + ("," if corr is not None else "."))
-    if corr is not None:
-        parts.append(f"{'and its' if agreement is not None else 'its'} correlation with the answer's length is "
-                     f"{corr:+.2f}.")
-    parts.append(against)
-    controlled = s.get("length_controlled") or {}
-    if controlled.get("accuracy") is not None:
-        n = controlled["comparisons"]
-        parts.append(f"On the {count(n, 'pair')} of similar length, where length cannot decide, it scores "
-                     f"{controlled['accuracy']:.3f}" + (f" ± {controlled['se']:.3f}" if controlled.get("se") else "")
-                     + (": too few to tell." if n < 10 else "."))
-    return " ".join(p for p in parts if p)
 
 
 def code_token(token: str) -> str:

@@ -798,9 +798,9 @@ def test_the_plan_in_words_for_each_mode():
 
 
 def test_length_warning_says_not_significantly_better_with_the_interval_and_counts_right():
-    from app.wording import length_warning
+    from rmcore.analysis.evaluate import length_warning  # the app shows rmcore's text, as the CLI prints it
 
-    s = {"length_warning": "rmcore's words", "accuracy": 0.825, "accuracy_se": 0.06, "length_agreement": 0.92,
+    s = {"accuracy": 0.825, "accuracy_se": 0.06, "length_agreement": 0.92,
          "length_correlation": 0.71, "length_baseline": {"accuracy": 0.725},
          "length_controlled": {"accuracy": 1.0, "se": 0.0, "comparisons": 1}}
     said = length_warning(s)
@@ -808,7 +808,8 @@ def test_length_warning_says_not_significantly_better_with_the_interval_and_coun
     assert "On the 1 pair of similar length" in said and "1 pairs" not in said and "no better than" not in said
     s.update(accuracy=0.95, accuracy_se=0.01, length_controlled={"accuracy": 0.9, "se": 0.03, "comparisons": 30})
     assert "significantly better than the 0.725" in length_warning(s) and "30 pairs" in length_warning(s)
-    assert length_warning({**s, "length_warning": None}) is None  # rmcore decides when to warn
+    s.update(length_agreement=0.5, length_correlation=0.1)
+    assert length_warning(s) is None  # neither tracking length nor within two standard errors of it
 
 
 def test_the_token_trace_says_the_reward_is_read_at_the_line_break_after_im_end():

@@ -41,7 +41,7 @@ def test_a_reward_that_is_the_length_is_flagged_and_the_baseline_matches_it():
     assert s["length_agreement"] == 1.0
     assert s["length_controlled"]["comparisons"] == 10  # only the 53-vs-50 pairs
     assert s["length_warning"] and "mostly tracks length" in s["length_warning"]
-    assert "no better than" in s["length_warning"]
+    assert "not significantly better than the 1.000" in s["length_warning"]
 
 
 def test_a_reward_against_length_is_not_flagged_and_the_standard_error_is_binomial():
@@ -49,7 +49,7 @@ def test_a_reward_against_length_is_not_flagged_and_the_standard_error_is_binomi
     rewards = [[0.0, 1.0] if i % 3 else [1.0, 0.0] for i in range(len(groups))]  # mostly the shorter
     s = result_from_rewards(groups, rewards).summary
     assert "mostly tracks length" not in s["length_warning"]
-    assert "no better than the 1.000" in s["length_warning"]  # below the baseline is worth saying too
+    assert "significantly worse than the 1.000" in s["length_warning"]  # below the baseline is worth saying too
     assert s["accuracy"] == pytest.approx(7 / 20)
     assert s["accuracy_se"] == pytest.approx(binomial_se(7 / 20, 20)) == pytest.approx((0.35 * 0.65 / 20) ** 0.5)
 

@@ -10,7 +10,7 @@ import streamlit as st
 from app import charts, resources, settings, state
 from app.jobs import read_held_out
 from app.ui import fmt, kept_upload, md, pick_model, user_errors
-from app.wording import count, length_warning
+from app.wording import count
 from rmcore.analysis.evaluate import (
     categories_from_records,
     compare,
@@ -93,7 +93,7 @@ def show(result) -> None:
             "An untrained head: these numbers are the chance baseline to compare trained models with.",
             icon=":material/warning:",
         )
-    warning = length_warning(s)
+    warning = s.get("length_warning")  # rmcore's words, as the CLI prints them
     if warning:
         st.warning(warning, icon=":material/straighten:")
     length_section(s)
@@ -327,7 +327,7 @@ def show_details_b(result) -> None:
     base = s["length_baseline"]
     st.write(f"Accuracy {with_se(s['accuracy'], s['accuracy_se'])}; the longer answer wins "
              f"{with_se(base['accuracy'], base['se'])}; length correlation {fmt(s['length_correlation'], 2)}.")
-    warning = length_warning(s)
+    warning = s.get("length_warning")  # rmcore's words, as the CLI prints them
     if warning:
         st.warning(warning, icon=":material/straighten:")
 

@@ -263,37 +263,54 @@ def length_logistic_accuracy(pairs: list[dict[str, Any]], folds: int = 5) -> dic
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def against_length(accuracy: float, se: float, baseline: float) -> str:
+    """The accuracy against "the longer answer wins", said as a test a non-engineer can read: significantly
+    better (its interval of two standard errors lies above the baseline), not significantly better, or
+    significantly worse."""
+    low, high = accuracy - 2 * se, accuracy + 2 * se
+    interval = f"{accuracy:.3f} ± {se:.3f}, so likely between {max(0.0, low):.3f} and {min(1.0, high):.3f}"
+    longer = f"the {baseline:.3f} that \u201cthe longer answer wins\u201d gets"
+    if high < baseline:
+        return f"Its accuracy ({interval}) is significantly worse than {longer}."
+    if low <= baseline:
+        return (f"Its accuracy ({interval}) is not significantly better than {longer}: the difference is within "
+                "two standard errors, so on this data the model has not shown that it learned more than length.")
+    return f"Its accuracy ({interval}) is significantly better than {longer}."
+
+
 def length_warning(summary: dict[str, Any]) -> str | None:
-    """A plain-words sentence when the reward mostly tracks length, else None."""
+    """Plain words when the reward mostly tracks length, or does no better than length alone; else None.
+    The CLI prints it and the app shows it: one text for both."""
     agreement, corr = summary.get("length_agreement"), summary.get("length_correlation")
     baseline = (summary.get("length_baseline") or {}).get("accuracy")
-    tracks = (agreement is not None and agreement >= TRACKS_LENGTH_AGREEMENT) or (
-        corr is not None and abs(corr) >= TRACKS_LENGTH_CORRELATION)
     if summary.get("accuracy") is None:
         return None
+    accuracy, se = summary["accuracy"], summary.get("accuracy_se") or 0.0
+    tracks = (agreement is not None and agreement >= TRACKS_LENGTH_AGREEMENT) or (
+        corr is not None and abs(corr) >= TRACKS_LENGTH_CORRELATION)
     if not tracks:
-        accuracy, se = summary["accuracy"], summary.get("accuracy_se") or 0.0
         if baseline is not None and accuracy <= baseline + 2 * se:
-            return (f"Its accuracy ({accuracy:.3f} ± {se:.3f}) is no better than the {baseline:.3f} that \"the longer "
-                    "answer wins\" gets: on this data the model has not shown that it learned more than length.")
+            return against_length(accuracy, se, baseline)
         return None
     parts = ["This reward mostly tracks length:"]
     if agreement is not None:
-        parts.append(f"it gives the longer answer the higher reward in {agreement:.0%} of pairs")
+        parts.append(f"it gives the longer answer the higher reward in {agreement:.0%} of the pairs whose lengths "
+                     "differ" + ("," if corr is not None else "."))
     if corr is not None:
         parts.append(f"{'and its' if agreement is not None else 'its'} correlation with the answer's length is "
                      f"{corr:+.2f}.")
-    else:
-        parts[-1] += "."
-    accuracy, se = summary["accuracy"], summary.get("accuracy_se") or 0.0
     if baseline is not None:
-        verdict = ("no better than" if accuracy <= baseline + 2 * se else "above")
-        parts.append(f"Its accuracy ({accuracy:.3f}) is {verdict} the {baseline:.3f} that \"the longer answer "
-                     "wins\" gets.")
+        parts.append(against_length(accuracy, se, baseline))
     controlled = summary.get("length_controlled") or {}
     if controlled.get("accuracy") is not None:
-        parts.append(f"On the {controlled['comparisons']} pairs of similar length it scores "
-                     f"{controlled['accuracy']:.3f}.")
+        n = controlled["comparisons"]
+        parts.append(f"On the {_count(n, 'pair')} of similar length, where length cannot decide, it scores "
+                     f"{controlled['accuracy']:.3f}" + (f" ± {controlled['se']:.3f}" if controlled.get("se") else "")
+                     + (": too few to tell." if n < 10 else "."))
     return " ".join(parts)
 
 
