@@ -40,6 +40,21 @@ def weights(folder) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+def test_sampling_phases_say_their_share_and_time_left(models, tmp_path, monkeypatch):
+    """Rounds and held-out evaluations sample for minutes on the embedded policy: never silently."""
+    from rmcore.policy import run
+
+    monkeypatch.setattr(run, "SAMPLING_REPORT_S", 0.0)  # tiny models sample in milliseconds: say every report
+    events = []
+    train_policy(config(models), TRAIN, HELD_OUT, tmp_path / "policy", on_step=events.append)
+    said = [e for e in events if e["event"] == "phase" and e.get("eta_s") is not None]
+    rounds = [e["phase"] for e in said if e["phase"].startswith("round 1/2: sampling 3 answers")]
+    evaluations = [e["phase"] for e in said if e["phase"].startswith("evaluating on 2 held-out prompts, sampling")]
+    assert rounds and evaluations
+    assert all(text.endswith("%") for text in rounds + evaluations)
+    assert all(e["eta_s"] >= 0 for e in said)
+
+
 def test_rejection_sampling_changes_the_policy_and_saves_a_loadable_folder(models, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,20 +70,22 @@ def log_ratio_to_reference(model, prompt_ids, answer_ids, *, temperature: float 
 
 def evaluate_policy(model, tokenizer, prompts: list, reward_model, gold_model=None, *, samples_per_prompt: int = 4,
                     max_new_tokens: int = 96, temperature: float = 1.0, seed: int = 0, reference=None,
-                    stop_event: threading.Event | None = None) -> dict[str, Any] | None:
+                    stop_event: threading.Event | None = None,
+                    on_progress: Callable[[float, int], None] | None = None) -> dict[str, Any] | None:
     """Sample the held-out prompts and measure: mean proxy reward (and gold), KL to the starting policy
     (a Monte Carlo estimate: the mean of log pi/pi_ref over the policy's own samples), answer length.
 
     Always the same seed, so two evaluations of a run draw with the same random numbers and their
     difference is the policy's. `answers` holds the first answer of each prompt with its rewards,
-    for before/after tables. None when stopped part-way.
+    for before/after tables. None when stopped part-way. `on_progress(prompts_done, total)`: the sampling's
+    progress (most of the time; scoring and the KL follow in a few seconds).
     """
     if not prompts:
         return None
     was_training = model.training
     model.eval()
     groups = sample(sampling_policy(model), tokenizer, prompts, samples_per_prompt, max_new_tokens, temperature, seed,
-                    stop_event=stop_event)
+                    stop_event=stop_event, on_progress=on_progress)
     if len(groups) < len(prompts):
         return None
     records = [{"prompt": p, "responses": [s.text for s in g]} for p, g in zip(prompts, groups)]

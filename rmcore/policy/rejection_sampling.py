@@ -102,11 +102,13 @@ class RejectionSampling(PolicyRun):
     def sample_and_pick(self, round_index: int) -> bool:
         """Sample n answers per prompt and keep the best by the KL-regularised reward; False if stopped."""
         config, prompts = self.config, self.train_prompts
-        self.phase(f"round {round_index + 1}/{config.rounds}: sampling {config.n} answers for each of "
-                   f"{len(prompts)} prompts", self.progress(self.step))
+        what = (f"round {round_index + 1}/{config.rounds}: sampling {config.n} answers for each of "
+                f"{len(prompts)} prompts")
+        self.phase(what, self.progress(self.step))
         self.model.eval()
         groups = sample(sampling_policy(self.model), self.tokenizer, prompts, config.n, config.max_new_tokens,
-                        config.temperature, seed=config.seed + 1000 * (round_index + 1), stop_event=self.stop)
+                        config.temperature, seed=config.seed + 1000 * (round_index + 1), stop_event=self.stop,
+                        on_progress=self.sampling_progress(what))
         if len(groups) < len(prompts):
             return False
         self.state["picks"], pick_stats = pick_best(self.model, self.tokenizer, self.reward_model, prompts, groups,

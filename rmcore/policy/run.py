@@ -13,8 +13,8 @@ Steps 1-5 run inside rmcore.core.stop.StopSignal: the caller's `stop_event`, or 
 SIGTERM, ends the run at the next safe point (a step boundary, the end of a sampling call) with a
 checkpoint and the policy so far; a second signal quits at once, keeping the last checkpoint.
 
-Events through `on_step(dict)`: "phase" (text, progress), "step" (the method's figures with step,
-total_steps, round, progress, elapsed_s, eta_s and the last held-out reward_mean, gold_mean, kl,
+Events through `on_step(dict)`: "phase" (text, progress, and eta_s while sampling), "step" (the method's
+figures with step, total_steps, round, progress, elapsed_s, eta_s and the last held-out reward_mean, gold_mean, kl,
 length_mean), "eval" (held-out metrics, before training and after each round or pass), "done".
 `state` is what a checkpoint holds: run_key, history (every step and eval event), the held-out
 evaluations before training and after the last round, and what the method adds (`fresh_state`).
@@ -43,6 +43,7 @@ from rmcore.policy.saving import check_policy_output, policy_metadata, run_key, 
 
 EVAL_SEED_OFFSET = 7919  # held-out answers are drawn with config.seed + this, by every method
 LAST_EVAL_KEYS = ("reward_mean", "gold_mean", "kl", "length_mean")  # carried on each step event
+SAMPLING_REPORT_S = 1.0  # a sampling phase's progress is said at most this often
 
 
 class PolicyRun:
@@ -170,8 +171,24 @@ class PolicyRun:
         return {}
 
     # -- events, the held-out evaluation and the clock
-    def phase(self, text: str, progress: float | None = None) -> None:
-        self.emit({"event": "phase", "phase": text, "progress": progress})
+    def phase(self, text: str, progress: float | None = None, eta_s: float | None = None) -> None:
+        self.emit({"event": "phase", "phase": text, "progress": progress, "eta_s": eta_s})
+
+    def sampling_progress(self, text: str):
+        """An `on_progress(done, total)` for a sampling phase: `text` with the share done and the time left,
+        as a phase event at most once a second (sampling reports every token; the CLI prints a line every
+        few seconds), so a minute of sampling is never silent."""
+        started, said = time.perf_counter(), [0.0]
+
+        def report(done: float, total: float) -> None:
+            elapsed = time.perf_counter() - started
+            share = min(1.0, done / total) if total else 1.0
+            if elapsed - said[0] < SAMPLING_REPORT_S or share >= 1.0:
+                return
+            said[0] = elapsed
+            eta = elapsed * (1 - share) / share if share > 0.01 else None
+            self.phase(f"{text}: {share:.0%}", self.progress(self.step), eta)
+        return report
 
     def say_stopping(self, signal_name: str = "") -> None:
         self.phase("stopping at the next safe point (the end of this step or sampling call), then saving a "
@@ -196,12 +213,14 @@ class PolicyRun:
         change what training draws.
         """
         config = self.config
-        self.phase(f"evaluating on {len(self.eval_prompts)} held-out prompts", self.progress(step))
+        what = f"evaluating on {len(self.eval_prompts)} held-out prompts"
+        self.phase(what, self.progress(step))
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
             metrics = evaluate_policy(self.model, self.tokenizer, self.eval_prompts, self.reward_model,
                                       self.gold_model, samples_per_prompt=config.eval_samples,
                                       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                      seed=config.seed + EVAL_SEED_OFFSET, stop_event=self.stop)
+                                      seed=config.seed + EVAL_SEED_OFFSET, stop_event=self.stop,
+                                      on_progress=self.sampling_progress(f"{what}, sampling"))
         if metrics is not None:
             metrics["step"] = step
             self.record(eval_event(metrics, step, self.total_steps, round=round_done, progress=self.progress(step),
