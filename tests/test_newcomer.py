@@ -160,6 +160,32 @@ def test_line_progress_prints_lines_off_a_terminal():
         assert percent.line(10.0) == "[rmcore] eval: 25% of tokens, 10 s so far, about 30 s left"
 
 
+def test_a_slow_wait_says_what_it_is_doing_and_a_quick_one_says_nothing():
+    import time
+
+    from rmcore.core.progress import SlowNotice
+
+    stream = io.StringIO()
+    with SlowNotice("loading the model x", after_s=0.05, stream=stream):
+        time.sleep(0.3)
+    said = stream.getvalue().splitlines()
+    assert said[0] == "[rmcore] loading the model x…" and said[1].startswith("[rmcore] loading the model x: done in")
+    quick = io.StringIO()
+    with SlowNotice("loading the model x", after_s=5, stream=quick):
+        pass
+    assert quick.getvalue() == ""  # one-line error messages stay one line
+
+
+def test_the_first_command_says_it_is_importing_torch_when_that_takes_a_while():
+    """A fresh process spends seconds importing torch before `eval` can say anything else."""
+    code = "import sys; from rmcore.cli import main; sys.exit(main(['eval', 'missing.jsonl']))"
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RMCORE_SLOW_SECONDS": "0"})
+    lines = ran.stderr.splitlines()
+    assert ran.returncode == 2 and lines[0] == "[rmcore] starting eval: importing torch and transformers…", lines
+    assert lines[1].startswith("[rmcore] starting eval: importing torch and transformers: done in"), lines
+
+
 def test_file_scoring_reports_progress_within_a_chunk(tiny_model_dir, demo_path):
     """20 prompts are one chunk of 8 x batch size: progress came only at its end, so a long chunk said 0/20."""
     from rmcore.analysis.scoring import scored_records

@@ -15,6 +15,7 @@ import sys
 
 from rmcore.cli.parser import build_parser
 from rmcore.core.errors import RmcoreError, printable
+from rmcore.core.progress import SlowNotice
 
 COMMANDS = {  # command -> (module of rmcore.cli, function)
     "validate": ("data", "cmd_validate"), "train": ("train", "cmd_train"), "score": ("score", "cmd_score"),
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     _say_notes()
     module, name = COMMANDS[args.command]
     try:
-        command = getattr(importlib.import_module(f"rmcore.cli.{module}"), name)
+        with SlowNotice(f"starting {args.command}: importing torch and transformers"):
+            command = getattr(importlib.import_module(f"rmcore.cli.{module}"), name)
         return command(args)
     except RmcoreError as exc:
         print(printable(exc), file=sys.stderr)

@@ -18,11 +18,20 @@ from rmcore.core.csv_safe import safe_table
 from rmcore.core.errors import printable
 from rmcore.core.folders import HELD_OUT_FILE, METADATA_FILE
 from rmcore.core.outputs import atomic_writer, check_output_file
-from rmcore.core.progress import progress
+from rmcore.core.progress import SlowNotice, progress
 from rmcore.data import demo_data_path, read_preferences
 from rmcore.model.card import verdict
 from rmcore.model.reward_model import RewardModel, resolve_model_path
 from rmcore.training.ensemble import Ensemble, evaluate_ensemble, is_ensemble
+
+
+def _load(args, name: str, ensembles: bool = True):
+    """The reward model `name` (or the ensemble, where `ensembles`), saying so when loading takes more
+    than a moment."""
+    with SlowNotice(f"loading the model {Path(name).name}"):
+        if ensembles and is_ensemble(name):
+            return Ensemble.load(name)
+        return RewardModel.load(name, max_length=args.max_length, dtype=args.dtype)
 
 
 def cmd_score(args) -> int:
@@ -38,7 +47,7 @@ def cmd_score(args) -> int:
     empty = [str(i) for i, text in enumerate(args.response) if not text.strip()]
     if empty:
         raise ValueError(f"--response [{', '.join(empty)}] is empty; give each candidate some text")
-    model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
+    model = _load(args, args.model, ensembles=False)
     result = model.score(args.prompt, args.response)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -70,7 +79,7 @@ def _score_file(args) -> int:
     out = check_output_file(args.out, "--out", inputs=(args.data,), read_folders=(args.model,),
                             overwrite=args.overwrite)
     replaced = out is not None and out.exists()
-    model = RewardModel.load(args.model, max_length=args.max_length, dtype=args.dtype)
+    model = _load(args, args.model, ensembles=False)
     if not model.trained:
         print("note: this model's reward head is untrained (random); train one with `rmcore train`.", file=sys.stderr)
     if data.report.skipped:
@@ -127,7 +136,7 @@ def cmd_eval(args) -> int:
 def _evaluate_one(args, name: str, groups, categories):
 
     ensemble = is_ensemble(name)
-    model = Ensemble.load(name) if ensemble else RewardModel.load(name, max_length=args.max_length, dtype=args.dtype)
+    model = _load(args, name)
     # a bar on a terminal, else a line every 5 s (a log file or CI would otherwise see nothing for minutes)
     with progress(100, "% of tokens", f"eval {Path(name).name}" if len(args.model or []) > 1 else "eval") as bar:
         score = evaluate_ensemble if ensemble else evaluate
@@ -206,8 +215,7 @@ def cmd_probe(args) -> int:
         raise ValueError("--response is empty; give the answer to edit")
     spread_file = _spread_data(args)
     ensemble = is_ensemble(args.model)  # an ensemble's reward is its members' mean
-    model = Ensemble.load(args.model) if ensemble else RewardModel.load(args.model, max_length=args.max_length,
-                                                                        dtype=args.dtype)
+    model = _load(args, args.model)
     spread_data = read_data(str(spread_file))
     spread = reward_spread(model, spread_data.groups, args.spread_limit)
     source = f"{spread_file} ({min(len(spread_data.groups), args.spread_limit)} prompts)"

@@ -18,6 +18,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 DEFAULT_SECONDS = 5.0
+SLOW_SECONDS = 2.0  # a wait with no progress of its own is announced after this long
 
 
 def format_duration(seconds: float) -> str:
@@ -136,3 +137,37 @@ class LineProgress:
 
     def __exit__(self, exc_type, *exc) -> None:
         self.close(finished=exc_type is None)
+
+
+class SlowNotice:
+    """Says `message` on stderr when the work inside the `with` is still going after `after_s` seconds,
+    and how long it took once it ends; quick work says nothing.
+
+    For waits that report no progress of their own (importing torch, loading a model): a command that
+    sits silent for seconds looks hung, but a line on every quick call would be noise (and would break
+    one-line error messages).
+    """
+
+    def __init__(self, message: str, after_s: float | None = None, stream: TextIO | None = None):
+        if after_s is None:  # RMCORE_SLOW_SECONDS: when to speak up (default 2 s)
+            after_s = float(os.environ.get("RMCORE_SLOW_SECONDS") or SLOW_SECONDS)
+        self.message, self.after_s, self.stream = message, after_s, stream or sys.stderr
+        self._said = threading.Event()
+        self._timer = threading.Timer(after_s, self._say)
+        self._timer.daemon = True
+
+    def _say(self) -> None:
+        self._said.set()
+        print(f"[rmcore] {self.message}…", file=self.stream, flush=True)
+
+    def __enter__(self) -> SlowNotice:
+        self.started = time.perf_counter()
+        self._timer.start()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._timer.cancel()
+        self._timer.join()
+        if self._said.is_set() and exc_type is None:
+            took = format_duration(time.perf_counter() - self.started)
+            print(f"[rmcore] {self.message}: done in {took}", file=self.stream, flush=True)
