@@ -7,7 +7,7 @@ rmcore.analysis.evaluate.length_warning, shown as the CLI prints it.)
 
 from __future__ import annotations
 
-from rmcore.core.progress import format_duration
+from rmcore.core.progress import count, format_duration
 
 
 def duration(seconds: float | None) -> str:
@@ -22,11 +22,6 @@ def budget_text(seconds: float) -> str:
     if seconds and seconds % 60 == 0:
         return f"{seconds // 60} min"
     return duration(seconds)
-
-
-def count(n: int, noun: str) -> str:
-    """"1 step", "2 steps", "9,416 comparisons"."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def plan_lines(plan) -> list[str]:

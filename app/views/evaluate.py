@@ -10,7 +10,6 @@ import streamlit as st
 from app import charts, resources, settings, state
 from app.jobs import read_held_out
 from app.ui import fmt, kept_upload, md, pick_model, user_errors
-from app.wording import count
 from rmcore.analysis.evaluate import (
     categories_from_records,
     compare,
@@ -19,7 +18,7 @@ from rmcore.analysis.evaluate import (
     worst_pairs,
 )
 from rmcore.core.errors import DataError
-from rmcore.core.progress import format_duration
+from rmcore.core.progress import count, format_duration
 from rmcore.data import groups_fingerprint, read_preferences_bytes
 from rmcore.data.records import read_bytes
 from rmcore.training.ensemble import evaluate_ensemble

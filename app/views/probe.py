@@ -11,11 +11,12 @@ import streamlit as st
 from app import charts, resources, settings, waiting
 from app.jobs import read_held_out
 from app.ui import kept_upload, md, pick_model, user_errors
-from app.wording import count, trace_legend
+from app.wording import trace_legend
 from rmcore.analysis.probes import record_probes, reward_spread, run_probes
 from rmcore.analysis.scoring import scored_records
 from rmcore.core.errors import DataError, RmcoreError
 from rmcore.core.folders import read_metadata
+from rmcore.core.progress import count
 from rmcore.data import demo_data_path, read_preferences, read_preferences_bytes
 from rmcore.model.card import verdict
 from rmcore.policy.sampling import sample

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rmcore.core.progress import count
 from rmcore.data import RankedGroup
 from rmcore.data.ranking import pair_loss
 from rmcore.data.records import read_path
@@ -263,10 +264,6 @@ def length_logistic_accuracy(pairs: list[dict[str, Any]], folds: int = 5) -> dic
     return out
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
 def against_length(accuracy: float, se: float, baseline: float) -> str:
     """The accuracy against "the longer answer wins", said as a test a non-engineer can read: significantly
     better (its interval of two standard errors lies above the baseline), not significantly better, or
@@ -308,7 +305,7 @@ def length_warning(summary: dict[str, Any]) -> str | None:
     controlled = summary.get("length_controlled") or {}
     if controlled.get("accuracy") is not None:
         n = controlled["comparisons"]
-        parts.append(f"On the {_count(n, 'pair')} of similar length, where length cannot decide, it scores "
+        parts.append(f"On the {count(n, 'pair')} of similar length, where length cannot decide, it scores "
                      f"{controlled['accuracy']:.3f}" + (f" ± {controlled['se']:.3f}" if controlled.get("se") else "")
                      + (": too few to tell." if n < 10 else "."))
     return " ".join(parts)

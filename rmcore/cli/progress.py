@@ -12,14 +12,14 @@ import time
 
 from tqdm import tqdm
 
-from rmcore.core.progress import format_duration
+from rmcore.core.progress import count, format_duration
 
 PROGRESS_EVERY_S = 5.0  # a phase that reports progress (features, sampling) prints a line this often
 
 
 def reward_model_eval_line(event: dict) -> str:
     return (f"[rmcore] held-out after step {event['step']}: loss {event['eval_loss']:.4f}, "
-            f"accuracy {event['eval_accuracy']:.3f} ({event['eval_comparisons']} comparisons)")
+            f"accuracy {event['eval_accuracy']:.3f} ({count(event['eval_comparisons'], 'comparison')})")
 
 
 def policy_eval_line(event: dict) -> str:

@@ -18,7 +18,7 @@ from rmcore.core.csv_safe import safe_table
 from rmcore.core.errors import printable
 from rmcore.core.folders import HELD_OUT_FILE, METADATA_FILE
 from rmcore.core.outputs import atomic_writer, check_output_file
-from rmcore.core.progress import SlowNotice, progress
+from rmcore.core.progress import SlowNotice, count, progress
 from rmcore.data import demo_data_path, read_preferences
 from rmcore.model.card import verdict
 from rmcore.model.reward_model import RewardModel, resolve_model_path
@@ -157,11 +157,11 @@ def _print_eval(result, data_name: str, fmt: str) -> None:
         print("note: this model's reward head is untrained (random); expect accuracy near 0.5.")
     base, ranking = s["length_baseline"], s["ranking"]
     print(f"model:       {s['model']}")
-    print(f"data:        {data_name} ({fmt}, {s['prompts']} prompts, {s['comparisons']} comparisons)")
+    print(f"data:        {data_name} ({fmt}, {count(s['prompts'], 'prompt')}, {count(s['comparisons'], 'comparison')})")
     print(f"accuracy:    {_with_se(s['accuracy'], s['accuracy_se'])} over every strictly ordered pair "
           f"(± one standard error); \"the longer answer wins\": {_with_se(base['accuracy'], base['se'])}")
     for gap, v in s["by_rank_gap"].items():
-        print(f"  rank gap {gap}: {v['accuracy']:.3f} ({v['comparisons']} comparisons)")
+        print(f"  rank gap {gap}: {v['accuracy']:.3f} ({count(v['comparisons'], 'comparison')})")
     if s["best_of_group_accuracy"] is not None:
         print(f"best-of-n:   {s['best_of_group_accuracy']:.3f} (top reward is a human-best response)")
     if ranking["prompts"]:
@@ -176,7 +176,8 @@ def _print_eval(result, data_name: str, fmt: str) -> None:
           + (f"; prefers the longer answer in {agree:.0%} of pairs" if agree is not None else ""))
     if controlled["accuracy"] is not None:
         print(f"  pairs of similar length (within {controlled['max_relative_difference']:.0%}): "
-              f"{_with_se(controlled['accuracy'], controlled['se'])} ({controlled['comparisons']} comparisons)")
+              f"{_with_se(controlled['accuracy'], controlled['se'])} "
+              f"({count(controlled['comparisons'], 'comparison')})")
     if logistic["accuracy"] is not None:
         print(f"  a logistic model on length alone ({logistic['folds']}-fold by prompt): {logistic['accuracy']:.3f}")
     if s["length_warning"]:

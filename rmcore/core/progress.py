@@ -35,6 +35,11 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def count(n: int, noun: str) -> str:
+    """A count for people, as every rmcore message writes it: "1 comparison", "9,416 comparisons"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def progress(total: float, unit: str, desc: str, stream: TextIO | None = None, initial: float = 0):
     """A tqdm bar when `stream` (default stderr) is a terminal, else a LineProgress; both are context
     managers with `update(n)`, `n` and `close()`. `initial` is work done before (a resumed file): the
