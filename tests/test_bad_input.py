@@ -133,6 +133,29 @@ def test_resume_with_other_data_is_refused(tiny_model_dir, demo_path, tmp_path, 
         train(config, groups[:-3], tmp_path / "rm", resume=True)
 
 
+def test_a_damaged_or_hostile_checkpoint_state_is_refused_in_one_line(tiny_model_dir, demo_path, tmp_path,
+                                                                       private_cache):
+    """The checkpoint's state.json goes through the bounded reader: not JSON, or a named pipe, is one line."""
+    import os
+    import threading
+
+    from rmcore.core.errors import ModelError
+
+    groups = read_preferences(demo_path).groups
+    config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=2, lr=1e-3)
+    stop = threading.Event()
+    stop.set()
+    train(config, groups, tmp_path / "rm", stop_event=stop)
+    state = tmp_path / "rm" / "checkpoint" / "state.json"
+    state.write_text('{"run_key": ')
+    with pytest.raises(ModelError, match=r"state\.json: not valid JSON .*damaged"):
+        train(config, groups, tmp_path / "rm", resume=True)
+    state.unlink()
+    os.mkfifo(state)  # a named pipe would block a plain read for ever: it is no checkpoint
+    with pytest.raises(ModelError, match="no checkpoint to resume"):
+        train(config, groups, tmp_path / "rm", resume=True)
+
+
 def test_cli_train_on_unusable_data_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rmcore", "train", str(MALFORMED / "all_tied.jsonl"), "--out",
                            str(tmp_path / "x")], capture_output=True, text=True, timeout=120)

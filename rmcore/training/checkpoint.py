@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rmcore.core.errors import ModelError, TrainingError
+from rmcore.core.folders import read_json_object
 from rmcore.data.encoding import EncodedGroup
 from rmcore.model.feature_cache import model_key
 from rmcore.training.config import TrainConfig
@@ -79,7 +80,7 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, key: str, mismatch: st
 
     A checkpoint of another run is refused: `mismatch` says what the user must keep the same."""
     folder = Path(folder)
-    state = json.loads((folder / STATE_FILE).read_text())
+    state = read_json_object(folder / STATE_FILE)  # a regular file of sane size, or one line naming it
     if state.get("run_key") != key:
         raise TrainingError(f"{folder}: this checkpoint was made with another {mismatch}, or train into a new "
                             "--out folder")

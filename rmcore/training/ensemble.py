@@ -212,7 +212,7 @@ def save_head_beside(first: Path, classifier, out_dir: str | os.PathLike, metada
     hard link to the same bytes, config and tokenizer copied), its own head shard, card and
     rmcore.json. It is built in a hidden temporary folder and renamed into place.
     """
-    written = json.loads((first / METADATA_FILE).read_text())["files"]
+    written = read_metadata(first)["files"]  # our own file, written a moment ago by the first member
     head = unwrap_classifier(classifier).score
 
     def write(tmp: Path) -> None:
@@ -384,7 +384,7 @@ def reading(score: EnsembleScore) -> dict[str, Any]:
 
 def _load_head(base: RewardModel, folder: Path) -> torch.nn.Module:
     """A member's reward neuron (its only trained weights in head mode), checked to sit on the same trunk."""
-    meta = json.loads((folder / "rmcore.json").read_text())
+    meta = read_metadata(folder)  # a damaged or hostile rmcore.json: one line naming it
     if meta.get("base_model") != base.metadata.get("base_model"):
         raise ModelError(f"{folder}: trained on {meta.get('base_model')}, not {base.metadata.get('base_model')}")
     head = copy.deepcopy(unwrap_classifier(base.model).score)

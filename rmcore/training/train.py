@@ -37,7 +37,7 @@ from accelerate.utils import set_seed
 from rmcore import __version__
 from rmcore.analysis.evaluate import length_baseline_of_groups
 from rmcore.core.errors import TrainingError
-from rmcore.core.folders import CHECKPOINT_DIR, check_output_folder
+from rmcore.core.folders import CHECKPOINT_DIR, check_output_folder, read_json_object
 from rmcore.core.stop import StopSignal
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, count_truncated, encode_groups
@@ -57,7 +57,7 @@ from rmcore.training.budget import (
     plan_run,
     save_seconds,
 )
-from rmcore.training.checkpoint import load_checkpoint, run_key, save_checkpoint
+from rmcore.training.checkpoint import STATE_FILE, load_checkpoint, run_key, save_checkpoint
 from rmcore.training.config import DEFAULT_LR, MODES, TrainConfig
 from rmcore.training.estimate import probe_rates
 from rmcore.training.features import FeaturesStopped, planned_features, response_offsets, trunk_features
@@ -246,8 +246,8 @@ class _Run:
 
     def _keep_the_checkpoints_prompts(self) -> None:
         """A resumed head-mode run trains on the prompts its checkpoint was trained on, whatever the plan."""
-        state_file = self.checkpoint / "state.json"
-        keys = json.loads(state_file.read_text()).get("train_keys") if state_file.is_file() else None
+        state_file = self.checkpoint / STATE_FILE
+        keys = read_json_object(state_file).get("train_keys") if state_file.is_file() else None
         if self.config.mode == "head" and isinstance(keys, list):
             wanted = set(keys)
             order = [i for i, g in enumerate(self.encoded) if group_key(g) in wanted]
@@ -321,7 +321,7 @@ class _Run:
         self.max_tokens = config.max_tokens or _tokens_per_forward(unwrap_classifier(self.classifier).config,
                                                                    accelerator.device)
         self.run_key = run_key(config, self.model_path, self.encoded)
-        if resume and (self.checkpoint / "state.json").is_file():
+        if resume and (self.checkpoint / STATE_FILE).is_file():
             state, saved = load_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module), self.run_key,
                                            "model, data or options; resume with the same ones (only --epochs "
                                            "and --time-budget may change)")
@@ -478,7 +478,7 @@ class _Run:
     def _check_finite(self, loss: torch.Tensor) -> None:
         if torch.isfinite(loss.detach()):
             return
-        kept = (f"the last good checkpoint ({self.checkpoint}) is kept" if (self.checkpoint / "state.json").is_file()
+        kept = (f"the last good checkpoint ({self.checkpoint}) is kept" if (self.checkpoint / STATE_FILE).is_file()
                 else "nothing was saved")
         raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}; training stopped and {kept}. "
                             f"Try a lower learning rate (--lr {self.config.learning_rate() / 10:g}).")
