@@ -49,6 +49,23 @@ def test_batched_groups_of_different_lengths_equal_single_groups(tiny):
         assert a == pytest.approx(b, abs=1e-5)
 
 
+def test_a_prompt_with_thousands_of_candidates_is_scored_in_bounded_rows_with_the_same_rewards(tiny, monkeypatch):
+    """A file to score may hold 20,000 candidates for one prompt: one packed row of them all would take
+    gigabytes. Rows of at most MAX_RESPONSES_PER_ROW give each candidate the reward it gets alone."""
+    from rmcore.model import reward_model
+
+    candidates = [f"answer number {i}" + "!" * (i % 7) for i in range(150)]
+    wide = [tiny.encode(PROMPT, candidates), tiny.encode("Hi", ["Hello", "Yo"])]
+    rows = []
+    real_pack = reward_model.pack_groups
+    monkeypatch.setattr(reward_model, "pack_groups", lambda groups, pad: rows.append(groups) or real_pack(groups, pad))
+    split = tiny.rewards_for(wide, batch_size=2)
+    assert max(len(g.response_ids) for batch in rows for g in batch) == reward_model.MAX_RESPONSES_PER_ROW
+    assert [len(r) for r in split] == [150, 2]
+    assert split[0] == pytest.approx(plain_rewards(tiny, PROMPT, candidates), abs=1e-5)
+    assert split[1] == pytest.approx(tiny.rewards_for([wide[1]])[0], abs=1e-5)
+
+
 def test_reward_is_read_at_the_true_last_token_even_when_it_is_the_pad_token(tiny):
     """SmolLM2 (and the tiny model) pad with the end-of-turn token: the stock rule would misread."""
     eos = tiny.tokenizer.eos_token_id

@@ -407,6 +407,21 @@ class TokenRewards:
 # ----------------------------------------------------------------------------- the user-facing class
 
 
+MAX_RESPONSES_PER_ROW = 64  # candidates of one prompt packed in one row when scoring; more are split
+
+
+def split_wide_groups(encoded: list[EncodedGroup], most: int) -> tuple[list[EncodedGroup], list[int]]:
+    """Each group cut into parts of at most `most` responses (same prompt), and how many parts each became."""
+    parts, sizes = [], []
+    for group in encoded:
+        chunks = range(0, max(1, len(group.response_ids)), most)
+        parts += [group if len(group.response_ids) <= most else
+                  EncodedGroup(group.prompt_ids, group.response_ids[i:i + most], group.ranks[i:i + most])
+                  for i in chunks]
+        sizes.append(len(chunks))
+    return parts, sizes
+
+
 class RewardModel:
     """A reward model ready to score: `RewardModel.load("runs/rm").score(prompt, candidates)`."""
 
@@ -467,14 +482,28 @@ class RewardModel:
         group = RankedGroup(messages, list(responses), [None] * len(responses))
         return encode_group(self.tokenizer, group, self.max_length)
 
-    @torch.inference_mode()
     def rewards_for(self, encoded: list[EncodedGroup], batch_size: int = 8,
                     on_progress: Callable[[float], None] | None = None) -> list[list[float]]:
         """Rewards of every response of every group, batched by similar length.
 
         `on_progress(share)` after each batch gets the share of tokens done (shortest groups run
-        first, so it tracks time where the share of groups would run ahead).
+        first, so it tracks time where the share of groups would run ahead). A group with more than
+        MAX_RESPONSES_PER_ROW candidates (a file to score may hold thousands for one prompt) is scored
+        in parts that each repeat its prompt: a response attends only to the prompt and itself, so the
+        rewards are the same, and one row's memory stays bounded.
         """
+        parts, sizes = split_wide_groups(encoded, MAX_RESPONSES_PER_ROW)
+        if len(parts) == len(encoded):
+            return self._rewards_for(encoded, batch_size, on_progress)
+        flat, out = self._rewards_for(parts, batch_size, on_progress), []
+        for size in sizes:
+            out.append([reward for part in flat[:size] for reward in part])
+            flat = flat[size:]
+        return out
+
+    @torch.inference_mode()
+    def _rewards_for(self, encoded: list[EncodedGroup], batch_size: int,
+                     on_progress: Callable[[float], None] | None) -> list[list[float]]:
         if len(encoded) == 1 and self._reuses_prompts():
             return [self._rewards_reusing_prompt(encoded[0])]
         known = self._rewards_from_trunk_features(encoded)
