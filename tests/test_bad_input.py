@@ -489,6 +489,28 @@ def test_chat_templates_that_raise_are_one_line_naming_the_folder(template, says
     assert "Traceback" not in err and not (tmp_path / "ESCAPED").exists()
 
 
+def test_a_chat_template_that_loops_for_ever_is_refused_in_bounded_time(trained_rm, tmp_path, capsys, monkeypatch):
+    """The sandbox runs no code but lets loops run: nested range(100000) loops would spin for hours. The
+    trial render at load has a time limit (here 0.3 s; the loop below ends by itself after a few seconds,
+    so the test leaves no thread spinning)."""
+    import time
+
+    from rmcore.data import encoding
+
+    folder = _broken_copy(trained_rm, tmp_path, "looping")
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings["chat_template"] = ("{% for i in range(7000) %}{% for j in range(7000) %}{% endfor %}{% endfor %}"
+                                 "{{ messages[0]['content'] }}")
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    monkeypatch.setattr(encoding, "TEMPLATE_CHECK_SECONDS", 0.3)
+    started = time.perf_counter()
+    code = main(["score", "--model", str(folder), "--prompt", "q", "--response", "a"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"{folder}: ") and "did not finish" in err, err
+    assert time.perf_counter() - started < 30
+
+
 def test_a_trained_models_tokenizer_must_match_its_embeddings(trained_rm, tiny_model_dir, tmp_path, capsys):
     """200k added tokens once made rmcore grow a trained model's embeddings with random rows (90 s, 2.5 GB):
     a mismatch is refused at once, naming tokenizer.json. A base model is still resized, as before."""

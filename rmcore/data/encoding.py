@@ -9,6 +9,7 @@ to the assistant's turn) is tokenized once per group and shared by its K respons
 from __future__ import annotations
 
 import re
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -91,12 +92,38 @@ def apply_template(tokenizer, messages: list[Message], add_generation_prompt: bo
         raise ChatTemplateError(template_problem(tokenizer, exc)) from None
 
 
-def check_chat_template(tokenizer) -> None:
+TEMPLATE_CHECK_SECONDS = 10.0  # a real template renders a one-line exchange in milliseconds
+
+
+def check_chat_template(tokenizer, within_s: float | None = None) -> None:
     """Render a one-turn conversation and its reply once, so a broken template is refused when the
-    model loads, in one line naming the folder, not in the middle of a run."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": "Hi"}]
-        render_response(tokenizer, messages, "Hello", render_prompt(tokenizer, messages))
+    model loads, in one line naming the folder, not in the middle of a run.
+
+    jinja2's sandbox stops code from running but not loops (nested `range(100000)` loops spin for
+    hours), so the trial render has `within_s` seconds (TEMPLATE_CHECK_SECONDS): it runs in a daemon
+    thread, and a template still rendering then is refused (the thread cannot be stopped; it ends with
+    the process)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    messages, outcome = [{"role": "user", "content": "Hi"}], {}
+
+    def trial() -> None:
+        try:
+            render_response(tokenizer, messages, "Hello", render_prompt(tokenizer, messages))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+        outcome["done"] = True
+
+    thread = threading.Thread(target=trial, name="rmcore-template-check", daemon=True)
+    thread.start()
+    thread.join(TEMPLATE_CHECK_SECONDS if within_s is None else within_s)
+    if "done" not in outcome:
+        folder = getattr(tokenizer, "name_or_path", "") or "the model"
+        raise ChatTemplateError(f"{folder}: its chat template did not finish rendering a one-line exchange in "
+                                f"{TEMPLATE_CHECK_SECONDS if within_s is None else within_s:g} s (a loop that runs "
+                                "for ever?); refused: fix chat_template (chat_template.jinja or tokenizer_config.json)")
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def render_prompt(tokenizer, messages: list[Message]) -> str:
