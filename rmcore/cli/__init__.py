@@ -21,7 +21,7 @@ COMMANDS = {  # command -> (module of rmcore.cli, function)
     "validate": ("data", "cmd_validate"), "train": ("train", "cmd_train"), "score": ("score", "cmd_score"),
     "eval": ("score", "cmd_eval"), "probe": ("score", "cmd_probe"), "serve": ("model", "cmd_serve"),
     "embedded": ("model", "cmd_embedded"), "sample": ("policy", "cmd_sample"), "bon": ("policy", "cmd_bon"),
-    "rlhf": ("policy", "cmd_rlhf"),
+    "rlhf": ("policy", "cmd_rlhf"), "lesson": ("lesson", "cmd_lesson"),
 }
 
 

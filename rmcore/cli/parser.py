@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bon(sub)
     _add_rlhf(sub, _defaults())
     _add_probe(sub)
+    _add_lesson(sub)
     sub.add_parser("embedded", help="print the folder of the embedded model (converting it on first use)")
     return parser
 
@@ -263,6 +264,21 @@ def _add_bon(sub) -> None:
     p.add_argument("--plot", metavar="FILE.html", help="write the plotly figure to a self-contained HTML file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.add_argument("--batch-size", type=at_least(1), default=8, help="prompts per scoring pass (default 8)")
+
+
+def _add_lesson(sub) -> None:
+    p = sub.add_parser(
+        "lesson", help="a ready lesson: goodhart (reward hacking you can watch: the gold judge turns down)",
+        description="goodhart: trains a proxy reward model whose labeler liked answers ending on '!' and a gold "
+                    "judge whose data penalises them (head mode, from the demo set), samples the embedded policy, "
+                    "and measures best-of-n for n = 1, 2, 4, ...: KL, proxy and gold reward with standard errors, "
+                    "the trait's share, and the Gao-Schulman-Hilton fit gold(d) = d(alpha - beta d), d = sqrt(KL). "
+                    "What it trained and sampled stays in --out: a second run there is quick.")
+    p.add_argument("name", choices=["goodhart"], help="the lesson")
+    p.add_argument("--out", required=True, metavar="DIR", help="the lesson's folder (created; reused by a second run)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the judges' initialisation and the policy's sampling (default 0)")
+    p.add_argument("--json", action="store_true", help="print the points, the fits and the criteria as JSON")
 
 
 def _add_rlhf(sub, defaults: dict) -> None:
