@@ -86,6 +86,34 @@ def test_trainable_layers_trains_only_the_top_blocks(mode, tiny_model_dir, demo_
     assert "model.embed_tokens.weight" not in changed
 
 
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_frozen_lower_blocks_run_once_and_train_the_same_model(mode, tiny_model_dir, demo_split, tmp_path,
+                                                                private_cache, monkeypatch):
+    """With trainable_layers, the hidden state entering the first trained block is kept from the first pass
+    over a group: later epochs and evaluations run only the top blocks, and train the same model."""
+    from rmcore.training import lower_blocks, train as train_module
+
+    train_groups, eval_groups = demo_split
+    config = TrainConfig(model=str(tiny_model_dir), mode=mode, epochs=3, lr=5e-3, batch_size=8, max_length=256,
+                         trainable_layers=1, eval_every=2)
+    starts = []
+    real_forward = lower_blocks.LowerBlocks.forward
+
+    def counted(self, module, batch, groups):
+        starts.append(self._gather(batch, groups) is not None)
+        return real_forward(self, module, batch, groups)
+
+    monkeypatch.setattr(lower_blocks.LowerBlocks, "forward", counted)
+    cached = train(config, train_groups, tmp_path / "cached", eval_groups=eval_groups)
+    assert any(starts) and not all(starts)  # the first passes keep, the later ones start from what was kept
+    monkeypatch.setattr(train_module.LowerBlocks, "for_run", classmethod(lambda cls, config, packed: None))
+    whole = train(config, train_groups, tmp_path / "whole", eval_groups=eval_groups)
+    kept, plain = weights(tmp_path / "cached"), weights(tmp_path / "whole")
+    assert all(torch.allclose(kept[k], plain[k], atol=1e-5) for k in plain)
+    assert [e["eval_accuracy"] for e in cached.history if e["event"] == "eval"] == pytest.approx(
+        [e["eval_accuracy"] for e in whole.history if e["event"] == "eval"])
+
+
 def test_more_trainable_layers_than_the_model_has_is_refused(tiny_model_dir, demo_split, tmp_path):
     config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=1, trainable_layers=99)
     with pytest.raises(TrainingError, match="more than the model's"):

@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,27 +333,51 @@ class PackedRewardModel(nn.Module):
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, batch: PackedBatch, features_only: bool = False, structured: bool = True):
-        """Rewards (N,) of the batch's responses; `structured=False` applies the block mask densely."""
+    def forward(self, batch: PackedBatch, features_only: bool = False, structured: bool = True,
+                start: tuple[torch.Tensor, int] | None = None):
+        """Rewards (N,) of the batch's responses; `structured=False` applies the block mask densely.
+        `start` = (hidden (B, L, H), k): the rows' hidden states entering block k, computed earlier (the
+        blocks below are frozen, see rmcore.training.lower_blocks); only blocks k and above run."""
         layout = batch.layout if structured else None
-        hidden = self.hidden_states(batch.input_ids, batch.position_ids, batch.attention_mask, layout)  # (B, L, H)
+        hidden = self.hidden_states(batch.input_ids, batch.position_ids, batch.attention_mask, layout,
+                                    start=start)  # (B, L, H)
         last_hidden = hidden.reshape(-1, hidden.shape[-1])[batch.last_index]  # (N, H)
         if features_only:
             return last_hidden
         return read_head(self.classifier, last_hidden)  # (N,)
 
-    def hidden_states(self, input_ids, position_ids, attention_mask, layout: PackedLayout | None = None):
-        """The trunk's last hidden states of packed rows, (B, L, H)."""
+    def trunk(self) -> nn.Module:
         inner = unwrap_classifier(self.classifier)
-        trunk = getattr(inner, inner.base_model_prefix)
+        return getattr(inner, inner.base_model_prefix)
+
+    def hidden_states(self, input_ids, position_ids, attention_mask, layout: PackedLayout | None = None,
+                      start: tuple[torch.Tensor, int] | None = None):
+        """The trunk's last hidden states of packed rows, (B, L, H); from block `start[1]` on, if given."""
+        trunk = self.trunk()
         extra = {}
-        with packed_attention(trunk.config) if layout is not None else nullcontext(False) as structured:
+        with packed_attention(trunk.config) if layout is not None else nullcontext(False) as structured, \
+                _from_block(trunk, start[1] if start is not None else 0):
             if structured:
                 extra["rmcore_layout"] = layout
+            inputs = {"inputs_embeds": start[0]} if start is not None else {"input_ids": input_ids}
             return trunk(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                **extra,
+                **inputs, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra,
             ).last_hidden_state
+
+
+@contextmanager
+def _from_block(trunk: nn.Module, first: int):
+    """The trunk runs only its blocks `first` and above for the call (its input then is the hidden state
+    entering block `first`, passed as inputs_embeds: a Llama-style trunk applies no scaling to it)."""
+    if not first:
+        yield
+        return
+    blocks = trunk.layers
+    trunk.layers = nn.ModuleList(list(blocks)[first:])
+    try:
+        yield
+    finally:
+        trunk.layers = blocks
 
 
 def read_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

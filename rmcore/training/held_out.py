@@ -24,9 +24,10 @@ from rmcore.training.loss import bradley_terry_loss, pair_index
 @torch.no_grad()
 def held_out_metrics(accelerator, module, encoded_eval: list[EncodedGroup], eval_features, pad_id: int,
                      batch_size: int, deadline: Deadline | None = None,
-                     should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+                     should_stop: Callable[[], bool] = lambda: False, lower=None) -> dict[str, Any]:
     """Held-out metrics over `encoded_eval` (trunk features `eval_features` in head mode), batch by batch
-    until done, the deadline or a stop request."""
+    until done, the deadline or a stop request. `lower` (rmcore.training.lower_blocks): frozen lower
+    blocks kept from the first evaluation."""
     model = accelerator.unwrap_model(module)
     model.eval()
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
@@ -36,7 +37,7 @@ def held_out_metrics(accelerator, module, encoded_eval: list[EncodedGroup], eval
         if start and ((deadline is not None and deadline.passed()) or should_stop()):
             break
         groups = encoded_eval[start : start + batch_size]
-        rewards = _rewards(accelerator, model, groups, eval_features, offsets[start], pad_id)
+        rewards = _rewards(accelerator, model, groups, eval_features, offsets[start], pad_id, lower)
         scored += len(groups)
         pairs = pair_index(groups).to(accelerator.device)
         if len(pairs.winner) == 0:
@@ -50,13 +51,13 @@ def held_out_metrics(accelerator, module, encoded_eval: list[EncodedGroup], eval
     return _summary(totals, comparisons, prompts, scored, encoded_eval)
 
 
-def _rewards(accelerator, model, groups: list[EncodedGroup], eval_features, first_row: int, pad_id: int):
+def _rewards(accelerator, model, groups: list[EncodedGroup], eval_features, first_row: int, pad_id: int, lower):
     if eval_features is not None:
         n = sum(len(g.response_ids) for g in groups)
         return model(eval_features[first_row : first_row + n]).squeeze(-1).float()
     batch = pack_groups(groups, pad_id).to(accelerator.device)
     with accelerator.autocast():
-        return model(batch)
+        return lower.forward(model, batch, groups) if lower is not None else model(batch)
 
 
 def _summary(totals: dict[str, float], comparisons: int, prompts: int, scored: int,

@@ -63,6 +63,7 @@ from rmcore.training.estimate import probe_rates
 from rmcore.training.features import FeaturesStopped, planned_features, response_offsets, trunk_features
 from rmcore.training.held_out import held_out_metrics
 from rmcore.training.loss import bradley_terry_loss, pair_index
+from rmcore.training.lower_blocks import LowerBlocks
 from rmcore.training.modes import classifier_to_save, setup_mode
 
 __all__ = ["DEFAULT_LR", "MODES", "TrainConfig", "TrainResult", "train"]
@@ -210,6 +211,7 @@ class _Run:
         """Freeze or wrap the model for the mode (head: a frozen trunk whose features are computed once)."""
         self.packed, self.trainable = setup_mode(self.config, self.classifier)
         self.packed.to(self.accelerator.device)
+        self.lower = LowerBlocks.for_run(self.config, self.packed)  # top-N training: frozen blocks run once
 
     def make_plan(self, resume: bool) -> None:
         """With a time budget: measure this machine's speed now and plan every phase to fit (one line says
@@ -442,7 +444,8 @@ class _Run:
             rewards = self.module(self.features[index]).squeeze(-1).float()
             return rewards, groups, sum(g.num_tokens for g in groups), 0
         batch = pack_groups(groups, self.pad_id).to(self.accelerator.device)
-        return self.module(batch), groups, batch.real_tokens, batch.input_ids.numel()
+        rewards = self.lower.forward(self.module, batch, groups) if self.lower is not None else self.module(batch)
+        return rewards, groups, batch.real_tokens, batch.input_ids.numel()
 
     def _forward_backward(self, batch_groups: list[int], weight: float) -> tuple[dict[str, Any], int, int]:
         """Forward and backward over one batch, in micro-batches of at most `max_tokens` padded tokens.
@@ -492,7 +495,7 @@ class _Run:
         with self.times.timed("evaluation"):
             metrics = held_out_metrics(self.accelerator, self.module, self.encoded_eval, self.eval_features,
                                        self.pad_id, self.config.batch_size, self._evaluation_deadline(),
-                                       self.stop.is_set)
+                                       self.stop.is_set, lower=self.lower)
         metrics.update(event="eval", step=self.step, total_steps=self.schedule.total_steps,
                        epoch=self.step / self.steps_per_epoch)
         self.budget.record_evaluation(now() - started)
