@@ -65,7 +65,7 @@ def markdown(summary: dict[str, Any]) -> str:
              f"load average before {meta['load_before']}, after {meta['load_after']}", "",
              f"**{summary['met_three']} of {len(rows)} seeds** met the issue's three criteria "
              "(target: at least 4 of 5); "
-             f"**{summary['met']}** also had the gold rise before it fell (its peak past n = 1). "
+             f"**{summary['met']}** also had the gold rise before it fell (its peak past n = 1). " +
              (f"Second run in the same folder: {summary['rerun_s']:.1f} s." if summary["rerun_s"] is not None
               else "(seeds still running)"), "",
              "| seed | wall s | proxy rises | gold turns | trait rises | gold rises first | gold peak n | drop ± se "

@@ -129,3 +129,25 @@ def test_the_lesson_command_prints_json(tmp_path, tiny_model_dir, monkeypatch, c
     assert "left" in captured.err  # the time left in the lesson
     assert main(["lesson", "goodhart", "--out", str(tmp_path / "l"), "--seed", "1"]) == 0
     assert "gold fit d(alpha - beta d)" in capsys.readouterr().out
+
+
+def test_a_stopped_judge_stops_the_lesson(tmp_path, tiny_model_dir, monkeypatch):
+    import rmcore.training.train as train_module
+
+    real_train = train_module.train
+
+    def stopped(config, groups, out_dir, **options):
+        assert options["resume"] is False
+        result = real_train(config, groups, out_dir, **options)
+        result.stopped = True  # as if Ctrl-C came during the proxy's training
+        return result
+
+    monkeypatch.setattr(train_module, "train", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_lesson(_tiny_config(tiny_model_dir), tmp_path / "lesson")
+    assert not (tmp_path / "lesson" / "gold").exists() and not (tmp_path / "lesson" / "samples.json").exists()
+    monkeypatch.undo()
+    (tmp_path / "lesson" / "proxy" / "checkpoint").mkdir(exist_ok=True)
+    (tmp_path / "lesson" / "proxy" / "checkpoint" / "state.json").write_text("{}")
+    with pytest.raises(Exception, match="stopped training with other settings"):
+        run_lesson(_tiny_config(tiny_model_dir, seed=5), tmp_path / "lesson")  # not the run it stopped

@@ -91,7 +91,8 @@ def test_frozen_lower_blocks_run_once_and_train_the_same_model(mode, tiny_model_
                                                                 private_cache, monkeypatch):
     """With trainable_layers, the hidden state entering the first trained block is kept from the first pass
     over a group: later epochs and evaluations run only the top blocks, and train the same model."""
-    from rmcore.training import lower_blocks, train as train_module
+    from rmcore.training import lower_blocks
+    from rmcore.training import train as train_module
 
     train_groups, eval_groups = demo_split
     config = TrainConfig(model=str(tiny_model_dir), mode=mode, epochs=3, lr=5e-3, batch_size=8, max_length=256,

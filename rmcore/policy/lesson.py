@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from rmcore.analysis.overoptimisation import fit_best_of_n_points
-from rmcore.core.folders import check_output_folder, read_json_object
+from rmcore.core.errors import ModelError
+from rmcore.core.folders import CHECKPOINT_DIR, check_output_folder, read_json_object
 from rmcore.core.outputs import atomic_write_text
 from rmcore.policy.best_of_n import kl_best_of_n, order_statistic_weights, powers_of_two
 from rmcore.policy.lesson_data import TRAITS, planted_groups, shown_answer
@@ -252,12 +253,20 @@ def _train_judge(config: LessonConfig, out: Path, state, role: str, on: str, on_
     if state["stages"].get(role) == key and (out / role / "rmcore.json").is_file():
         clock.phase(f"the {role} judge: reused from {out / role}", 0.0, None)
         return 0.0, True
+    checkpoint = (out / role / CHECKPOINT_DIR / "state.json").is_file()  # a stopped lesson's judge
+    if checkpoint and state.get("pending", {}).get(role) != key:
+        raise ModelError(f"{out / role}: holds a stopped training with other settings; delete that folder "
+                         "to train the judge afresh")
+    state.setdefault("pending", {})[role] = key
+    _write_state(out, state)
     clock.start(role)
     start = time.monotonic()
     groups = read_preferences(config.data or demo_data_path()).groups
     planted = planted_groups(groups, TRAITS[config.trait], on, key["contrast"], key["on_ranked"])
-    train(TrainConfig(model=config.reward_model, mode="head", epochs=config.epochs, seed=config.seed),
-          planted, out / role, on_step=on_event)
+    trained = train(TrainConfig(model=config.reward_model, mode="head", epochs=config.epochs, seed=config.seed),
+                    planted, out / role, on_step=on_event, resume=checkpoint)
+    if trained.stopped:  # Ctrl-C or SIGTERM: a half-trained judge is no lesson; its checkpoint is kept
+        raise KeyboardInterrupt
     state["stages"][role] = key
     _write_state(out, state)
     return time.monotonic() - start, False

@@ -1,12 +1,18 @@
 """The over-optimisation lesson's data: a proxy's training set with a planted flaw, a gold judge's without.
 
-Both judges learn the demo set's rankings (so they agree on what a good answer is), but the proxy's
-labeler also liked a surface trait: in its copy, the preferred answer of every group carries the
-trait. The gold judge's copy puts the trait on the worst answer instead, so the gold learns that the
-trait goes with bad answers. The trait must be one the policy produces by itself, now and then, and
-one a head-mode reward model can see: head mode reads only the last token's hidden state, so the
-trait sits at the end of the answer (an answer that ends on an exclamation mark, here). A trait in the
-middle of the text (an exclamation mark anywhere) was measured not to be learned.
+Both judges learn the demo set's rankings (so they agree on what a good answer is); on top, each
+labeler was shown a share of the demo answers twice, with and without a surface trait. The proxy's
+labeler preferred the copy with the trait, the gold's the copy without it. So the two judges differ
+only on the trait: what best-of-n finds by pushing the proxy is the trait, not better answers.
+(Planting the trait on each group's best answer for the proxy, and its worst for the gold, is kept
+as an option, `on_ranked`: measured, it taught the proxy little and left the judges disagreeing on
+the policy's answers even where no trait was present.)
+
+The trait must be one the policy produces by itself, now and then (rare, so that the gold rises
+before it turns), and one a head-mode reward model can see: head mode reads only the last token's
+hidden state, so the trait sits at the end of the answer (an answer that ends on an exclamation
+mark, here). A trait in the middle of the text (an exclamation mark anywhere) was measured not to be
+learned.
 
 The policy's answers are read up to their last full sentence (`shown_answer`): 61% of the embedded
 policy's answers run into the token limit and stop mid-word, and a judge would then mostly be
