@@ -206,3 +206,119 @@ def test_precision_float32_trains_in_float32_and_the_model_says_so(tiny_model_di
         assert meta["precision"] == expected and meta["config"]["precision"] == precision
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16"):
         TrainConfig(precision="fp8").check()
+
+
+
+# ----------------------------------------------------------------------------- long dialogues cut to their last turns
+
+def dialogues(count: int = 30) -> list:
+    """Groups whose prompts are five messages, most of their tokens in the first four (as in HH-RLHF)."""
+    from rmcore.data import RankedGroup
+
+    story = "the weather in the mountains was cold and the road was long and wet " * 6
+    groups = []
+    for i in range(count):
+        prompt = [{"role": "user", "content": f"{i} {story}"}, {"role": "assistant", "content": story},
+                  {"role": "user", "content": f"tell me more about {i}"}, {"role": "assistant", "content": story},
+                  {"role": "user", "content": f"so is {i} odd?"}]
+        groups.append(RankedGroup(prompt, ["yes it is" if i % 2 else "no", "I like bread"], [1, 2]))
+    return groups
+
+
+def cut(groups, n) -> list:
+    from dataclasses import replace
+
+    from rmcore.data.encoding import last_turns
+
+    return [replace(g, prompt=last_turns(g.prompt, n)) for g in groups]
+
+
+def cached_keys(model_dir) -> set[int]:
+    from rmcore.model.feature_cache import FeatureCache
+
+    return FeatureCache.for_model(str(model_dir), "no").cached_keys()
+
+
+def keys_of(groups, model_dir) -> set[int]:
+    from rmcore.data.encoding import encode_groups
+    from rmcore.model.feature_cache import group_key
+
+    return {group_key(g) for g in encode_groups(load_tokenizer(str(model_dir)), groups, 2048)}
+
+
+def run_dialogues(model_dir, out, machine, budget: float, **options) -> tuple[dict, str]:
+    """Head mode on `dialogues()` under `budget`: the saved rmcore.json and the plan line."""
+    groups = dialogues()
+    events: list[dict] = []
+    config = TrainConfig(model=str(model_dir), mode="head", max_length=2048, time_budget_s=budget, **options)
+    train(config, groups[:24], out, eval_groups=groups[24:], on_step=events.append, started_at=machine())
+    assert machine.now - machine.start <= budget
+    return json.loads((out / "rmcore.json").read_text()), next(p for p in phases(events) if p.startswith("plan:"))
+
+
+def test_last_turns_keeps_the_end_of_the_dialogue_from_a_user_message():
+    from rmcore.data.encoding import last_turns
+
+    talk = [{"role": "system", "content": "be kind"}] + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": str(i)} for i in range(5)]
+    assert [m["content"] for m in last_turns(talk, 3)] == ["be kind", "2", "3", "4"]
+    assert [m["content"] for m in last_turns(talk, 1)] == ["be kind", "4"]
+    assert [m["content"] for m in last_turns(talk, 2)] == ["be kind", "4"], "never starts with the assistant"
+    assert last_turns(talk, 5) is talk and last_turns(talk, None) is talk, "nothing cut: the same list"
+    assert [m["content"] for m in last_turns(talk[1:], 4)] == ["2", "3", "4"]
+
+
+def test_a_budget_too_short_for_whole_dialogues_trains_on_their_last_turns(tiny_model_dir, tmp_path,
+                                                                            simulated_machine, private_cache):
+    groups = dialogues()
+    whole, last3 = tokens_of(groups, tiny_model_dir, 2048), tokens_of(cut(groups, 3), tiny_model_dir, 2048)
+    assert whole > 1.8 * last3, (whole, last3)
+    budget = 60.0
+    machine = simulated_machine(cost=0.6 * budget / last3)  # the last 3 turns fit, the whole dialogues do not
+    meta, plan_line = run_dialogues(tiny_model_dir, tmp_path / "rm", machine, budget)
+    assert "dialogues cut to their last 3 turns (" in plan_line and "% of the tokens)" in plan_line, plan_line
+    assert meta["max_turns"] == 3 and meta["plan"]["max_turns"] == 3 and meta["config"]["max_turns"] == "auto"
+    assert meta["data"]["train_prompts"] == 24, "every comparison fits once cut (and 3 turns fit: not 1)"
+    keys = cached_keys(tiny_model_dir)
+    assert keys_of(cut(groups[:24], 3), tiny_model_dir) <= keys, "trained on the features of the cut prompts"
+    assert not keys_of(groups, tiny_model_dir) & keys, "the whole dialogues were never run"
+
+
+def test_dialogues_that_fit_whole_are_not_cut(tiny_model_dir, tmp_path, simulated_machine, private_cache,
+                                              monkeypatch):
+    import rmcore.data.encoding as encoding
+
+    budget = 60.0
+    machine = simulated_machine(cost=0.2 * budget / tokens_of(dialogues(), tiny_model_dir, 2048))
+    encoded: list = []
+    real = encoding.encode_group
+    monkeypatch.setattr(encoding, "encode_group", lambda *args: encoded.append(1) or real(*args))
+    meta, plan_line = run_dialogues(tiny_model_dir, tmp_path / "rm", machine, budget)
+    assert "dialogues cut" not in plan_line and meta["max_turns"] == "all" and meta["plan"]["max_turns"] == "all"
+    assert len(encoded) == 30, "each dialogue tokenized once: no cut was even tried"
+    assert keys_of(dialogues()[:24], tiny_model_dir) <= cached_keys(tiny_model_dir)
+
+
+def test_max_turns_all_never_cuts_even_when_a_cut_would_fit_more(tiny_model_dir, tmp_path, simulated_machine,
+                                                                 private_cache):
+    budget = 60.0
+    machine = simulated_machine(cost=0.6 * budget / tokens_of(cut(dialogues(), 3), tiny_model_dir, 2048))
+    meta, plan_line = run_dialogues(tiny_model_dir, tmp_path / "rm", machine, budget, max_turns="all")
+    assert "dialogues cut" not in plan_line and meta["max_turns"] == "all"
+    assert 0 < meta["data"]["train_prompts"] < 24, "the whole dialogues: fewer of them fit"
+    assert not keys_of(cut(dialogues(), 3), tiny_model_dir) & cached_keys(tiny_model_dir)
+
+
+def test_max_turns_on_the_command_line():
+    from rmcore.cli.parser import build_parser
+
+    def parsed(*extra):
+        return build_parser().parse_args(["train", "d.jsonl", "--out", "m", *extra]).max_turns
+
+    assert (parsed(), parsed("--max-turns", "all"), parsed("--max-turns", "3")) == ("auto", "all", 3)
+    with pytest.raises(SystemExit):
+        parsed("--max-turns", "0")
+    assert TrainConfig(max_turns="auto").turns_to_try() == (None,), "without a budget, auto never cuts"
+    assert TrainConfig(max_turns="auto", time_budget_s=60).turns_to_try() == (None, 3, 1)
+    with pytest.raises(ValueError, match="max_turns"):
+        TrainConfig(max_turns=0).check()

@@ -56,6 +56,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+def turns(text: str) -> int | str:
+    """--max-turns: a number of messages (at least 1), 'all' or 'auto' (rmcore.training.config.TrainConfig)."""
+    word = text.strip().lower()
+    if word in ("all", "auto"):
+        return word
+    try:
+        value = int(word)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of messages (1, 3, ...), 'all' or 'auto', got {text!r}")
+    return value
+
+
 def duration(parse):
     """An argparse type from a duration parser (rmcore.training.config.parse_duration): "30m", "90s"."""
     def read(text: str) -> float:

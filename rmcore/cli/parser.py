@@ -26,6 +26,7 @@ from rmcore.cli.options import (
     positive_float,
     positive_int,
     steps_count,
+    turns,
 )
 from rmcore.policy.config import DEFAULT_LR, METHODS, SEQUENCES_PER_CALL, RLHFConfig
 from rmcore.serving.config import add_arguments as add_serve_arguments
@@ -128,6 +129,8 @@ def _add_config_options(parser: argparse.ArgumentParser, held_out_group) -> None
                                 "finished, evaluated model (default none)")
         elif spec.name == "max_length":
             options["type"] = max_length_tokens
+        elif spec.name == "max_turns":
+            options.update(type=turns, metavar="N|all|auto")
         elif spec.metadata.get("minimum") == 0:
             options["type"] = steps_count
         elif "minimum" in spec.metadata:

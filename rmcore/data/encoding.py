@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rmcore.core.errors import ModelError
 from rmcore.data.formats import Message, RankedGroup, ordered_pairs
@@ -235,6 +235,37 @@ def clip_prompt(messages: list[Message], chars: int) -> list[Message]:
         budget -= len(content) + _MESSAGE_OVERHEAD
         kept.append({**message, "content": _clean(content)})
     return kept[::-1]
+
+
+def last_turns(messages: list[Message], n: int | None) -> list[Message]:
+    """The end of a dialogue: its last `n` messages (a turn is one message), less a leading assistant
+    message, so the kept part starts with a user turn and ends where the prompt ends (the user's last
+    message). A leading system message is kept: it conditions every turn. `None` keeps everything.
+
+    Why: in multi-turn data most prompt tokens are earlier turns; a time budget that cannot cover every
+    comparison fits more of them on the last turns (rmcore.training.budget). Returns `messages` itself
+    when nothing is cut, so a caller can reuse what it encoded before."""
+    system = 1 if messages and messages[0]["role"] == "system" else 0
+    if n is None or len(messages) - system <= n:
+        return messages
+    kept = messages[len(messages) - n :]
+    while len(kept) > 1 and kept[0]["role"] != "user":
+        kept = kept[1:]
+    return messages[:system] + kept
+
+
+def encode_last_turns(tokenizer, groups: list[RankedGroup], n: int | None, max_length: int,
+                      whole: list[EncodedGroup] | None = None) -> tuple[list[RankedGroup], list[EncodedGroup]]:
+    """`groups` cut to their last `n` turns (`last_turns`) and encoded. `whole` (their encodings uncut,
+    when known) is reused for the groups the cut leaves alone: short dialogues cost nothing to re-plan."""
+    cut_groups, cut_encoded = [], []
+    for i, group in enumerate(groups):
+        prompt = last_turns(group.prompt, n)
+        cut = group if prompt is group.prompt else replace(group, prompt=prompt)
+        reuse = cut is group and whole is not None
+        cut_groups.append(cut)
+        cut_encoded.append(whole[i] if reuse else encode_group(tokenizer, cut, max_length))
+    return cut_groups, cut_encoded
 
 
 def _clean(text: str) -> str:

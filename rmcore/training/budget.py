@@ -16,6 +16,10 @@ user's own data (`Rates`), and `plan_run` sizes every phase to the time left:
 Each phase then runs against a deadline (`Deadline`), so a machine that slows down mid-run shrinks
 what is left of the plan instead of overrunning it. When not even one batch of comparisons fits,
 the command says so at once, with what would (`Plan.refusal`).
+
+When not every training comparison fits, multi-turn dialogues may be cut to their last turns
+(`--max-turns auto`, `choose_cut`): most of their tokens are earlier turns, so the same time covers
+more comparisons. The shorter context is taken only when it buys at least `CUT_GAIN` times more.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ SAVE_BYTES_PER_S = 150e6  # writing safetensors, tokenizer and the atomic rename
 EVAL_SHARE = 0.15  # of the time left after loading: every held-out evaluation of the run together
 MARGIN_SHARE = 0.03  # of the budget, kept free for what no probe measures (Python, the file system)
 MIN_MARGIN_S = 1.0
+CUT_GAIN = 1.1  # a cut to the last turns must fit this many times the comparisons of the longer context
 MIN_EVAL_PROMPTS = 4  # a held-out sample smaller than this says nothing; it is then the whole set or none
 
 
@@ -82,6 +87,9 @@ class Plan:
     # order to compute their features (cached first): the plan expects the first `train_prompts` to fit
     eval_indices: list[int] = field(default_factory=list, repr=False)  # held-out groups in the sample
     rates: Rates | None = field(default=None, repr=False)  # the speed the plan was made from
+    covers_all: bool = False  # every training comparison, every epoch: nothing left for a cut to win
+    max_turns: int | None = None  # the dialogues cut to their last N messages (None: whole)
+    token_share: float | None = None  # tokens of the cut data (training and held-out) over the whole's
 
     @property
     def rates_forward(self) -> float:
@@ -105,6 +113,9 @@ class Plan:
                 else "no held-out prompts")
         if self.mode != "head" and self.evaluations:
             held += f", evaluated {self.evaluations} times"
+        if self.max_turns is not None:
+            share = f" ({self.token_share:.0%} of the tokens)" if self.token_share is not None else ""
+            held += f"; dialogues cut to their last {self.max_turns} turn{'s' if self.max_turns > 1 else ''}{share}"
         planned = self.spent_s + sum(self.seconds.values())
         return (f"plan: {self.mode} mode, {what}; {held}; about {format_duration(planned)} of the "
                 f"{format_duration(self.budget_s)} budget (everything would take about "
@@ -121,10 +132,35 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         keys = ("mode", "budget_s", "spent_s", "train_prompts", "train_prompts_total", "train_comparisons",
                 "train_comparisons_total", "eval_prompts", "eval_prompts_total", "eval_comparisons",
-                "eval_comparisons_total", "evaluations", "steps", "needed_s", "fits")
+                "eval_comparisons_total", "evaluations", "steps", "needed_s", "fits", "max_turns")
         out = {k: getattr(self, k) for k in keys}
         out["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
+        out["max_turns"] = "all" if self.max_turns is None else self.max_turns
         return out
+
+
+def mark_cut(plan: Plan, n: int | None, cut: list[EncodedGroup], whole: list[EncodedGroup] | None) -> Plan:
+    """`plan` says it was made for the dialogues cut to their last `n` turns, and the share of the
+    tokens (training and held-out) the cut keeps, when the whole dialogues' encodings are known."""
+    plan.max_turns = n
+    if n is not None and whole is not None:
+        plan.token_share = sum(g.num_tokens for g in cut) / max(1, sum(g.num_tokens for g in whole))
+    return plan
+
+
+def choose_cut(turns: tuple[int | None, ...], plan_of) -> Plan:
+    """The plan of the cut to train on: `plan_of(n)` plans the data cut to its last `n` turns, for each
+    of `turns` (longest context first) until one covers every comparison. A shorter cut is taken only
+    when it fits `CUT_GAIN` times the comparisons of the longer one: less is not worth the lost context.
+    Candidates are planned lazily, so data that fits whole is never cut (nor encoded again)."""
+    chosen = plan_of(turns[0])
+    for n in turns[1:]:
+        if chosen.covers_all:
+            break
+        plan = plan_of(n)
+        if plan.train_comparisons > chosen.train_comparisons * CUT_GAIN:
+            chosen = plan
+    return chosen
 
 
 def plan_run(config, encoded: list[EncodedGroup], encoded_eval: list[EncodedGroup], rates: Rates, *,
@@ -197,7 +233,8 @@ def _plan_head(config, encoded, encoded_eval, rates, spent_s, train_order, eval_
     return Plan("head", config.time_budget_s, spent_s, len(train_pick), len(train_order),
                 _comparisons(encoded, train_pick), _comparisons(encoded, train_order), len(eval_pick),
                 len(eval_order), _comparisons(encoded_eval, eval_pick), _comparisons(encoded_eval, eval_order),
-                1 if eval_pick else 0, steps, seconds, needed, fits, train_order, eval_pick)
+                1 if eval_pick else 0, steps, seconds, needed, fits, train_order, eval_pick,
+                covers_all=len(train_pick) == len(train_order))
 
 
 def _sample_eval(order: list[int], cost: list[float], room: float, evaluations: int) -> list[int]:
@@ -242,7 +279,8 @@ def _plan_trunk(config, encoded, encoded_eval, rates, spent_s, train_order, eval
     return Plan(config.mode, config.time_budget_s, spent_s, min(seen, len(encoded)), len(encoded),
                 round(seen * per_prompt), _comparisons(encoded, train_order), len(eval_pick), len(eval_order),
                 _comparisons(encoded_eval, eval_pick), _comparisons(encoded_eval, eval_order),
-                evaluations if eval_pick else 0, steps, seconds, needed, steps >= 1, train_order, eval_pick)
+                evaluations if eval_pick else 0, steps, seconds, needed, steps >= 1, train_order, eval_pick,
+                covers_all=steps >= max_steps)
 
 
 class StepBudget:

@@ -26,6 +26,9 @@ DEFAULT_EPOCHS = {"head": 10, "lora": 1, "full": 1}
 # The app trains to a time budget by default ("after a coffee break"); these are the budgets it offers.
 APP_TIME_BUDGETS_MIN = (1, 2, 5, 10, 15, 30, 60, 120)
 APP_DEFAULT_TIME_BUDGET_MIN = 5
+# --max-turns auto tries the whole dialogue, then its last 3 messages (the user's last two turns and the
+# reply between), then the last user message alone.
+AUTO_TURNS = (None, 3, 1)
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -50,6 +53,12 @@ class TrainConfig:
         "prompts per optimizer step, each with all its responses; halve it if you run out of memory", minimum=1))
     max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata=_help(
         "tokens of prompt + one response; longer prompts are cut from the left first", minimum=16))
+    max_turns: int | str = field(default="auto", metadata=_help(
+        "messages of each dialogue to train on: N keeps the last N (less a leading assistant message, so it "
+        "starts with a user turn; odd N: 1 = the last user message, 3 = the exchange before it too), 'all' "
+        "never cuts; 'auto' (with a time budget) cuts to the last 3 or 1 when that fits a tenth more "
+        "comparisons, or all of them (without a budget: all). Training and its held-out evaluation only; "
+        "scoring is unchanged"))
     eval_fraction: float = field(default=0.1, metadata=_help(
         "share of the prompts held out for evaluation when no held-out file is given"))
     seed: int = field(default=0, metadata=_help("head initialisation, held-out split and data order"))
@@ -97,6 +106,13 @@ class TrainConfig:
             return scoring_precision(device)
         return mixed_precision_for(device, self.precision)
 
+    def turns_to_try(self) -> tuple[int | None, ...]:
+        """The cuts a run may train on, longest first (None: the whole dialogue); the plan picks one
+        (rmcore.training.budget.choose_cut). Only a budget can tell whether a cut buys anything."""
+        if self.max_turns == "all" or (self.max_turns == "auto" and not self.time_budget_s):
+            return (None,)
+        return AUTO_TURNS if self.max_turns == "auto" else (self.max_turns,)
+
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
 
@@ -121,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"center coefficient must be a number >= 0, got {self.center_coefficient}")
         if not (0 <= self.eval_fraction < 1):
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_turns not in ("auto", "all") and not (isinstance(self.max_turns, int) and self.max_turns >= 1):
+            raise ValueError(f"max_turns must be a number of messages >= 1, 'all' or 'auto', got {self.max_turns!r}")
         if not (0 <= self.time_budget_s < math.inf):
             raise ValueError(f"time budget must be a number of seconds >= 0, got {self.time_budget_s}")
 

@@ -168,14 +168,20 @@ class SharedTrunk:
                  accelerator, phase, should_stop) -> tuple[torch.Tensor, torch.Tensor | None]:
         """rmcore.training.features.trunk_features for these groups, computed for every group on the first call."""
 
+        def add(groups: list) -> None:
+            if groups:
+                stacked, _ = trunk_features(config, model_path, packed, groups, [], pad_id, accelerator, phase,
+                                            should_stop)
+                sizes = [len(g.response_ids) for g in groups]
+                self.by_group.update({group_key(g): part for g, part in zip(groups, stacked.split(sizes))})
+
         if not self.by_group:
-            everything = encode_groups(self.tokenizer, self.groups, config.max_length)
-            stacked, _ = trunk_features(config, model_path, packed, everything, [], pad_id, accelerator, phase,
-                                        should_stop)
-            sizes = [len(g.response_ids) for g in everything]
-            self.by_group = {group_key(g): part for g, part in zip(everything, stacked.split(sizes))}
+            add(encode_groups(self.tokenizer, self.groups, config.max_length))
         else:
             phase("trunk features shared with the first member")
+        # dialogues a member's plan cut to their last turns (--max-turns) are other token rows
+        missing = {group_key(g): g for g in encoded + encoded_eval if group_key(g) not in self.by_group}
+        add(list(missing.values()))
 
         def stack(groups: list) -> torch.Tensor:
             return torch.cat([self.by_group[group_key(g)] for g in groups])

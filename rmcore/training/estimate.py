@@ -22,12 +22,22 @@ import torch
 
 from rmcore.core.progress import format_duration
 from rmcore.data import RankedGroup
-from rmcore.data.encoding import EncodedGroup, encode_groups
+from rmcore.data.encoding import EncodedGroup, encode_groups, encode_last_turns
 from rmcore.model.batching import pack_groups
 from rmcore.model.device import autocast, autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key
 from rmcore.model.reward_model import load_sequence_classifier, load_tokenizer, resolve_model_path
-from rmcore.training.budget import HEAD_STEP_S, SAVE_BYTES_PER_S, Plan, Rates, now, plan_run, save_seconds
+from rmcore.training.budget import (
+    HEAD_STEP_S,
+    SAVE_BYTES_PER_S,
+    Plan,
+    Rates,
+    choose_cut,
+    mark_cut,
+    now,
+    plan_run,
+    save_seconds,
+)
 from rmcore.training.config import TrainConfig
 from rmcore.training.modes import setup_mode
 
@@ -223,14 +233,22 @@ def plan_for(config: TrainConfig, train_groups: list[RankedGroup], eval_groups: 
     config.check()
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model_path(config.model)[0])
-    encoded = encode_groups(tokenizer, train_groups, config.max_length)
-    encoded_eval = encode_groups(tokenizer, eval_groups or [], config.max_length)
     cached = _cached_keys(config, rates.device)
     budget_rates = Rates(rates.forward_s_per_token, rates.train_s_per_token, save_seconds(rates.parameters),
                          save_seconds(3 * rates.parameters) if config.mode == "full" else 1.0)
-    return plan_run(config, encoded, encoded_eval, budget_rates, spent_s=rates.load_s + PROBE_S,
-                    cached_train={i for i, g in enumerate(encoded) if group_key(g) in cached},
-                    cached_eval={i for i, g in enumerate(encoded_eval) if group_key(g) in cached})
+    whole: dict[str, list[EncodedGroup]] = {}
+
+    def plan_of(n: int | None) -> Plan:  # as the run plans each cut of --max-turns (rmcore.training.train)
+        encoded = encode_last_turns(tokenizer, train_groups, n, config.max_length, whole.get("train"))[1]
+        encoded_eval = encode_last_turns(tokenizer, eval_groups or [], n, config.max_length, whole.get("eval"))[1]
+        if n is None:
+            whole.update(train=encoded, eval=encoded_eval)
+        plan = plan_run(config, encoded, encoded_eval, budget_rates, spent_s=rates.load_s + PROBE_S,
+                        cached_train={i for i, g in enumerate(encoded) if group_key(g) in cached},
+                        cached_eval={i for i, g in enumerate(encoded_eval) if group_key(g) in cached})
+        return mark_cut(plan, n, encoded + encoded_eval, whole["train"] + whole["eval"] if whole else None)
+
+    return choose_cut(config.turns_to_try(), plan_of)
 
 
 def _cached_keys(config: TrainConfig, device: str) -> set[int]:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from rmcore import __version__
 from rmcore.analysis.evaluate import length_baseline_of_groups
@@ -40,7 +40,7 @@ from rmcore.core.errors import TrainingError
 from rmcore.core.folders import CHECKPOINT_DIR, check_output_folder, read_json_object
 from rmcore.core.stop import StopSignal
 from rmcore.data import RankedGroup
-from rmcore.data.encoding import EncodedGroup, count_truncated, encode_groups
+from rmcore.data.encoding import EncodedGroup, count_truncated, encode_last_turns
 from rmcore.model.batching import length_bucketed_batches, pack_groups, split_by_tokens
 from rmcore.model.device import autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key, model_key
@@ -53,6 +53,8 @@ from rmcore.training.budget import (
     Plan,
     Rates,
     StepBudget,
+    choose_cut,
+    mark_cut,
     now,
     plan_run,
     save_seconds,
@@ -118,7 +120,7 @@ def train(
         # 1. the base model with one reward neuron
         run.load_model()
         # 2. tokens
-        run.tokenize(train_groups, eval_groups or [])
+        run.tokenize(train_groups, eval_groups or [], resume)
         # 3. the mode; with a time budget, a probe of this machine's speed and the plan of the whole run
         run.setup_mode()
         run.make_plan(resume)
@@ -192,17 +194,40 @@ class _Run:
             self.classifier, self.tokenizer, _ = load_sequence_classifier(self.model_path, seed=self.config.seed)
         self.pad_id = self.tokenizer.pad_token_id
 
-    def tokenize(self, train_groups: list[RankedGroup], eval_groups: list[RankedGroup]) -> None:
+    def tokenize(self, train_groups: list[RankedGroup], eval_groups: list[RankedGroup], resume: bool) -> None:
         self.phase("tokenizing")
         with self.times.timed("tokenizing"):
-            self._tokenize(train_groups, eval_groups)
+            self._tokenize(train_groups, eval_groups, resume)
 
-    def _tokenize(self, train_groups: list[RankedGroup], eval_groups: list[RankedGroup]) -> None:
-        self.encoded = encode_groups(self.tokenizer, train_groups, self.config.max_length)
-        self.encoded_eval = encode_groups(self.tokenizer, eval_groups, self.config.max_length)
-        self.eval_groups = eval_groups
+    def _tokenize(self, train_groups: list[RankedGroup], eval_groups: list[RankedGroup], resume: bool) -> None:
+        """The data at the first cut the run may train on (the whole dialogues unless --max-turns N says
+        otherwise, or the checkpoint to resume was trained on a cut)."""
+        self.whole_groups = (train_groups, eval_groups)
+        self.cuts: dict[int | None, tuple] = {}  # max_turns -> (train, held-out, encoded, encoded held-out)
+        self.turns = self._checkpoint_turns(resume) or self.config.turns_to_try()
+        self._use_cut(self.turns[0])
         if not any(g.pairs() for g in self.encoded):
             raise TrainingError("the training data has no comparison (every group is tied or unranked)")
+
+    def _checkpoint_turns(self, resume: bool) -> tuple[int | None] | None:
+        """--max-turns auto on --resume: the cut the checkpoint was trained on (another would be other data)."""
+        state_file = self.checkpoint / STATE_FILE
+        if not resume or self.config.max_turns != "auto" or not state_file.is_file():
+            return None
+        state = read_json_object(state_file)
+        return (state["max_turns"],) if "max_turns" in state else None
+
+    def _use_cut(self, n: int | None) -> None:
+        """Train and evaluate on the dialogues cut to their last `n` turns (encoded once per cut)."""
+        if n not in self.cuts:
+            whole = self.cuts.get(None)
+            train, encoded = encode_last_turns(self.tokenizer, self.whole_groups[0], n, self.config.max_length,
+                                               whole and whole[2])
+            held, encoded_eval = encode_last_turns(self.tokenizer, self.whole_groups[1], n, self.config.max_length,
+                                                   whole and whole[3])
+            self.cuts[n] = (train, held, encoded, encoded_eval)
+        self.max_turns = n
+        _, self.eval_groups, self.encoded, self.encoded_eval = self.cuts[n]
         self.truncated = count_truncated(self.encoded + self.encoded_eval)
         self.lengths = [g.num_tokens for g in self.encoded]
 
@@ -220,9 +245,8 @@ class _Run:
             return
         with self.times.timed("measuring speed"):
             self.rates = self._probe()
-        cached_train, cached_eval = self._cached_groups()
-        self.plan = plan_run(self.config, self.encoded, self.encoded_eval, self.rates,
-                             spent_s=now() - self.started_at, cached_train=cached_train, cached_eval=cached_eval)
+        self.plan = self._agree_on_cut(choose_cut(self.turns, self._plan_of))
+        self._use_cut(self.plan.max_turns)
         if resume:
             self._keep_the_checkpoints_prompts()
         self.phase(self.plan.describe())
@@ -230,6 +254,23 @@ class _Run:
             raise TrainingError(self.plan.refusal())
         if self.config.mode != "head":  # head mode takes its held-out sample with the features
             self._keep_eval(self.plan.eval_indices)
+
+    def _plan_of(self, n: int | None) -> Plan:
+        """The plan of a run on the dialogues cut to their last `n` turns (tokenized here if new)."""
+        with self.times.timed("tokenizing") if n not in self.cuts else contextlib.nullcontext():
+            self._use_cut(n)
+        cached_train, cached_eval = self._cached_groups()
+        plan = plan_run(self.config, self.encoded, self.encoded_eval, self.rates, spent_s=now() - self.started_at,
+                        cached_train=cached_train, cached_eval=cached_eval)
+        whole = self.cuts.get(None)
+        return mark_cut(plan, n, self.encoded + self.encoded_eval, whole and whole[2] + whole[3])
+
+    def _agree_on_cut(self, plan: Plan) -> Plan:
+        """Several processes train on one cut: the main process's (their probes may differ a little)."""
+        if self.world == 1:
+            return plan
+        chosen = broadcast_object_list([plan.max_turns])[0]
+        return plan if chosen == plan.max_turns else self._plan_of(chosen)
 
     def _probe(self) -> Rates:
         parameters = sum(p.numel() for p in self.classifier.parameters())
@@ -524,7 +565,8 @@ class _Run:
         accelerator.wait_for_everyone()
         if self.is_main:
             started = now()
-            state = {"step": self.step, "run_key": self.run_key, "history": self.history}
+            state = {"step": self.step, "run_key": self.run_key, "history": self.history,
+                     "max_turns": self.max_turns}
             if self.plan is not None and self.config.mode == "head":  # a resumed run keeps these prompts
                 state["train_keys"] = [group_key(g) for g in self.encoded]
             save_checkpoint(self.checkpoint, accelerator.unwrap_model(self.module), state,
@@ -587,6 +629,7 @@ class _Run:
             "rmcore_version": __version__,
             "base_model": self.model_name,
             "mode": config.mode,
+            "max_turns": "all" if self.max_turns is None else self.max_turns,  # the dialogues it was trained on
             "precision": self.accelerator.mixed_precision,  # what autocast ran at: "bf16" or "no" (float32)
             "config": {**asdict(config), "lora_alpha": config.lora_scaling_alpha()},
             # head mode: the trunk is the base model's, so evaluation can reuse these trunk features
