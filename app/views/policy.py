@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import policy_charts, resources, settings, state, waiting
+from app import lesson, policy_charts, resources, settings, state, waiting
 from app.jobs import JobBusy, manager
 from app.live_panel import LivePanel, clear_button
 from app.policy_jobs import PolicyJob, PolicyJobRequest
@@ -281,13 +281,12 @@ def show_before_after(rows: list[dict]) -> None:
             column.text(row[when] or "(empty)")
 
 
-def page() -> None:
-    st.title("Best-of-n & RLHF")
-    st.info(GOODHART, icon=":material/lightbulb:")
+def with_your_models() -> None:
+    """Best-of-n and fine-tuning with the user's own reward models (the lesson needs none)."""
     proxy, gold_name = pick_models()
     if proxy is None:
-        st.info(f"No trained reward model yet in the models folder ({settings.models_dir()}). Train one first.",
-                icon=":material/info:")
+        st.info(f"No trained reward model yet in the models folder ({settings.models_dir()}). Train one first, "
+                "or run the ready over-optimisation lesson below.", icon=":material/info:")
         st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
         return
     with user_errors():
@@ -299,6 +298,14 @@ def page() -> None:
     with tab_rlhf:
         rlhf_section(proxy, gold_name, prompts, busy)
         PANEL.show(busy)
+
+
+def page() -> None:
+    st.title("Best-of-n & RLHF")
+    st.info(GOODHART, icon=":material/lightbulb:")
+    with_your_models()
+    st.divider()
+    lesson.section()
 
 
 page()

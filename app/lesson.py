@@ -1,0 +1,125 @@
+"""The Best-of-n & RLHF page's over-optimisation lesson: run `rmcore lesson goodhart` and show it.
+
+The lesson (rmcore.policy.lesson) trains a proxy whose labeler liked answers ending on "!" and a
+gold judge whose data penalises them, samples the policy and measures best-of-n. It runs in the
+page, like the best-of-n curve, with a bar and the time left: Streamlit's Stop ends it, and the
+next run reuses what was finished (both judges and the samples are cached in the lesson's folder),
+so a class's second run takes under a minute. A finished lesson is shown again on every visit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from app import lesson_charts, settings
+from app.ui import fmt, md, user_errors
+from rmcore.core.folders import read_json_object
+from rmcore.core.progress import format_duration
+from rmcore.policy.lesson import LESSON_FILE, STAGES, LessonConfig, run_lesson
+
+# Settings the app's lesson runs with beyond the seed (tests shrink it to seconds on tiny models).
+LESSON_OPTIONS: dict[str, Any] = {}
+
+READING = (
+    "**How to read it.** Each point is the proxy's favourite of n answers, for n = 1, 2, 4, … 32, further "
+    "right as n grows (picking from more answers moves further from what the policy usually says). The "
+    "proxy's reward of its own pick rises at every step: it is picking by that number. The gold judge agreed "
+    "at first, then turned down, while the share of picks ending on \"!\" kept climbing: past the peak, "
+    "best-of-n is mostly finding the trait the proxy's labeler happened to like, not better answers. That is "
+    "Goodhart's law, measured: the fitted peak (the star) is where more optimisation starts to hurt."
+)
+
+
+def lesson_dir(seed: int) -> Path:
+    """Where the app keeps the lesson of a seed: a hidden folder beside the models (never listed as one)."""
+    return settings.models_dir() / ".lessons" / f"goodhart-seed-{seed}"
+
+
+def finished_result(folder: Path) -> dict[str, Any] | None:
+    """The result a lesson folder holds, if the lesson ran to the end there."""
+    file = folder / LESSON_FILE
+    return read_json_object(file).get("result") if file.is_file() else None
+
+
+def section() -> None:
+    st.subheader("Over-optimisation lesson")
+    st.write("Reward hacking you can watch, in a few minutes: a proxy reward model with a planted flaw (its "
+             "labeler liked answers that end on an exclamation mark), an honest gold judge, and best-of-n over "
+             "the policy's own answers. The proxy keeps rising; the gold turns down.")
+    seed = int(st.number_input("Seed", 0, 99, 0, key="lesson_seed", persist_state="session",
+                               help="Each seed trains its own judges and samples its own answers (cached)."))
+    folder = lesson_dir(seed)
+    result = finished_result(folder)
+    label = "Run the over-optimisation lesson again" if result else "Run the over-optimisation lesson"
+    if st.button(label, type="primary", icon=":material/school:", key="lesson_run"):
+        with user_errors("The lesson stopped"):
+            result = run_with_progress(seed, folder).to_dict()
+    if result:
+        show(result)
+    else:
+        st.caption("About 4 minutes the first time on a 2-core CPU; the judges and the answers are then kept, "
+                   "so running it again takes under a minute.")
+
+
+def run_with_progress(seed: int, folder: Path):
+    """Run the lesson with a bar: the stage, its share, and the lesson's time left."""
+    bar = st.progress(0.0, text="Starting the lesson…")
+    stage = {"text": "Starting the lesson", "index": 0}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "phase" and str(event.get("phase", "")).startswith("lesson:"):
+            stage["text"] = event["phase"].removeprefix("lesson:").strip().capitalize()
+            stage["index"] = next((i for i, s in enumerate(STAGES) if _stage_word(s) in event["phase"]),
+                                  stage["index"])
+            share = (stage["index"] + (event.get("progress") or 0.0)) / len(STAGES)
+            left = f" · about {format_duration(event['eta_s'])} left" if event.get("eta_s") else ""
+            bar.progress(min(share, 1.0), text=f"{stage['text']}{left}")
+        elif event.get("event") == "step" and event.get("total_steps"):
+            bar.progress(min((stage["index"] + event["step"] / event["total_steps"]) / len(STAGES), 1.0),
+                         text=f"{stage['text']}: step {event['step']} of {event['total_steps']}")
+
+    config = LessonConfig(seed=seed, policy=settings.generator_model(), reward_model=settings.base_model(),
+                          **LESSON_OPTIONS)
+    result = run_lesson(config, folder, on_event=on_event)
+    bar.empty()
+    return result
+
+
+def _stage_word(stage: str) -> str:
+    """The word of a stage's progress line that names it (rmcore.policy.lesson's stage texts)."""
+    return {"proxy": "proxy", "gold": "gold judge", "sampling": "sampling", "scoring": "score"}[stage]
+
+
+def show(result: dict[str, Any]) -> None:
+    """The curves, the fits, the criteria, the picks before and after the turn, and how to read them."""
+    st.plotly_chart(lesson_charts.lesson_figure(result), key="lesson_curve")
+    st.caption(f"The proxy's flaw: it likes answers where {md(result['trait'])}. Bars are standard errors over "
+               f"{len(result['config']['prompts'])} prompts; "
+               "dotted lines are the fitted best-of-n form, gold(d) = d(α − βd) over its value at n = 1.")
+    st.markdown(READING)
+    left, right = st.columns(2)
+    left.dataframe(lesson_charts.fit_rows(result), hide_index=True, key="lesson_fits")
+    right.dataframe(lesson_charts.criteria_rows(result), hide_index=True, key="lesson_criteria")
+    show_examples(result["examples"])
+
+
+def show_examples(examples: list[dict[str, Any]]) -> None:
+    """The proxy's pick at the gold's peak and at the largest n, side by side: the hack in text."""
+    if not examples:
+        return
+    st.markdown("#### The pick before and after the turn")
+    for row in examples:
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+        st.markdown(f"**{md(prompt)}**")
+        columns = st.columns(2)
+        for column, key in zip(columns, ("at_gold_peak", "at_largest_n")):
+            pick, when = row[key], "at the gold's peak" if key == "at_gold_peak" else "the largest n"
+            column.caption(f"best of {pick['n']} ({when}): proxy {fmt(pick['proxy'])}, gold {fmt(pick['gold'])}"
+                           + (", carries the trait" if pick["trait"] else ""))
+            column.text(pick["answer"] or "(empty)")
+
+
+__all__ = ["LESSON_OPTIONS", "finished_result", "lesson_dir", "run_with_progress", "section", "show"]

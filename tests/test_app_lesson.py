@@ -1,0 +1,115 @@
+"""The over-optimisation lesson on the Best-of-n & RLHF page: its chart alone, and the page (AppTest)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from app import lesson, lesson_charts  # noqa: E402
+from rmcore.analysis.overoptimisation import fit_best_of_n_points  # noqa: E402
+from rmcore.policy.best_of_n import kl_best_of_n  # noqa: E402
+from rmcore.policy.lesson import LessonConfig, run_lesson  # noqa: E402
+
+APP = str(ROOT / "app" / "main.py")
+PAGE = "views/policy.py"
+TINY = {"prompts": ["Say hello.", "Name a colour."], "samples_per_prompt": 4, "max_new_tokens": 6, "epochs": 1}
+
+
+def synthetic_result(alpha: float = 1.0, beta: float = 0.8) -> dict:
+    """A lesson result whose gold follows d(alpha - beta d) exactly over its value at n = 1."""
+    ns = [1, 2, 4, 8, 16, 32]
+    d = np.sqrt([float(kl_best_of_n(n)) for n in ns])
+    gold = 0.5 + d * (alpha - beta * d)
+    proxy = 2.0 + 1.5 * d
+    points = [{"n": n, "kl": float(x * x), "d": float(x), "proxy": float(p), "proxy_se": 0.1, "gold": float(g),
+               "gold_se": 0.1, "trait_share": 0.05 * (i + 1), "trait_share_se": 0.01}
+              for i, (n, x, p, g) in enumerate(zip(ns, d, proxy, gold))]
+    return {"points": points, "trait": "the answer ends on an exclamation mark", "examples": [],
+            "config": {"prompts": ["a", "b"]},
+            "gold_fit": fit_best_of_n_points(ns, list(gold), [0.1] * len(ns)).to_dict(),
+            "proxy_fit": fit_best_of_n_points(ns, list(proxy), [0.1] * len(ns)).to_dict(),
+            "turn": {"proxy_rises": True, "gold_turns": True, "trait_rises": True, "gold_rises_first": True,
+                     "all": True, "gold_peak_n": 2, "gold_drop": 0.6, "gold_drop_se": 0.2}}
+
+
+def test_the_chart_draws_points_fits_the_peak_and_the_trait_share():
+    result = synthetic_result(alpha=1.0, beta=0.8)
+    figure = lesson_charts.lesson_figure(result)
+    traces = {trace.name: trace for trace in figure.data}
+    assert {"proxy (measured)", "gold (measured)", "proxy fit d(α − βd)", "gold fit d(α − βd)",
+            "gold's fitted peak", "picks with the trait (%)"} <= set(traces)
+    assert traces["picks with the trait (%)"].yaxis == "y2", "the trait's share has its own axis"
+    fit = traces["gold fit d(α − βd)"]
+    assert np.allclose(fit.y, 0.5 + np.asarray(fit.x) * (1.0 - 0.8 * np.asarray(fit.x)), atol=1e-6), \
+        "the drawn fit is the known curve"
+    assert traces["gold's fitted peak"].x[0] == pytest.approx(1.0 / (2 * 0.8), rel=1e-6)
+    assert traces["gold's fitted peak"].y[0] == pytest.approx(0.5 + 1.0**2 / (4 * 0.8), rel=1e-6)
+
+
+def test_a_fit_that_does_not_turn_draws_no_peak_and_says_so():
+    result = synthetic_result(alpha=1.0, beta=-0.3)
+    names = {trace.name for trace in lesson_charts.lesson_figure(result).data}
+    assert "gold's fitted peak" not in names
+    assert lesson_charts.fit_rows(result)[1]["fitted peak"] == "no turn (β ≤ 0)"
+
+
+@pytest.fixture()
+def app_env(tiny_model_dir, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("RMCORE_APP_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("RMCORE_APP_GENERATOR", str(tiny_model_dir))
+    monkeypatch.setenv("RMCORE_MODELS_DIR", str(models))
+    monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RMCORE_DEVICE", "cpu")
+    monkeypatch.setattr(lesson, "LESSON_OPTIONS", TINY)
+    return models
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def lesson_chart(at: AppTest) -> dict | None:
+    charts = [c for c in at.get("plotly_chart") if c.proto.id.endswith("lesson_curve")]
+    return json.loads(charts[0].proto.spec) if charts else None
+
+
+def test_the_page_runs_the_lesson_and_shows_it_again_on_the_next_visit(app_env, tiny_model_dir):
+    at = open_page()
+    assert lesson_chart(at) is None, "nothing is shown before a lesson ran"
+    at.button(key="lesson_run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    spec = lesson_chart(at)
+    assert spec is not None and {"gold (measured)", "picks with the trait (%)"} <= {t["name"] for t in spec["data"]}
+    assert lesson.finished_result(lesson.lesson_dir(0)) is not None, "the lesson is kept in its folder"
+    again = open_page()  # a new session: the finished lesson is read back, nothing runs
+    assert lesson_chart(again) is not None
+    assert again.button(key="lesson_run").label == "Run the over-optimisation lesson again"
+    criteria = [d.value for d in again.dataframe if "criterion" in d.value.columns][0]
+    assert len(criteria) == 4 and set(criteria["met"]) <= {"yes", "no"}
+
+
+def test_the_page_shows_a_lesson_the_command_line_ran_into_its_folder(app_env, tiny_model_dir):
+    config = LessonConfig(seed=3, policy=str(tiny_model_dir), reward_model=str(tiny_model_dir), **TINY)
+    result = run_lesson(config, lesson.lesson_dir(3))
+    at = open_page()
+    at.number_input(key="lesson_seed").set_value(3).run()
+    assert not at.exception, [e.message for e in at.exception]
+    spec = lesson_chart(at)
+    gold = [t for t in spec["data"] if t["name"] == "gold (measured)"][0]
+    assert gold["y"] == pytest.approx([p["gold"] for p in result.points])
+    assert any("before and after the turn" in m.value for m in at.markdown)
