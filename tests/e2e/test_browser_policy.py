@@ -30,6 +30,7 @@ def policy_server(tmp_path_factory):
     models = work / "models"
     build_tiny_reward_model(models / "proxy-rm", seed=1)
     build_tiny_reward_model(models / "gold-rm", seed=2)
+    cached_lesson(tiny, models)
     port = free_port()
     env = dict(os.environ, RMCORE_APP_BASE_MODEL=str(tiny), RMCORE_APP_GENERATOR=str(tiny),
                RMCORE_MODELS_DIR=str(models), RMCORE_CACHE=str(work / "cache"), RMCORE_DEVICE="cpu",
@@ -58,6 +59,27 @@ def policy_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def cached_lesson(tiny: Path, models: Path) -> None:
+    """A finished over-optimisation lesson of seed 0 on the tiny models, where the app keeps it."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from app import lesson
+    from rmcore.policy.lesson import LessonConfig, run_lesson
+
+    before = os.environ.get("RMCORE_MODELS_DIR")
+    os.environ["RMCORE_MODELS_DIR"] = str(models)
+    try:
+        config = LessonConfig(seed=0, policy=str(tiny), reward_model=str(tiny),
+                              prompts=["Say hello.", "Name a colour."], samples_per_prompt=4, max_new_tokens=6,
+                              epochs=1)
+        run_lesson(config, lesson.lesson_dir(0))
+    finally:
+        if before is None:
+            del os.environ["RMCORE_MODELS_DIR"]
+        else:
+            os.environ["RMCORE_MODELS_DIR"] = before
 
 
 def test_curve_drawn_job_started_and_stopped(policy_server):
@@ -98,6 +120,11 @@ def test_curve_drawn_job_started_and_stopped(policy_server):
         page.get_by_role("button", name="Stop (keeps a checkpoint and the policy so far)").click()
         page.get_by_text("Stopped: ").first.wait_for()
         screenshot(page, "policy-3-stopped")
+        # the cached lesson is drawn below, without a model of the user's own
+        page.get_by_text("The pick before and after the turn").wait_for()
+        page.get_by_role("heading", name="Over-optimisation lesson").first.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        screenshot(page, "policy-4-lesson")
         browser.close()
     saved = [p for p in models.iterdir() if (p / "rmcore_policy.json").is_file()]
     assert saved and (saved[0] / "checkpoint" / "state.json").is_file()
