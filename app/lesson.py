@@ -1,8 +1,8 @@
 """The Best-of-n & RLHF page's over-optimisation lesson: run `rmcore lesson goodhart` and show it.
 
 The lesson (rmcore.policy.lesson) trains a proxy whose labeler liked answers ending on "!" and a
-gold judge whose data penalises them, samples the policy and measures best-of-n. It runs in the
-page, like the best-of-n curve, with a bar and the time left: Streamlit's Stop ends it, and the
+gold judge whose data penalises them, samples the policy and measures best-of-n. It runs as a
+background job (app.lesson_jobs), like training, with a bar and the time left: Stop ends it, and the
 next run reuses what was finished (both judges and the samples are cached in the lesson's folder),
 so a class's second run takes under a minute. A finished lesson is shown again on every visit.
 """
@@ -14,11 +14,14 @@ from typing import Any
 
 import streamlit as st
 
-from app import lesson_charts, settings
+from app import lesson_charts, settings, state
+from app.jobs import JobBusy, manager
+from app.lesson_jobs import LessonJob, LessonJobRequest
+from app.live_panel import LivePanel, clear_button
 from app.ui import fmt, md, user_errors
 from rmcore.core.folders import read_json_object
 from rmcore.core.progress import format_duration
-from rmcore.policy.lesson import LESSON_FILE, STAGES, LessonConfig, run_lesson
+from rmcore.policy.lesson import LESSON_FILE, LessonConfig
 
 # Settings the app's lesson runs with beyond the seed (tests shrink it to seconds on tiny models).
 LESSON_OPTIONS: dict[str, Any] = {}
@@ -59,44 +62,60 @@ def section() -> None:
                                help="Each seed trains its own judges and samples its own answers (cached)."))
     folder = lesson_dir(seed)
     result = finished_result(folder)
+    busy = manager().running() is not None  # one job per server: not beside a training or RLHF run
     label = "Run the over-optimisation lesson again" if result else "Run the over-optimisation lesson"
-    if st.button(label, type="primary", icon=":material/school:", key="lesson_run"):
-        with user_errors("The lesson stopped"):
-            result = run_with_progress(seed, folder).to_dict()
+    if st.button(label, type="primary", icon=":material/school:", key="lesson_run", disabled=busy,
+                 help="Runs in the background, like training: switching pages does not stop it."):
+        start_job(seed, folder)
+    PANEL.show(busy)
     if result:
         show(result)
-    else:
+    elif not busy:
         st.caption("About 4 minutes the first time on a 2-core CPU; the judges and the answers are then kept, "
                    "so running it again takes under a minute.")
 
 
-def run_with_progress(seed: int, folder: Path):
-    """Run the lesson with a bar: the stage, its share, and the lesson's time left."""
-    bar = st.progress(0.0, text="Starting the lesson…")
-    stage = {"text": "Starting the lesson", "index": 0}
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "phase" and str(event.get("phase", "")).startswith("lesson:"):
-            stage["text"] = event["phase"].removeprefix("lesson:").strip().capitalize()
-            stage["index"] = next((i for i, s in enumerate(STAGES) if _stage_word(s) in event["phase"]),
-                                  stage["index"])
-            share = (stage["index"] + (event.get("progress") or 0.0)) / len(STAGES)
-            left = f" · about {format_duration(event['eta_s'])} left" if event.get("eta_s") else ""
-            bar.progress(min(share, 1.0), text=f"{stage['text']}{left}")
-        elif event.get("event") == "step" and event.get("total_steps"):
-            bar.progress(min((stage["index"] + event["step"] / event["total_steps"]) / len(STAGES), 1.0),
-                         text=f"{stage['text']}: step {event['step']} of {event['total_steps']}")
-
+def start_job(seed: int, folder: Path) -> None:
+    """Start the lesson of `seed` in the server's job slot (its folder's cache is reused, never refused)."""
     config = LessonConfig(seed=seed, policy=settings.generator_model(), reward_model=settings.base_model(),
                           **LESSON_OPTIONS)
-    result = run_lesson(config, folder, on_event=on_event)
-    bar.empty()
-    return result
+    with user_errors("The lesson did not start"):
+        config.check()
+        try:
+            manager().start(LessonJobRequest(config, folder, f"lesson, seed {seed}"), state.session_id())
+        except JobBusy as exc:
+            st.warning(f"Not started: {md(exc)}.", icon=":material/hourglass:")
+            return
+        st.rerun()
 
 
-def _stage_word(stage: str) -> str:
-    """The word of a stage's progress line that names it (rmcore.policy.lesson's stage texts)."""
-    return {"proxy": "proxy", "gold": "gold judge", "sampling": "sampling", "scoring": "score"}[stage]
+def lesson_bar(snap) -> tuple[float, str]:
+    """The panel's bar: the lesson's stage, its time so far and the lesson's time left."""
+    text = snap.phase.capitalize()
+    return snap.progress, text + (f" · {format_duration(snap.elapsed_s)} so far" if snap.active else "")
+
+
+def lesson_finished(snap) -> None:
+    """The owner's lesson has ended (its result, when it finished, is drawn below from its folder)."""
+    clear_button("lesson_forget", "Hide this run's panel (the lesson stays cached in its folder)")
+
+
+def heading(text: str) -> None:
+    st.markdown(f"#### {text}")
+
+
+PANEL = LivePanel(
+    kind=LessonJob,
+    doing="Running",
+    what="The lesson",
+    polling_key="lesson_polling",
+    stop_label="Stop (what was finished stays cached)",
+    stop_key="lesson_stop",
+    bar=lesson_bar,
+    numbers=lambda snap: None,
+    finished=lesson_finished,
+    heading=heading,
+)
 
 
 def show(result: dict[str, Any]) -> None:
@@ -127,4 +146,4 @@ def show_examples(examples: list[dict[str, Any]]) -> None:
             column.text(pick["answer"] or "(empty)")
 
 
-__all__ = ["LESSON_OPTIONS", "finished_result", "lesson_dir", "run_with_progress", "section", "show"]
+__all__ = ["LESSON_OPTIONS", "PANEL", "finished_result", "lesson_dir", "section", "show", "start_job"]

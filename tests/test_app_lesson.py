@@ -15,7 +15,8 @@ if str(ROOT) not in sys.path:
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from app import lesson, lesson_charts  # noqa: E402
+from app import jobs, lesson, lesson_charts  # noqa: E402
+from app.lesson_jobs import LessonJob, LessonJobRequest  # noqa: E402
 from rmcore.analysis.overoptimisation import fit_best_of_n_points  # noqa: E402
 from rmcore.policy.best_of_n import kl_best_of_n  # noqa: E402
 from rmcore.policy.lesson import LessonConfig, run_lesson  # noqa: E402
@@ -73,7 +74,13 @@ def app_env(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("RMCORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("RMCORE_DEVICE", "cpu")
     monkeypatch.setattr(lesson, "LESSON_OPTIONS", TINY)
-    return models
+    manager = jobs.JobManager()  # the server's one job slot, fresh for each test
+    monkeypatch.setattr(jobs, "_MANAGER", manager)
+    yield models
+    job = manager.current()
+    if job is not None and job.thread.ident is not None:  # (a test may hold a job it never started)
+        job.stop()
+        job.wait(120)
 
 
 def open_page() -> AppTest:
@@ -92,6 +99,12 @@ def test_the_page_runs_the_lesson_and_shows_it_again_on_the_next_visit(app_env, 
     at = open_page()
     assert lesson_chart(at) is None, "nothing is shown before a lesson ran"
     at.button(key="lesson_run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    job = jobs.manager().current(LessonJob)
+    assert job is not None, "the button starts the lesson as the server's background job"
+    assert job.wait(300), "the lesson did not finish"
+    assert job.snapshot().status == "done", job.snapshot().error
+    at.run()  # the page polls the job; a rerun after it ended draws the lesson from its folder
     assert not at.exception, [e.message for e in at.exception]
     spec = lesson_chart(at)
     assert spec is not None and {"gold (measured)", "picks with the trait (%)"} <= {t["name"] for t in spec["data"]}
@@ -113,3 +126,51 @@ def test_the_page_shows_a_lesson_the_command_line_ran_into_its_folder(app_env, t
     gold = [t for t in spec["data"] if t["name"] == "gold (measured)"][0]
     assert gold["y"] == pytest.approx([p["gold"] for p in result.points])
     assert any("before and after the turn" in m.value for m in at.markdown)
+
+
+def tiny_request(tiny_model_dir, seed: int = 5) -> LessonJobRequest:
+    config = LessonConfig(seed=seed, policy=str(tiny_model_dir), reward_model=str(tiny_model_dir), **TINY)
+    return LessonJobRequest(config, lesson.lesson_dir(seed), f"lesson, seed {seed}")
+
+
+def test_the_job_turns_the_lessons_lines_into_one_bar_with_the_time_left(app_env, tiny_model_dir):
+    job = LessonJob(tiny_request(tiny_model_dir), "me")  # never started: only its events are fed
+    job._on_event({"event": "step", "step": 5, "total_steps": 10, "eta_s": 3.0})
+    assert job.snapshot().progress == pytest.approx(0.5 / 4), "half the proxy's steps: an eighth of the lesson"
+    job._on_event({"event": "phase", "phase": "lesson: sampling the policy's answers (50%)", "progress": 0.5,
+                   "eta_s": 30.0})
+    snap = job.snapshot()
+    assert snap.progress == pytest.approx(2.5 / 4) and snap.status == "running"
+    assert snap.phase.startswith("sampling the policy's answers") and "left" in snap.phase
+    assert snap.eta_s == 30.0 and snap.phase_progress == snap.progress
+
+
+def test_stop_ends_the_lesson_and_keeps_no_result(app_env, tiny_model_dir):
+    request = tiny_request(tiny_model_dir)
+    job = jobs.manager().start(request, "me")
+    assert jobs.manager().stop("me")
+    assert job.wait(300), "Stop did not end the lesson"
+    assert job.snapshot().status == "stopped", job.snapshot().error
+    assert lesson.finished_result(request.out_dir) is None, "a stopped lesson is not shown as finished"
+    again = jobs.manager().start(request, "me")  # its folder is reused, not refused as taken
+    assert again.wait(300) and again.snapshot().status == "done", again.snapshot().error
+    assert lesson.finished_result(request.out_dir) is not None
+
+
+def test_while_the_lesson_runs_the_page_shows_its_bar_and_stop_and_starts_no_second_one(app_env, tiny_model_dir):
+    job = LessonJob(tiny_request(tiny_model_dir, seed=0), "someone")  # a running job, held without its thread
+    job._on_event({"event": "phase", "phase": "lesson: sampling the policy's answers (40%)", "progress": 0.4,
+                   "eta_s": 90.0})
+    jobs.manager()._job = job
+    at = open_page()
+    assert at.button(key="lesson_run").disabled, "one job per server"
+    bars = [b.proto.text for b in at.get("progress")]
+    assert any(text.startswith("Sampling the policy's answers") and "left" in text for text in bars), bars
+    job.owner = at.session_state["rm_session_id"]  # now this session's run: it may stop it
+    at.run()
+    assert [b.label for b in at.button if b.key == "lesson_stop"], "its owner sees Stop"
+    assert jobs.manager().stop(job.owner)  # what Stop does (AppTest cannot rerun a fragment alone)
+    assert job.stop_event.is_set() and job.snapshot().status == "stopping"
+    with pytest.raises(KeyboardInterrupt):  # the lesson's next stage line ends it
+        job._on_event({"event": "phase", "phase": "lesson: both judges score every answer", "progress": 0.0})
+    jobs.manager()._job = None  # (its thread never ran: nothing to wait for)
