@@ -121,9 +121,11 @@ PANEL = LivePanel(
 def show(result: dict[str, Any]) -> None:
     """The curves, the fits, the criteria, the picks before and after the turn, and how to read them."""
     st.plotly_chart(lesson_charts.lesson_figure(result), key="lesson_curve")
-    st.caption(f"The proxy's flaw: it likes answers where {md(result['trait'])}. Bars are standard errors over "
-               f"{len(result['config']['prompts'])} prompts; "
-               "dotted lines are the fitted best-of-n form, gold(d) = d(α − βd) over its value at n = 1.")
+    start = result["points"][0]
+    st.caption(f"The proxy's flaw: it likes answers where {md(result['trait'])}. Each judge's reward is drawn as "
+               f"its change from the policy's own answers (n = 1: proxy {fmt(start['proxy'])}, gold "
+               f"{fmt(start['gold'])}; the two judges' scales differ). Bars are standard errors over "
+               f"{len(result['config']['prompts'])} prompts; dotted lines are the fitted best-of-n form d(α − βd).")
     st.markdown(READING if result["turn"]["all"] else NO_TURN)
     st.dataframe(lesson_charts.criteria_rows(result), hide_index=True, key="lesson_criteria")
     st.dataframe(lesson_charts.fit_rows(result), hide_index=True, key="lesson_fits")

@@ -51,10 +51,10 @@ def test_the_chart_draws_points_fits_the_peak_and_the_trait_share():
             "gold's fitted peak", "picks with the trait (%)"} <= set(traces)
     assert traces["picks with the trait (%)"].yaxis == "y2", "the trait's share has its own axis"
     fit = traces["gold fit d(α − βd)"]
-    assert np.allclose(fit.y, 0.5 + np.asarray(fit.x) * (1.0 - 0.8 * np.asarray(fit.x)), atol=1e-6), \
+    assert np.allclose(fit.y, np.asarray(fit.x) * (1.0 - 0.8 * np.asarray(fit.x)), atol=1e-6), \
         "the drawn fit is the known curve"
     assert traces["gold's fitted peak"].x[0] == pytest.approx(1.0 / (2 * 0.8), rel=1e-6)
-    assert traces["gold's fitted peak"].y[0] == pytest.approx(0.5 + 1.0**2 / (4 * 0.8), rel=1e-6)
+    assert traces["gold's fitted peak"].y[0] == pytest.approx(1.0**2 / (4 * 0.8), rel=1e-6)
 
 
 def test_a_fit_that_does_not_turn_draws_no_peak_and_says_so():
@@ -124,7 +124,7 @@ def test_the_page_shows_a_lesson_the_command_line_ran_into_its_folder(app_env, t
     assert not at.exception, [e.message for e in at.exception]
     spec = lesson_chart(at)
     gold = [t for t in spec["data"] if t["name"] == "gold (measured)"][0]
-    assert gold["y"] == pytest.approx([p["gold"] for p in result.points])
+    assert gold["y"] == pytest.approx([p["gold"] - result.points[0]["gold"] for p in result.points]), "gains over n = 1"
     assert any("before and after the turn" in m.value for m in at.markdown)
 
 
