@@ -151,3 +151,16 @@ def test_a_stopped_judge_stops_the_lesson(tmp_path, tiny_model_dir, monkeypatch)
     (tmp_path / "lesson" / "proxy" / "checkpoint" / "state.json").write_text("{}")
     with pytest.raises(Exception, match="stopped training with other settings"):
         run_lesson(_tiny_config(tiny_model_dir, seed=5), tmp_path / "lesson")  # not the run it stopped
+
+
+def test_a_stop_during_a_judges_training_ends_the_lesson_and_the_next_run_finishes(tmp_path, tiny_model_dir):
+    import threading
+
+    stop = threading.Event()
+    stop.set()  # as if Stop was pressed while the proxy trains: the training itself sees it
+    with pytest.raises(KeyboardInterrupt):
+        run_lesson(_tiny_config(tiny_model_dir), tmp_path / "lesson", stop_event=stop)
+    assert (tmp_path / "lesson" / "proxy" / "checkpoint" / "state.json").is_file(), "the stopped judge is kept"
+    assert not (tmp_path / "lesson" / "gold").exists()
+    result = run_lesson(_tiny_config(tiny_model_dir), tmp_path / "lesson")
+    assert result.cached["proxy"] is False and [p["n"] for p in result.points] == [1, 2, 4]

@@ -130,7 +130,7 @@ def run_lesson(config: LessonConfig, out_dir: str | Path, on_event=None, stop_ev
     clock = _LessonClock(emit, config)
     seconds, cached = {}, {}
     for role, on in (("proxy", "best"), ("gold", "worst")):
-        seconds[role], cached[role] = _train_judge(config, out, state, role, on, on_event, clock)
+        seconds[role], cached[role] = _train_judge(config, out, state, role, on, on_event, clock, stop_event)
     seconds["sampling"], cached["sampling"] = _sample(config, out, state, clock, stop_event)
     records = read_json_object(out / SAMPLES_FILE)["records"]
     start = time.monotonic()
@@ -243,7 +243,8 @@ def _write_state(out: Path, state: dict[str, Any]) -> None:
     atomic_write_text(out / LESSON_FILE, json.dumps(state, indent=1))
 
 
-def _train_judge(config: LessonConfig, out: Path, state, role: str, on: str, on_event, clock) -> tuple[float, bool]:
+def _train_judge(config: LessonConfig, out: Path, state, role: str, on: str, on_event, clock,
+                 stop_event=None) -> tuple[float, bool]:
     """Train the proxy (trait on the best answers) or the gold (trait on the worst), unless the folder
     already holds one trained with the same settings."""
     from rmcore.data import demo_data_path, read_preferences
@@ -264,7 +265,8 @@ def _train_judge(config: LessonConfig, out: Path, state, role: str, on: str, on_
     groups = read_preferences(config.data or demo_data_path()).groups
     planted = planted_groups(groups, TRAITS[config.trait], on, key["contrast"], key["on_ranked"])
     trained = train(TrainConfig(model=config.reward_model, mode="head", epochs=config.epochs, seed=config.seed),
-                    planted, out / role, on_step=on_event, resume=checkpoint)
+                    planted, out / role, on_step=on_event, resume=checkpoint,
+                    stop_event=stop_event)
     if trained.stopped:  # Ctrl-C or SIGTERM: a half-trained judge is no lesson; its checkpoint is kept
         raise KeyboardInterrupt
     state["stages"][role] = key
