@@ -127,9 +127,26 @@ def show(result: dict[str, Any]) -> None:
                f"{fmt(start['gold'])}; the two judges' scales differ). Bars are standard errors over "
                f"{len(result['config']['prompts'])} prompts; dotted lines are the fitted best-of-n form d(α − βd).")
     st.markdown(READING if result["turn"]["all"] else NO_TURN)
+    if why := judges_line(result):
+        st.markdown(why)
     st.dataframe(lesson_charts.criteria_rows(result), hide_index=True, key="lesson_criteria")
     st.dataframe(lesson_charts.fit_rows(result), hide_index=True, key="lesson_fits")
     show_examples(result["examples"])
+
+
+def judges_line(result: dict[str, Any]) -> str | None:
+    """Why the gold turns, in the lesson's own numbers (notebook 06, section 6.5 derives it); None for a
+    lesson saved before the judges were measured, or one whose answers never or always carry the trait."""
+    judges = result.get("judges") or {}
+    if judges.get("trait_cost") is None:
+        return None
+    cost = judges["trait_cost"]
+    gold_says = f"{fmt(-cost)} less" if cost < 0 else f"{fmt(cost)} more (so here it cannot turn the gold)"
+    return (f"**Why it turns.** Within a prompt, the trait makes up {judges['flaw_variance_share']:.0%} of the "
+            f"differences in the proxy's reward, and at equal proxy reward an answer with the trait gets "
+            f"{gold_says} from the gold judge. While few picks carry it, picking the proxy's "
+            "favourite mostly finds better answers; once most do, each extra pick with the trait costs the gold "
+            "more than the proxy's honest gain is worth (notebook 06, section 6.5, derives this).")
 
 
 def show_examples(examples: list[dict[str, Any]]) -> None:

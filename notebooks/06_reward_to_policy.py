@@ -413,6 +413,184 @@ assert np.allclose(ours, logged_advantages, atol=1e-4)
 # proxy keeps rising while an independent judge does not. Measure the gold reward and the length
 # of what you get, not only the reward you optimised.
 
+# %% [markdown]
+# ## 6.5 When the proxy is gamed: why the proxy must rise and when the gold must turn
+#
+# Everything so far scores answers with the reward model we optimise, the **proxy**. The
+# over-optimisation lesson (`rmcore lesson goodhart`, and the Best-of-n & RLHF page) shows what an
+# independent **gold** judge says meanwhile: its proxy learned from a labeler who liked answers that
+# end on an exclamation mark, its gold judge from data that penalises them, and best-of-$n$ over the
+# embedded policy pushes the proxy up at every $n$ while the gold first rises and then falls. Here
+# is why that shape is not an accident of one run.
+#
+# **The proxy of the pick always rises.** For any draw of $n + 1$ answers,
+# $\max(R_1, \dots, R_{n+1}) \ge \max(R_1, \dots, R_n)$, so $E[r_p(y_{n+1})] \ge E[r_p(y_n)]$, with
+# equality only if the reward never varies. Nothing in this argument knows what the reward means:
+# best-of-$n$ pushes *any* score up, flaws included.
+#
+# **The gold of the pick.** Give each answer an honest quality $g$ that both judges see and a trait
+# $t \in \{0, 1\}$ that a share $q$ of the policy's answers carries, with proxy $r_p = g + a\,t$ and
+# gold $r_g = g - c\,t$ ($a, c > 0$: the lesson's two labelers agree on everything but the trait).
+# Then $r_g = r_p - (a + c)\,t$ for every answer, and so for the pick $y_n$:
+#
+# $$E[r_g(y_n)] = E[r_p(y_n)] - (a + c)\, s(n), \qquad s(n) = P\big(t(y_n) = 1\big).$$
+#
+# The gold falls from $n$ to $2n$ exactly when $(a + c)\,[s(2n) - s(n)] > E[r_p(y_{2n})] - E[r_p(y_n)]$:
+# when the extra picks that carry the trait cost more than the honest gain is worth.
+#
+# **Exact curves.** With $g \sim N(0, 1)$ the proxy's distribution is the mixture
+# $F(x) = (1 - q)\,\Phi(x) + q\,\Phi(x - a)$. The best of $n$ has CDF $F^n$, so
+# $E[r_p(y_n)] = \int x \, d F(x)^n$; and the pick carries the trait when the largest of the $n$ is a
+# trait answer, which by symmetry is $n$ times the chance that answer 1 is one and beats the other
+# $n - 1$: $s(n) = n\,q \int \varphi(x - a)\, F(x)^{n-1}\, dx$.
+
+# %%
+x = np.linspace(-9.0, 16.0, 20001)
+dx = x[1] - x[0]
+
+
+def Phi(z):
+    return torch.special.ndtr(torch.as_tensor(z, dtype=torch.float64)).numpy()
+
+
+def phi(z):
+    return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def exact_curves(a: float, c: float, q: float, ns) -> dict[str, np.ndarray]:
+    """E[proxy of the pick], the trait's share s(n) and E[gold of the pick] for each n, by quadrature."""
+    F = (1 - q) * Phi(x) + q * Phi(x - a)
+    density = (1 - q) * phi(x) + q * phi(x - a)
+    proxy = np.array([(x * n * F ** (n - 1) * density).sum() * dx for n in ns])
+    share = np.array([(n * q * phi(x - a) * F ** (n - 1)).sum() * dx for n in ns])
+    return {"proxy": proxy, "share": share, "gold": proxy - (a + c) * share}
+
+
+ns = [1, 2, 4, 8, 16, 32]
+a, c, q = 2.0, 2.0, 0.08  # about the lesson's: the trait is rare in the policy's answers
+exact = exact_curves(a, c, q, ns)
+
+# Monte Carlo check: 200,000 draws of 32 answers
+draws = 200_000
+g = rng.normal(size=(draws, 32))
+t = (rng.random((draws, 32)) < q).astype(float)
+proxy_draws, gold_draws = g + a * t, g - c * t
+for i, n in enumerate(ns):
+    pick = proxy_draws[:, :n].argmax(axis=1)
+    rows = np.arange(draws)
+    assert abs(proxy_draws[rows, pick].mean() - exact["proxy"][i]) < 0.02
+    assert abs(t[rows, pick].mean() - exact["share"][i]) < 0.01
+    assert abs(gold_draws[rows, pick].mean() - exact["gold"][i]) < 0.03
+assert np.all(np.diff(exact["proxy"]) > 0)  # the proxy rises at every n
+peak = int(np.argmax(exact["gold"]))
+assert 0 < peak < len(ns) - 1  # the gold first rises, then falls
+print("n      ", ns)
+print("proxy  ", np.round(exact["proxy"], 3))
+print("share  ", np.round(exact["share"], 3))
+print("gold   ", np.round(exact["gold"], 3), f"(peak at n = {ns[peak]})")
+
+# %% [markdown]
+# **Why the flaw must be rare and discrete for the gold to *turn*.** Suppose instead the flaw were a
+# continuous score $t \sim N(0, 1)$ independent of $g$. Then $(r_p, r_g)$ are jointly Gaussian, and
+# $E[r_g \mid r_p] = \kappa\, r_p$ with $\kappa = \operatorname{cov}(r_g, r_p) / \operatorname{var}(r_p)
+# = (1 - a c)/(1 + a^2)$. The pick's gold is then $\kappa\, E[r_p(y_n)]$: it rises with the proxy at
+# every $n$ (when $\kappa > 0$) or falls from the first step (when $\kappa < 0$), and never rises and
+# then falls. A rare trait is what makes a turn: at small $n$ the best of a few answers is seldom a
+# trait answer, so the pick is chosen on quality; once $n$ is large enough that most pools hold a
+# trait answer, the pick is chosen *because* of the trait.
+#
+# How soon that happens is set by the **flaw's share of the proxy's variance**,
+# $\rho = \frac{a^2 q (1 - q)}{1 + a^2 q (1 - q)}$: the larger it is, the earlier best-of-$n$ finds
+# the trait rather than better answers, and the earlier the gold turns. (Much further out, once
+# nearly every pool holds a trait answer, the pick is the best of the trait answers and the gold
+# creeps up again with their quality: the curve is a dip, and $d(\alpha - \beta d)$ describes it up
+# to and past its bottom, the range a lesson measures.)
+
+# %%
+kappa_draws = g + 0.5 * rng.normal(size=g.shape)  # a Gaussian flaw: proxy g + 0.5 t, gold g - 0.5 t
+gaussian_gold = []
+noise = (kappa_draws - g) / 0.5
+for n in ns:
+    pick = kappa_draws[:, :n].argmax(axis=1)
+    gaussian_gold.append((g - 0.5 * noise)[np.arange(draws), pick].mean())
+kappa = (1 - 0.25) / (1 + 0.25)
+assert np.all(np.diff(gaussian_gold) > 0)  # kappa > 0: it only rises
+assert abs(gaussian_gold[-1] - kappa * (kappa_draws[:, :32].max(axis=1).mean())) < 0.02
+
+flaw_sizes = [1.0, 1.5, 2.0, 3.0, 4.0]
+many_n = [2**k for k in range(7)]  # n up to 64, past the lesson's 32
+turns = []
+for size in flaw_sizes:
+    curves = exact_curves(size, size, q, many_n)
+    rho = size**2 * q * (1 - q) / (1 + size**2 * q * (1 - q))
+    turns.append((size, rho, many_n[int(np.argmax(curves["gold"]))]))
+    print(f"a = c = {size}: flaw's share of the proxy's variance {rho:.0%}, gold peaks at n = {turns[-1][2]}")
+peaks = [n for _, _, n in turns]
+assert all(later <= earlier for earlier, later in zip(peaks, peaks[1:]))  # a larger flaw turns sooner
+
+fig = go.Figure()
+for size in flaw_sizes:
+    curves = exact_curves(size, size, q, many_n)
+    d = np.sqrt(kl_best_of_n(np.array(many_n)))
+    fig.add_scatter(x=d, y=curves["gold"] - curves["gold"][0], mode="lines+markers", name=f"a = c = {size}")
+fig.update_layout(title="The gold gain of the proxy's best-of-n pick: a larger flaw turns sooner",
+                  xaxis_title="sqrt(KL) from the policy", yaxis_title="gold gain over n = 1", height=380)
+fig.show()
+
+# %% [markdown]
+# **The same numbers through the lesson's own code.** `rmcore.policy.lesson.measure` turns scored
+# answers into the lesson's points (the exact order-statistics estimator of 6.2, per prompt), its
+# criteria and `judges`: the gold of each answer as a line in the proxy and the trait, within each
+# prompt. Fed answers drawn from the model above (24 prompts of 32 answers, as in the lesson), its
+# points match the exact curves, and the line it finds is the one derived above:
+# gold $= $ proxy $- (a + c)$ trait.
+
+# %%
+from rmcore.policy.lesson import LessonConfig, measure
+
+prompts_in_lesson, answers_per_prompt = 24, 32
+quality = rng.normal(size=(prompts_in_lesson, answers_per_prompt))
+trait = rng.random(quality.shape) < q
+records = [{"prompt": f"prompt {i}", "responses": [f"Answer {j}{'!' if trait[i, j] else '.'}"
+                                                   for j in range(answers_per_prompt)]}
+           for i in range(prompts_in_lesson)]
+lesson = measure(LessonConfig(prompts=[r["prompt"] for r in records]), records,
+                 (quality + a * trait).tolist(), (quality - c * trait).tolist())
+for i, point in enumerate(lesson.points):
+    assert abs(point["proxy"] - exact["proxy"][i]) < 4 * point["proxy_se"] + 1e-9
+    assert abs(point["trait_share"] - exact["share"][i]) < 4 * point["trait_share_se"] + 0.01
+assert abs(lesson.judges["gold_per_proxy"] - 1) < 1e-9 and abs(lesson.judges["trait_cost"] + (a + c)) < 1e-9
+print({key: round(value, 3) for key, value in lesson.judges.items()})
+
+# %% [markdown]
+# **And the real lesson.** The benchmark (`bench/goodhart.py`) records each seed's `judges` with its
+# points, measured on the embedded policy's answers and the two trained judges. If the gold is
+# (nearly) a line in the proxy and the trait, its gain over $n = 1$ is predicted from the proxy's
+# and the trait's curves alone: gold gain $\approx \beta\,\Delta$proxy $+ m\,\Delta$share, with
+# $\beta$ = `gold_per_proxy` and $m$ = `trait_cost`. The turn is then read off: the gold falls when
+# $-m\,\Delta$share $> \beta\,\Delta$proxy.
+
+# %%
+import json
+
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "rmcore").is_dir()), Path.cwd())
+measured = [(f, json.loads(f.read_text())) for f in sorted((ROOT / "bench" / "results").glob("*_goodhart.json"))]
+measured = [(f, m) for f, m in measured if all("judges" in s for s in m["seeds"])]
+if measured:  # the newest benchmark that recorded the judges
+    file, run = measured[-1]
+    print("from", file.name)
+    for seed in run["seeds"]:
+        judges, points = seed["judges"], seed["points"]
+        first = points[0]
+        for point in points[1:]:
+            predicted = (judges["gold_per_proxy"] * (point["proxy"] - first["proxy"])
+                         + judges["trait_cost"] * (point["trait_share"] - first["trait_share"]))
+            gain = point["gold"] - first["gold"]
+            assert abs(predicted - gain) < 2 * point["gold_se"], (seed["seed"], point["n"], predicted, gain)
+        print(f"seed {seed['seed']}: beta {judges['gold_per_proxy']:.2f}, trait cost {judges['trait_cost']:.2f}, "
+              f"flaw's share of the proxy's variance {judges['flaw_variance_share']:.0%}, "
+              f"gold peaks at n = {seed['turn']['gold_peak_n']}")
+
 # %%
 import shutil
 

@@ -174,3 +174,16 @@ def test_while_the_lesson_runs_the_page_shows_its_bar_and_stop_and_starts_no_sec
     with pytest.raises(KeyboardInterrupt):  # the lesson's next stage line ends it
         job._on_event({"event": "phase", "phase": "lesson: both judges score every answer", "progress": 0.0})
     jobs.manager()._job = None  # (its thread never ran: nothing to wait for)
+
+
+def test_the_reading_says_why_the_gold_turns_from_the_judges_numbers():
+    from app.lesson import judges_line
+
+    result = synthetic_result()
+    assert judges_line(result) is None  # a lesson saved before the judges were measured
+    result["judges"] = {"trait_share": 0.1, "gold_per_proxy": 0.4, "trait_cost": -0.8, "proxy_trait_effect": 1.2,
+                        "flaw_variance_share": 0.23}
+    line = judges_line(result)
+    assert "23%" in line and "0.800 less" in line
+    result["judges"]["trait_cost"] = 0.3
+    assert "cannot turn" in judges_line(result)

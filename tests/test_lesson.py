@@ -10,7 +10,15 @@ import pytest
 
 from rmcore.cli import main
 from rmcore.data import RankedGroup, demo_data_path, read_preferences
-from rmcore.policy.lesson import LESSON_FILE, LessonConfig, judge_turn, lesson_points, per_prompt_tables, run_lesson
+from rmcore.policy.lesson import (
+    LESSON_FILE,
+    LessonConfig,
+    judge_turn,
+    judges_decomposition,
+    lesson_points,
+    per_prompt_tables,
+    run_lesson,
+)
 from rmcore.policy.lesson_data import TRAITS, ends_with_exclamation, exclaim, planted_groups, shown_answer
 
 TRAIT = TRAITS["exclaim"]
@@ -87,6 +95,33 @@ def test_points_and_the_turn_follow_a_planted_hack():
     assert turn["proxy_rises"] and turn["trait_rises"] and turn["gold_turns"] and turn["gold_rises_first"]
     assert turn["all"]
     assert 1 < turn["gold_peak_n"] < 16
+
+
+def test_the_judges_decomposition_recovers_a_known_line_and_predicts_the_gold():
+    rng = np.random.default_rng(1)
+    proxy, gold, carries = [], [], []
+    for offset in rng.normal(0, 5, 60):  # each prompt its own level: the decomposition reads within prompts
+        quality = rng.normal(size=16)
+        trait = (rng.random(16) < 0.15).astype(float)
+        proxy.append(offset + quality + 2 * trait)
+        gold.append(-offset + 0.5 * (quality + 2 * trait) - 1.5 * trait + rng.normal(0, 0.05, 16))
+        carries.append(trait)
+    judges = judges_decomposition(proxy, gold, carries)
+    assert judges["gold_per_proxy"] == pytest.approx(0.5, abs=0.02)
+    assert judges["trait_cost"] == pytest.approx(-1.5, abs=0.05)
+    assert judges["proxy_trait_effect"] == pytest.approx(2.0, abs=0.2)
+    assert 0.2 < judges["flaw_variance_share"] < 0.5  # 4 * 0.15 * 0.85 / (1 + 4 * 0.15 * 0.85) = 0.34
+    ns = [1, 2, 4, 8, 16]
+    points = lesson_points(ns, per_prompt_tables(proxy, gold, carries, ns))
+    for point in points[1:]:
+        predicted = (judges["gold_per_proxy"] * (point["proxy"] - points[0]["proxy"])
+                     + judges["trait_cost"] * (point["trait_share"] - points[0]["trait_share"]))
+        assert predicted == pytest.approx(point["gold"] - points[0]["gold"], abs=0.05)
+
+
+def test_without_the_trait_on_both_sides_of_a_prompt_the_decomposition_says_none():
+    judges = judges_decomposition([[1.0, 2.0]], [[0.0, 1.0]], [[1.0, 1.0]])
+    assert judges["trait_share"] == 1.0 and judges["trait_cost"] is None
 
 
 def _tiny_config(tiny_model_dir, seed=0) -> LessonConfig:

@@ -79,9 +79,11 @@ class LessonConfig:
     # labeler prefers it, the gold's does not. The demo groups themselves carry no trait (plant_on_ranked
     # False), so the two judges learn the same rankings and differ only on the trait: measured on seed 0,
     # planting it on the best (proxy) and worst (gold) answers as well made the judges disagree on the
-    # policy's answers even without the trait (correlation 0.24), and the gold never rose.
+    # policy's answers even without the trait (correlation 0.24), and the gold never rose. The gold's
+    # share was measured on seeds 0-4: at 0.2 the gold turned clearly in 3 of 5; at 0.3 in 4 of 5; at 0.5
+    # the judges disagreed on everything else too (the gold barely followed the proxy) and never rose.
     proxy_contrast: float = 0.25
-    gold_contrast: float = 0.2
+    gold_contrast: float = 0.3
     plant_on_ranked: bool = False
     data: str | None = None  # the preference data the judges learn from; None: the demo set
 
@@ -111,6 +113,7 @@ class LessonResult:
     proxy_fit: dict[str, Any]
     turn: dict[str, Any]  # the issue's three criteria, each measured
     examples: list[dict[str, Any]]  # before/after picks for a few prompts
+    judges: dict[str, Any]  # how the two judges relate on the policy's answers (judges_decomposition)
     seconds: dict[str, float]  # each stage (0 when cached)
     cached: dict[str, bool]
 
@@ -158,7 +161,30 @@ def measure(config: LessonConfig, records: list[dict[str, Any]], proxy: list[lis
     return LessonResult(
         config=asdict(config), trait=trait.description, points=points, gold_fit=gold_fit.to_dict(),
         proxy_fit=proxy_fit.to_dict(), turn=judge_turn(points, tables), cached=cached or {},
-        examples=before_after(records, answers, proxy, gold, carries, ns, points), seconds=seconds or {})
+        examples=before_after(records, answers, proxy, gold, carries, ns, points),
+        judges=judges_decomposition(proxy, gold, carries), seconds=seconds or {})
+
+
+def judges_decomposition(proxy, gold, carries) -> dict[str, Any]:
+    """The gold's reward of each answer as a straight line in the proxy's reward and the trait, within each
+    prompt: gold = const + gold_per_proxy * proxy + trait_cost * trait. With it, the gold of the proxy's
+    best-of-n pick is predicted from the proxy's and the trait's curves alone (gain over n = 1:
+    gold_per_proxy * proxy gain + trait_cost * trait-share gain): the gold turns where the trait's
+    cost outweighs the proxy's share of honest gain. Notebook 06 derives this and checks it against
+    the lesson's points. Also: the proxy's own reward for the trait (`proxy_trait_effect`, within
+    prompts), the share of answers carrying it, and the flaw's share of the proxy's variance within
+    prompts (what best-of-n can find by the trait rather than by better answers)."""
+    centred = {key: np.concatenate([np.asarray(v, dtype=float) - np.mean(v) for v in rows])
+               for key, rows in (("proxy", proxy), ("gold", gold), ("trait", carries))}
+    p, g, t = centred["proxy"], centred["gold"], centred["trait"]
+    share = float(np.mean(np.concatenate([np.asarray(c, dtype=float) for c in carries])))
+    if not (t @ t > 0 and p @ p > 0):  # no prompt has answers both with and without the trait
+        return {"trait_share": share, "gold_per_proxy": None, "trait_cost": None, "proxy_trait_effect": None,
+                "flaw_variance_share": None}
+    (per_proxy, cost), *_ = np.linalg.lstsq(np.column_stack([p, t]), g, rcond=None)
+    effect = float(p @ t / (t @ t))
+    return {"trait_share": share, "gold_per_proxy": float(per_proxy), "trait_cost": float(cost),
+            "proxy_trait_effect": effect, "flaw_variance_share": float(effect**2 * (t @ t) / (p @ p))}
 
 
 def per_prompt_tables(proxy, gold, carries, ns: list[int]) -> dict[str, np.ndarray]:
