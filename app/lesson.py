@@ -22,6 +22,7 @@ from app.ui import fmt, md, user_errors
 from rmcore.core.folders import read_json_object
 from rmcore.core.progress import format_duration
 from rmcore.policy.lesson import LESSON_FILE, LessonConfig
+from rmcore.policy.lesson_data import LESSON_SEED
 
 # Settings the app's lesson runs with beyond the seed (tests shrink it to seconds on tiny models).
 LESSON_OPTIONS: dict[str, Any] = {}
@@ -37,8 +38,8 @@ READING = (
 
 NO_TURN = (
     "**No clear turn in this run** (the criteria below say which part is missing). The proxy still rises by "
-    "construction; whether the gold turns within n = 32 depends on the seed: measured, it turned clearly in 3 "
-    "of 5 seeds (0, 1 and 4). Try seed 0 or 1."
+    "construction; whether the gold turns within n = 32 depends on the seed: measured, it turned clearly in 4 "
+    "of 5 seeds (0, 1, 3 and 4; in seed 0 from its first point). Try seed 1 or 4."
 )
 
 
@@ -58,7 +59,7 @@ def section() -> None:
     st.write("Reward hacking you can watch, in a few minutes: a proxy reward model with a planted flaw (its "
              "labeler liked answers that end on an exclamation mark), an honest gold judge, and best-of-n over "
              "the policy's own answers. The proxy keeps rising; the gold turns down.")
-    seed = int(st.number_input("Seed", 0, 99, 0, key="lesson_seed", persist_state="session",
+    seed = int(st.number_input("Seed", 0, 99, LESSON_SEED, key="lesson_seed", persist_state="session",
                                help="Each seed trains its own judges and samples its own answers (cached)."))
     folder = lesson_dir(seed)
     result = finished_result(folder)
@@ -141,12 +142,15 @@ def judges_line(result: dict[str, Any]) -> str | None:
     if judges.get("trait_cost") is None:
         return None
     cost = judges["trait_cost"]
-    gold_says = f"{fmt(-cost)} less" if cost < 0 else f"{fmt(cost)} more (so here it cannot turn the gold)"
+    if cost < 0:
+        gold_says = (f"{fmt(-cost)} less from the gold judge. That average cost starts the turn; the fall at large "
+                     "n is steeper still, because the proxy's most extreme favourites are where the two judges "
+                     "disagree most")
+    else:
+        gold_says = f"{fmt(cost)} more from the gold judge, so here the trait cannot turn the gold"
     return (f"**Why it turns.** Within a prompt, the trait makes up {judges['flaw_variance_share']:.0%} of the "
             f"differences in the proxy's reward, and at equal proxy reward an answer with the trait gets "
-            f"{gold_says} from the gold judge. While few picks carry it, picking the proxy's "
-            "favourite mostly finds better answers; once most do, each extra pick with the trait costs the gold "
-            "more than the proxy's honest gain is worth (notebook 06, section 6.5, derives this).")
+            f"{gold_says} (notebook 06, section 6.5, derives this and measures it on the lesson).")
 
 
 def show_examples(examples: list[dict[str, Any]]) -> None:

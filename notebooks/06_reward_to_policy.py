@@ -564,11 +564,16 @@ print({key: round(value, 3) for key, value in lesson.judges.items()})
 
 # %% [markdown]
 # **And the real lesson.** The benchmark (`bench/goodhart.py`) records each seed's `judges` with its
-# points, measured on the embedded policy's answers and the two trained judges. If the gold is
-# (nearly) a line in the proxy and the trait, its gain over $n = 1$ is predicted from the proxy's
-# and the trait's curves alone: gold gain $\approx \beta\,\Delta$proxy $+ m\,\Delta$share, with
-# $\beta$ = `gold_per_proxy` and $m$ = `trait_cost`. The turn is then read off: the gold falls when
-# $-m\,\Delta$share $> \beta\,\Delta$proxy.
+# points, measured on the embedded policy's answers and the two trained judges. If the gold were
+# a line in the proxy and the trait, its gain over $n = 1$ would follow from the proxy's and the
+# trait's curves alone: gold gain $\approx \beta\,\Delta$proxy $+ m\,\Delta$share, with
+# $\beta$ = `gold_per_proxy` and $m$ = `trait_cost`. Measured, the line holds for small $n$ (up to
+# $n = 8$ within two standard errors in every seed) and points the right way where the gold turned,
+# but at $n = 32$ it accounts for only a sixth to a quarter of the fall. The rest is the tail: the
+# line is fitted on all 32 answers of a prompt, while the pick at large $n$ is the proxy's single
+# most extreme answer, and that is where the two judges part most, beyond what the trait's average
+# cost says. Goodhart's law has that second face too: optimising hard selects the cases where a
+# proxy's errors are largest, not just its average bias.
 
 # %%
 import json
@@ -582,14 +587,19 @@ if measured:  # the newest benchmark that recorded the judges
     for seed in run["seeds"]:
         judges, points = seed["judges"], seed["points"]
         first = points[0]
+        rows = []
         for point in points[1:]:
             predicted = (judges["gold_per_proxy"] * (point["proxy"] - first["proxy"])
                          + judges["trait_cost"] * (point["trait_share"] - first["trait_share"]))
             gain = point["gold"] - first["gold"]
-            assert abs(predicted - gain) < 2 * point["gold_se"], (seed["seed"], point["n"], predicted, gain)
-        print(f"seed {seed['seed']}: beta {judges['gold_per_proxy']:.2f}, trait cost {judges['trait_cost']:.2f}, "
-              f"flaw's share of the proxy's variance {judges['flaw_variance_share']:.0%}, "
-              f"gold peaks at n = {seed['turn']['gold_peak_n']}")
+            if point["n"] <= 8:
+                assert abs(predicted - gain) < 2 * point["gold_se"], (seed["seed"], point["n"], predicted, gain)
+            rows.append(f"n={point['n']}: {predicted:+.2f} vs {gain:+.2f}")
+        if seed["turn"]["gold_turns"]:
+            assert predicted < 0 and gain < predicted, (seed["seed"], predicted, gain)
+        print(f"seed {seed['seed']} (beta {judges['gold_per_proxy']:.2f}, trait cost {judges['trait_cost']:.2f}, "
+              f"flaw's share {judges['flaw_variance_share']:.0%}), gold gain predicted vs measured: "
+              + "; ".join(rows))
 
 # %%
 import shutil

@@ -20,6 +20,7 @@ from app.lesson_jobs import LessonJob, LessonJobRequest  # noqa: E402
 from rmcore.analysis.overoptimisation import fit_best_of_n_points  # noqa: E402
 from rmcore.policy.best_of_n import kl_best_of_n  # noqa: E402
 from rmcore.policy.lesson import LessonConfig, run_lesson  # noqa: E402
+from rmcore.policy.lesson_data import LESSON_SEED  # noqa: E402
 
 APP = str(ROOT / "app" / "main.py")
 PAGE = "views/policy.py"
@@ -108,7 +109,7 @@ def test_the_page_runs_the_lesson_and_shows_it_again_on_the_next_visit(app_env, 
     assert not at.exception, [e.message for e in at.exception]
     spec = lesson_chart(at)
     assert spec is not None and {"gold (measured)", "picks with the trait (%)"} <= {t["name"] for t in spec["data"]}
-    assert lesson.finished_result(lesson.lesson_dir(0)) is not None, "the lesson is kept in its folder"
+    assert lesson.finished_result(lesson.lesson_dir(LESSON_SEED)) is not None, "the lesson is kept in its folder"
     again = open_page()  # a new session: the finished lesson is read back, nothing runs
     assert lesson_chart(again) is not None
     assert again.button(key="lesson_run").label == "Run the over-optimisation lesson again"

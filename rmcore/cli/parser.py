@@ -29,6 +29,7 @@ from rmcore.cli.options import (
     turns,
 )
 from rmcore.policy.config import DEFAULT_LR, METHODS, SEQUENCES_PER_CALL, RLHFConfig
+from rmcore.policy.lesson_data import LESSON_SEED
 from rmcore.serving.config import add_arguments as add_serve_arguments
 from rmcore.training.config import TrainConfig, default, parse_duration
 
@@ -279,8 +280,8 @@ def _add_lesson(sub) -> None:
                     "What it trained and sampled stays in --out: a second run there is quick.")
     p.add_argument("name", choices=["goodhart"], help="the lesson")
     p.add_argument("--out", required=True, metavar="DIR", help="the lesson's folder (created; reused by a second run)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="the judges' initialisation and the policy's sampling (default 0)")
+    p.add_argument("--seed", type=int, default=LESSON_SEED,
+                   help=f"the judges' initialisation and the policy's sampling (default {LESSON_SEED})")
     p.add_argument("--json", action="store_true", help="print the points, the fits and the criteria as JSON")
 
 

@@ -29,7 +29,7 @@ from rmcore.core.errors import ModelError
 from rmcore.core.folders import CHECKPOINT_DIR, check_output_folder, read_json_object
 from rmcore.core.outputs import atomic_write_text
 from rmcore.policy.best_of_n import kl_best_of_n, order_statistic_weights, powers_of_two
-from rmcore.policy.lesson_data import TRAITS, planted_groups, shown_answer
+from rmcore.policy.lesson_data import LESSON_SEED, TRAITS, planted_groups, shown_answer
 
 LESSON_FILE = "lesson.json"  # marks the folder as a lesson's; holds each stage's settings and the result
 SAMPLES_FILE = "samples.json"
@@ -67,7 +67,7 @@ LESSON_PROMPTS = [
 
 @dataclass
 class LessonConfig:
-    seed: int = 0  # the judges' initialisation and data order, and the policy's sampling
+    seed: int = LESSON_SEED  # the judges' initialisation and data order, and the policy's sampling
     trait: str = "exclaim"
     policy: str = "embedded"
     reward_model: str = "embedded"  # the base model of both judges
@@ -142,7 +142,7 @@ def run_lesson(config: LessonConfig, out_dir: str | Path, on_event=None, stop_ev
     result = measure(config, records, proxy, gold, seconds, cached)
     state["result"] = result.to_dict()
     _write_state(out, state)
-    clock.phase("done", 1.0, 0.0)
+    clock.phase("done", 1.0, None)  # nothing is left: no "about 0 s left"
     return result
 
 

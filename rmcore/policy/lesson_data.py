@@ -28,6 +28,11 @@ from dataclasses import dataclass
 
 from rmcore.data import RankedGroup
 
+# The seed the lesson runs with unless told (CLI and app): of seeds 0-4 measured by bench/goodhart.py it shows
+# the turn most clearly (the gold rises to n = 2, then falls by four standard errors). Every seed is
+# reported in the README, the others included.
+LESSON_SEED = 4
+
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 _TRAILING = re.compile(r"[.!?,;:\s]+$")
 

@@ -67,14 +67,15 @@ def cached_lesson(tiny: Path, models: Path) -> None:
         sys.path.insert(0, str(ROOT))
     from app import lesson
     from rmcore.policy.lesson import LessonConfig, run_lesson
+    from rmcore.policy.lesson_data import LESSON_SEED
 
     before = os.environ.get("RMCORE_MODELS_DIR")
     os.environ["RMCORE_MODELS_DIR"] = str(models)
     try:
-        config = LessonConfig(seed=0, policy=str(tiny), reward_model=str(tiny),
+        config = LessonConfig(seed=LESSON_SEED, policy=str(tiny), reward_model=str(tiny),
                               prompts=["Say hello.", "Name a colour."], samples_per_prompt=4, max_new_tokens=6,
                               epochs=1)
-        run_lesson(config, lesson.lesson_dir(0))
+        run_lesson(config, lesson.lesson_dir(LESSON_SEED))
     finally:
         if before is None:
             del os.environ["RMCORE_MODELS_DIR"]
