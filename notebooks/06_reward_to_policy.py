@@ -569,7 +569,7 @@ print({key: round(value, 3) for key, value in lesson.judges.items()})
 # trait's curves alone: gold gain $\approx \beta\,\Delta$proxy $+ m\,\Delta$share, with
 # $\beta$ = `gold_per_proxy` and $m$ = `trait_cost`. Measured, the line holds for small $n$ (up to
 # $n = 8$ within two standard errors in every seed) and points the right way where the gold turned,
-# but at $n = 32$ it accounts for only a sixth to a quarter of the fall. The rest is the tail: the
+# but at $n = 32$ it accounts for only 7-23% of the fall. The rest is the tail: the
 # line is fitted on all 32 answers of a prompt, while the pick at large $n$ is the proxy's single
 # most extreme answer, and that is where the two judges part most, beyond what the trait's average
 # cost says. Goodhart's law has that second face too: optimising hard selects the cases where a
