@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from report import git_info, load_average, machine_info  # noqa: E402
 
-DEMO = ROOT / "rmcore" / "demo" / "demo_ranked.jsonl"
+from rmcore.data import demo_data_path  # noqa: E402
 
 
 def demo_prompts() -> list[str]:
-    """The demo instructions 11 to 58 (the first ten are the sampling runs' own)."""
-    lines = DEMO.read_text(encoding="utf-8").splitlines()
+    """The demo instructions 11 to 58 as the file writes them (the first ten are the sampling runs' own)."""
+    lines = demo_data_path().read_text(encoding="utf-8").splitlines()
     return [json.loads(line)["prompt"] for line in lines][10:58]
 
 
@@ -39,8 +39,8 @@ def train_proxy(work: Path) -> Path:
     """The demo set's head-mode reward model, through the CLI as a user trains it."""
     out = work / "rm-demo"
     if not (out / "rmcore.json").exists():
-        subprocess.run([sys.executable, "-m", "rmcore", "train", str(DEMO), "--out", str(out), "--mode", "head",
-                        "--epochs", "20", "--quiet"], check=True)
+        subprocess.run([sys.executable, "-m", "rmcore", "train", str(demo_data_path()), "--out", str(out),
+                        "--mode", "head", "--epochs", "20", "--quiet"], check=True)
     return out
 
 

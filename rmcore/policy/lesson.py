@@ -167,11 +167,11 @@ def measure(config: LessonConfig, records: list[dict[str, Any]], proxy: list[lis
 
 def judges_decomposition(proxy, gold, carries) -> dict[str, Any]:
     """The gold's reward of each answer as a straight line in the proxy's reward and the trait, within each
-    prompt: gold = const + gold_per_proxy * proxy + trait_cost * trait. With it, the gold of the proxy's
-    best-of-n pick is predicted from the proxy's and the trait's curves alone (gain over n = 1:
-    gold_per_proxy * proxy gain + trait_cost * trait-share gain): the gold turns where the trait's
-    cost outweighs the proxy's share of honest gain. Notebook 06 derives this and checks it against
-    the lesson's points. Also: the proxy's own reward for the trait (`proxy_trait_effect`, within
+    prompt: gold = const + gold_per_proxy * proxy + trait_cost * trait. Were the gold exactly that line,
+    its gain over n = 1 would follow from the proxy's and the trait's curves alone (gold_per_proxy *
+    proxy gain + trait_cost * trait-share gain). Notebook 06 derives this and checks it against the
+    measured lesson: it holds for small n, while the proxy's most extreme picks cost the gold more than
+    the line says. Also: the proxy's own reward for the trait (`proxy_trait_effect`, within
     prompts), the share of answers carrying it, and the flaw's share of the proxy's variance within
     prompts (what best-of-n can find by the trait rather than by better answers)."""
     centred = {key: np.concatenate([np.asarray(v, dtype=float) - np.mean(v) for v in rows])
