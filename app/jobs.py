@@ -264,7 +264,7 @@ class TrainingJob(Job):
         elif result.stopped:
             phase = f"stopped at step {result.steps} of {result.total_steps}; model and checkpoint saved"
         else:
-            phase = "finished; model saved"
+            phase = "finished; model saved" + _auto_outcome(request.out_dir)
         return ("stopped" if result.stopped else "done"), phase
 
     def snapshot(self) -> JobSnapshot:
@@ -277,6 +277,15 @@ class TrainingJob(Job):
                                phase_elapsed_s=time.time() - self._phase_since,
                                budget_s=float(self.request.config.time_budget_s or 0.0),
                                expected_s=dict(self.request.expected_s))
+
+
+def _auto_outcome(out_dir: Path) -> str:
+    """--mode auto: which of the head and the top blocks was kept, and why (from the saved rmcore.json)."""
+    try:
+        auto = read_metadata(out_dir).get("auto")
+    except (OSError, ValueError, RmcoreError):
+        return ""
+    return f"; {auto['why']}" if isinstance(auto, dict) and auto.get("why") else ""
 
 
 class JobManager:

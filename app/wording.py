@@ -45,6 +45,10 @@ def plan_lines(plan) -> list[str]:
         else:
             what = f"**{steps}: about {seen:,} ({passes:.0%}) of the {count(total, 'training comparison')}**"
     lines = [f"Trains in **{plan.mode} mode** on {what}."]
+    if plan.then_top_blocks:
+        lines.append(f"Then, if the time left fits a pass, trains the **top {plan.then_top_blocks} blocks** from the "
+                     "head's solution in the rest of the budget, and keeps whichever of the two scores better on the "
+                     "held-out prompts.")
     if not plan.eval_prompts_total:
         lines.append("No held-out instructions: set a held-out fraction to measure accuracy on unseen prompts.")
     elif not plan.eval_prompts:

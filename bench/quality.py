@@ -303,10 +303,16 @@ def train_rmcore(recipe: Recipe, model: str, pool, budget_s: float, out_dir: Pat
     if fit == "auto":
         fit = "rmcore" if library_fits_budget() and clock == "wall" else "bench"
     if fit == "rmcore":
+        from rmcore.data import split_groups
+
         config.time_budget_s = budget_s
         config.epochs = max(config.epochs, max_epochs)  # the budget decides; small sets get more passes
-        result = train(config, pool, out_dir, on_step=on_step)
-        plan = {"fitted_by": "rmcore time_budget_s"}
+        # as `rmcore train` and the app do: a share of the prompts held out (--mode auto compares on them)
+        train_part, held_out = split_groups(pool, config.eval_fraction, config.seed)
+        result = train(config, train_part, out_dir, eval_groups=held_out, on_step=on_step)
+        saved = json.loads((Path(out_dir) / "rmcore.json").read_text())
+        plan = {"fitted_by": "rmcore time_budget_s", "mode_trained": saved.get("mode"), "auto": saved.get("auto"),
+                "phase_seconds": saved.get("phase_seconds")}
     else:
         groups, plan = plan_groups(config, pool, now(clock) + budget_s - fixed_overhead_s, time_scale, clock)
         plan["fitted_by"] = "bench plan_groups"

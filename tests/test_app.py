@@ -91,6 +91,7 @@ def load_demo(at: AppTest) -> AppTest:
 
 def train_head(at: AppTest, name: str = "demo-head", epochs: int = 3) -> None:
     open_page(at, "views/train.py")
+    at.radio(key="train_mode").set_value("head")
     at.number_input(key="train_epochs").set_value(epochs)
     at.text_input(key="train_name").input(name)
     train_to_the_end(at)
@@ -388,6 +389,9 @@ def test_widget_values_survive_a_visit_to_another_page(app_env):
 def test_trainable_blocks_reach_the_training_and_are_off_in_head_mode(app_env):
     at = load_demo(new_session())
     open_page(at, "views/train.py")
+    assert at.radio(key="train_mode").value == "auto", "the default: head, then the top blocks when a pass fits"
+    assert not at.number_input(key="train_trainable_layers").disabled, "auto's second stage trains blocks"
+    at.radio(key="train_mode").set_value("head").run()
     assert at.number_input(key="train_trainable_layers").disabled, "head mode trains no blocks"
     at.radio(key="train_mode").set_value("lora")
     at.radio(key="train_how").set_value("epochs").run()
@@ -787,6 +791,11 @@ def test_the_plan_in_words_for_each_mode():
     assert lines[0].startswith("Trains in **head mode** on **1,205 of the 9,416 training comparisons** (301 of "
                                "2,354 instructions")
     assert "**120 of the 942 held-out comparisons** (30 of 235 instructions, a random sample" in lines[1]
+    assert len(lines) == 2, "head mode alone says nothing of top blocks"
+    head.then_top_blocks = 4  # --mode auto
+    assert plan_lines(head)[1] == ("Then, if the time left fits a pass, trains the **top 4 blocks** from the head's "
+                                   "solution in the rest of the budget, and keeps whichever of the two scores "
+                                   "better on the held-out prompts.")
     full = Plan("full", 300, 12, 52, 52, 1135, 344, 6, 6, 40, 40, 4, 43, {"training": 250}, 900)
     assert plan_lines(full)[0] == ("Trains in **full mode** on **43 steps: 3.3 passes over all 344 training "
                                    "comparisons**.")

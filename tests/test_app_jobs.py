@@ -92,3 +92,13 @@ def test_the_train_page_waits_for_a_running_policy_job(manager, tiny_model_dir, 
     assert not at.exception, [e.message for e in at.exception]
     assert at.button(key="start_training").disabled
     assert any("A policy is being fine-tuned on this server" in i.value and "tuned" in i.value for i in at.info)
+
+
+def test_a_finished_auto_run_says_which_stage_was_kept(tmp_path):
+    (tmp_path / "rmcore.json").write_text('{"auto": {"kept": "head", "why": "the head is kept: held-out 0.8 '
+                                          'against the top blocks\' 0.7"}}')
+    assert jobs._auto_outcome(tmp_path) == "; the head is kept: held-out 0.8 against the top blocks' 0.7"
+    (tmp_path / "rmcore.json").write_text('{"auto": null}')
+    assert jobs._auto_outcome(tmp_path) == ""
+    (tmp_path / "rmcore.json").write_text("{broken")
+    assert jobs._auto_outcome(tmp_path) == "", "a damaged file says nothing more, it does not fail the job"

@@ -25,7 +25,7 @@ from rmcore.data import split_groups
 from rmcore.training.config import (
     APP_DEFAULT_TIME_BUDGET_MIN,
     APP_TIME_BUDGETS_MIN,
-    DEFAULT_EPOCHS,
+    AUTO_TOP_LR,
     DEFAULT_LR,
     MODES,
     TrainConfig,
@@ -52,6 +52,8 @@ LEARNING_RATES = [
     1e-1,
 ]
 MODE_HELP = {
+    "auto": "head mode first; with a time budget, then the top blocks from its solution when a pass fits, "
+            "kept only if better on the held-out prompts",
     "head": "only the reward neuron learns; the trunk runs once (fast, a good first try)",
     "lora": "small adapters in every layer plus the neuron (slower, learns more)",
     "full": "every weight learns (slowest; needs the most memory)",
@@ -172,7 +174,7 @@ def schedule_inputs(mode: str, budgeted: bool) -> dict:
         "Epochs",
         min_value=1,
         max_value=500,
-        value=DEFAULT_EPOCHS[default("mode")],
+        value=TrainConfig().epochs,  # the default mode's
         key="train_epochs",
         persist_state="session",
         help=help_text("epochs") + ". Head mode: cheap after the first."
@@ -184,8 +186,9 @@ def schedule_inputs(mode: str, budgeted: bool) -> dict:
         key="train_lr",
         persist_state="session",
         format_func=lambda v: "default" if v == "default" else f"{v:g}",
-        help=f"The default for {mode} mode, {DEFAULT_LR[mode]:g}, suits most runs. Defaults: "
-        + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()),
+        help=f"The default for {mode} mode, {TrainConfig(mode=mode).learning_rate():g}, suits most runs. Defaults: "
+        + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()) + f" (auto: the head's, then {AUTO_TOP_LR:g} for "
+        "its top blocks)",
     )
     batch = c3.number_input(
         "Batch size",

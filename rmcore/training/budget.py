@@ -90,6 +90,7 @@ class Plan:
     covers_all: bool = False  # every training comparison, every epoch: nothing left for a cut to win
     max_turns: int | None = None  # the dialogues cut to their last N messages (None: whole)
     token_share: float | None = None  # tokens of the cut data (training and held-out) over the whole's
+    then_top_blocks: int = 0  # --mode auto: after the head, the top N blocks from its solution if time is left
 
     @property
     def rates_forward(self) -> float:
@@ -117,7 +118,9 @@ class Plan:
             share = f" ({self.token_share:.0%} of the tokens)" if self.token_share is not None else ""
             held += f"; dialogues cut to their last {self.max_turns} turn{'s' if self.max_turns > 1 else ''}{share}"
         planned = self.spent_s + sum(self.seconds.values())
-        return (f"plan: {self.mode} mode, {what}; {held}; about {format_duration(planned)} of the "
+        then = (f"; then the top {self.then_top_blocks} blocks from the head's solution if a pass fits in the time "
+                "left, kept if better on the held-out sample" if self.then_top_blocks else "")
+        return (f"plan: {self.mode} mode, {what}; {held}{then}; about {format_duration(planned)} of the "
                 f"{format_duration(self.budget_s)} budget (everything would take about "
                 f"{format_duration(self.needed_s)})")
 
@@ -132,7 +135,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         keys = ("mode", "budget_s", "spent_s", "train_prompts", "train_prompts_total", "train_comparisons",
                 "train_comparisons_total", "eval_prompts", "eval_prompts_total", "eval_comparisons",
-                "eval_comparisons_total", "evaluations", "steps", "needed_s", "fits", "max_turns")
+                "eval_comparisons_total", "evaluations", "steps", "needed_s", "fits", "max_turns", "then_top_blocks")
         out = {k: getattr(self, k) for k in keys}
         out["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
         out["max_turns"] = "all" if self.max_turns is None else self.max_turns

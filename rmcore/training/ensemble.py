@@ -110,6 +110,7 @@ def train_ensemble(config, members: int, train_groups: list[RankedGroup], out_di
 
     if members < 2:
         raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+    config = config.head_first()  # --mode auto: an ensemble's members share one trunk, in head mode
     if not train_groups:
         raise ValueError("no training prompts")
     out = Path(out_dir)

@@ -112,6 +112,7 @@ def measure_rates(
     """
     config.check()
     device = device or autodetect_device()
+    config = config.head_first(device)  # --mode auto starts in head mode
     started = now()
     path, name = resolve_model_path(config.model)
     classifier, tokenizer, _ = load_sequence_classifier(path, seed=config.seed)
@@ -196,6 +197,7 @@ def estimate_training_time(
     config.check()
     if rates is None:
         rates = measure_rates(config, train_groups)
+    config = config.head_first(rates.device)
     if tokenizer is None:
         path, _ = resolve_model_path(config.model)
         tokenizer = load_tokenizer(path)
@@ -231,6 +233,7 @@ def plan_for(config: TrainConfig, train_groups: list[RankedGroup], eval_groups: 
     """What a run with `config.time_budget_s` would do here, from rates measured before (`measure_rates`):
     the plan `rmcore train` prints at its start (rmcore.training.budget), for showing before a run starts."""
     config.check()
+    requested, config = config, config.head_first(rates.device)
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model_path(config.model)[0])
     cached = _cached_keys(config, rates.device)
@@ -248,7 +251,10 @@ def plan_for(config: TrainConfig, train_groups: list[RankedGroup], eval_groups: 
                         cached_eval={i for i, g in enumerate(encoded_eval) if group_key(g) in cached})
         return mark_cut(plan, n, encoded + encoded_eval, whole["train"] + whole["eval"] if whole else None)
 
-    return choose_cut(config.turns_to_try(), plan_of)
+    plan = choose_cut(config.turns_to_try(), plan_of)
+    if requested.mode == "auto" and plan.eval_prompts_total:  # as the run says (rmcore.training.train)
+        plan.then_top_blocks = requested.top_blocks().trainable_layers
+    return plan
 
 
 def _cached_keys(config: TrainConfig, device: str) -> set[int]:

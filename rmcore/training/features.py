@@ -7,6 +7,7 @@ epochs and runs as it likes (rmcore.model.feature_cache keeps them on disk, per 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,12 +44,14 @@ class PlannedFeatures:
 @torch.no_grad()
 def compute_features(
     packed: PackedRewardModel, encoded: list[EncodedGroup], pad_id: int, device, batch_size: int,
-    autocast, on_progress: Callable[[int, int, float], None] | None = None,
+    autocast, on_progress: Callable[[int, int, float], None] | None = None, lower=None,
 ) -> list[torch.Tensor]:
     """Last-token hidden states of each group's responses (K, H), in group order, float32 on the CPU.
 
     Groups run shortest first, so `on_progress(done, total, token_share)` also gives the share of
-    tokens done: that, not the share of prompts, is the share of the time.
+    tokens done: that, not the share of prompts, is the share of the time. `lower`
+    (rmcore.training.lower_blocks) keeps the hidden state entering the top blocks on the way, for
+    --mode auto's second stage.
     """
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
     per_group: list[torch.Tensor] = [torch.zeros(0)] * len(encoded)
@@ -57,7 +60,7 @@ def compute_features(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = pack_groups([encoded[i] for i in idx], pad_id).to(device)
-        with autocast():
+        with autocast(), lower.keeping([encoded[i] for i in idx]) if lower is not None else contextlib.nullcontext():
             feats = packed(batch, features_only=True)  # (N, H)
         feats = feats.float().cpu()
         for i, part in zip(idx, feats.split(batch.group_sizes)):
@@ -70,7 +73,7 @@ def compute_features(
 
 def trunk_features(config, model_path: str, packed: PackedRewardModel, encoded: list[EncodedGroup],
                    encoded_eval: list[EncodedGroup], pad_id: int, accelerator, phase: Callable,
-                   should_stop: Callable[[], bool]) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   should_stop: Callable[[], bool], lower=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Trunk features of every train and eval response, (N_train, H) and (N_eval, H) or None.
 
     Groups already in the feature cache are read from it and only the others are computed; the
@@ -96,7 +99,7 @@ def trunk_features(config, model_path: str, packed: PackedRewardModel, encoded: 
                     raise FeaturesStopped
 
             computed = compute_features(packed, [everything[i] for i in missing], pad_id, accelerator.device,
-                                        config.batch_size, accelerator.autocast, progress)
+                                        config.batch_size, accelerator.autocast, progress, lower)
             for i, part in zip(missing, computed):
                 per_group[i] = part
         cache.save(everything, per_group)
@@ -110,7 +113,7 @@ def trunk_features(config, model_path: str, packed: PackedRewardModel, encoded: 
 
 def planned_features(config, model_path: str, packed: PackedRewardModel, encoded: list[EncodedGroup],
                      encoded_eval: list[EncodedGroup], plan: Plan, deadline: Deadline, pad_id: int, accelerator,
-                     phase: Callable, should_stop: Callable[[], bool]) -> PlannedFeatures:
+                     phase: Callable, should_stop: Callable[[], bool], lower=None) -> PlannedFeatures:
     """Trunk features within a time budget: the plan's held-out sample first, then training groups in
     the plan's order (cached ones first) until `deadline`, however many the plan expected.
 
@@ -130,7 +133,7 @@ def planned_features(config, model_path: str, packed: PackedRewardModel, encoded
         todo = [k for k, f in enumerate(have) if f is None]
         if todo:
             for k, part in zip(todo, compute_features(packed, [groups[k] for k in todo], pad_id, accelerator.device,
-                                                      config.batch_size, accelerator.autocast)):
+                                                      config.batch_size, accelerator.autocast, lower=lower)):
                 have[k] = part
                 new.append((groups[k], part))
 

@@ -48,13 +48,16 @@ class LowerBlocks:
         first = len(decoder_blocks(packed.classifier)) - config.trainable_layers
         return cls(packed, first) if first > 0 else None
 
+    def has(self, group: EncodedGroup) -> bool:
+        return id(group) in self.kept
+
     def forward(self, module, batch: PackedBatch, groups: list[EncodedGroup]) -> torch.Tensor:
         """`module(batch)`'s rewards: from the kept hidden states when every group has them, else a whole
         pass that keeps those of the groups not yet seen."""
         start = self._gather(batch, groups)
         if start is not None:
             return module(batch, start=(start, self.first))
-        with self._keeping(groups):
+        with self.keeping(groups):
             return module(batch)
 
     def _gather(self, batch: PackedBatch, groups: list[EncodedGroup]) -> torch.Tensor | None:
@@ -68,8 +71,9 @@ class LowerBlocks:
         return start
 
     @contextmanager
-    def _keeping(self, groups: list[EncodedGroup]):
-        """A pre-hook on the first trained block copies each new group's row of its input (real tokens only)."""
+    def keeping(self, groups: list[EncodedGroup]):
+        """A pre-hook on the first trained block copies each new group's row of its input (real tokens only),
+        during any forward pass of `groups` packed in this order (head mode's features pass too: --mode auto)."""
         def keep(_module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             for row, group in enumerate(groups):

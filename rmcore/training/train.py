@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from rmcore import __version__
 from rmcore.analysis.evaluate import length_baseline_of_groups
 from rmcore.core.errors import TrainingError
 from rmcore.core.folders import CHECKPOINT_DIR, check_output_folder, read_json_object
+from rmcore.core.progress import format_duration
 from rmcore.core.stop import StopSignal
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, count_truncated, encode_last_turns
@@ -45,6 +46,7 @@ from rmcore.model.batching import length_bucketed_batches, pack_groups, split_by
 from rmcore.model.device import autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key, model_key
 from rmcore.model.reward_model import load_sequence_classifier, resolve_model_path, save_reward_model, unwrap_classifier
+from rmcore.training.auto import HeadStage, top_blocks_seconds, top_blocks_won
 from rmcore.training.budget import (
     MARGIN_SHARE,
     MIN_MARGIN_S,
@@ -66,7 +68,7 @@ from rmcore.training.features import FeaturesStopped, planned_features, response
 from rmcore.training.held_out import held_out_metrics
 from rmcore.training.loss import bradley_terry_loss, pair_index
 from rmcore.training.lower_blocks import LowerBlocks
-from rmcore.training.modes import classifier_to_save, setup_mode
+from rmcore.training.modes import classifier_to_save, decoder_blocks, setup_mode
 
 __all__ = ["DEFAULT_LR", "MODES", "TrainConfig", "TrainResult", "train"]
 
@@ -132,6 +134,9 @@ def train(
         run.prepare(resume)
         # 6. the loop: one step, then the held-out evaluation and a checkpoint when due
         stopped = run.loop(stop)
+        # --mode auto: the top blocks from the head's solution when a pass fits, kept if better held out
+        if not stopped and run.top_blocks_fit():
+            stopped = run.train_top_blocks(stop)
         # 7. save the model (LoRA merged: a plain HF folder) with what produced it
         run.save(stopped, data_summary)
     return run.result(stopped)
@@ -143,13 +148,15 @@ class _Run:
     def __init__(self, config: TrainConfig, out_dir: Path, on_step: StepCallback | None,
                  started_at: float | None, trunk=None):
 
+        self.device = autodetect_device()
+        self.requested = config  # --mode auto: the head's settings first (config.head_first), then maybe the top blocks
+        config = config.head_first(self.device)
         self.config = config
         self.out_dir = out_dir
         self.checkpoint = out_dir / CHECKPOINT_DIR
         self.emit = on_step or (lambda event: None)
         self.started_at = now() if started_at is None else started_at
         self.trunk = trunk if config.mode == "head" else None  # shared by an ensemble's members, or None
-        self.device = autodetect_device()
         self.accelerator = _accelerator(config.mixed_precision(self.device), self.device == "cpu")
         self.is_main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -167,6 +174,10 @@ class _Run:
         self.rates: Rates | None = None
         self.stopped_in = ""  # the phase a stop request ended, when it came before training
         self.stop: StopSignal | None = None
+        self.top_config: TrainConfig | None = None  # --mode auto's second stage, where it may run
+        self.head_stage: HeadStage | None = None  # set while the top blocks train
+        self.auto: dict[str, Any] | None = None  # what --mode auto did, for rmcore.json
+        self.step_offset = 0  # steps shown before this stage's (the head's, during the top blocks)
         set_seed(config.seed)
         if self.world > 1:
             self.phase(f"training on {self.world} processes ({self.device}), sharing out the batches; "
@@ -236,7 +247,9 @@ class _Run:
         """Freeze or wrap the model for the mode (head: a frozen trunk whose features are computed once)."""
         self.packed, self.trainable = setup_mode(self.config, self.classifier)
         self.packed.to(self.accelerator.device)
-        self.lower = LowerBlocks.for_run(self.config, self.packed)  # top-N training: frozen blocks run once
+        self.top_config = self._second_stage_config()
+        # top-N training: frozen blocks run once (--mode auto: kept from the head's features pass)
+        self.lower = LowerBlocks.for_run(self.top_config or self.config, self.packed)
 
     def make_plan(self, resume: bool) -> None:
         """With a time budget: measure this machine's speed now and plan every phase to fit (one line says
@@ -249,6 +262,8 @@ class _Run:
         self._use_cut(self.plan.max_turns)
         if resume:
             self._keep_the_checkpoints_prompts()
+        if self.top_config is not None and self.plan.eval_prompts_total:
+            self.plan.then_top_blocks = self.top_config.trainable_layers
         self.phase(self.plan.describe())
         if not self.plan.fits:
             raise TrainingError(self.plan.refusal())
@@ -327,14 +342,15 @@ class _Run:
         compute = self.trunk.features if self.trunk is not None else trunk_features
         self.features, self.eval_features = compute(
             self.config, self.model_path, self.packed, self.encoded, self.encoded_eval, self.pad_id,
-            self.accelerator, self.phase, stop.is_set)
+            self.accelerator, self.phase, stop.is_set, **({"lower": self.lower} if self.trunk is None else {}))
 
     def _planned_features(self, stop: StopSignal) -> None:
         reserve = self.rates.save_s + self.plan.seconds.get("training", 0.0) + _margin(self.config.time_budget_s)
         exact = getattr(self, "resumed_keys", False)  # a resumed run needs exactly its checkpoint's prompts
         deadline = Deadline(None if exact else self.started_at + self.config.time_budget_s - reserve)
         planned = planned_features(self.config, self.model_path, self.packed, self.encoded, self.encoded_eval,
-                                   self.plan, deadline, self.pad_id, self.accelerator, self.phase, stop.is_set)
+                                   self.plan, deadline, self.pad_id, self.accelerator, self.phase, stop.is_set,
+                                   lower=self.lower)
         self._keep_train(planned.train_kept)
         self._keep_eval(planned.eval_kept)
         self.features, self.eval_features = planned.train, planned.eval
@@ -388,8 +404,9 @@ class _Run:
 
     def _loop(self, stop: StopSignal) -> bool:
         self._outside_loop = sum(self.times.seconds.get(k, 0.0) for k in ("evaluation", "checkpoints"))
-        if self.step == 0 and self.encoded_eval:
-            self.evaluate()  # the untrained baseline, so curves start where training starts
+        if self.step == 0 and self.encoded_eval and self.head_stage is None:
+            self.evaluate()  # the untrained baseline, so curves start where training starts (the top blocks
+            # start from the head's solution, whose evaluation is the last one)
         self.module.train()
         self._fit_to_budget()
         mark = now()
@@ -408,7 +425,8 @@ class _Run:
                 mark = moment
                 self._fit_to_budget()
                 if self.step < self.schedule.total_steps and self._any_process(stop.is_set()):
-                    self.phase(f"stopped at step {self.step}; saving a checkpoint")
+                    self.phase(f"stopped at step {self.step}" + ("; saving a checkpoint" if self.head_stage is None
+                                                                 else " of the top blocks"))
                     self.save_checkpoint()
                     return True
         except torch.OutOfMemoryError:
@@ -417,7 +435,7 @@ class _Run:
                 f"out of memory at batch size {config.batch_size} and max length {config.max_length}; try "
                 f"--batch-size {max(1, config.batch_size // 2)} or --max-length {max(16, config.max_length // 2)}"
             ) from None
-        if self.encoded_eval and (self.last_eval or {}).get("step") != self.step:
+        if self.encoded_eval and (self.last_eval or {}).get("step") != self.shown_step:
             self.evaluate()  # a budget can end the run between two epoch ends
         return False
 
@@ -437,7 +455,7 @@ class _Run:
         stats = _mean_across_processes(self.accelerator, stats, weight)
         elapsed = now() - self.started_at
         self.last_train = {
-            "event": "step", "step": self.step, "total_steps": self.schedule.total_steps,
+            "event": "step", "step": self.shown_step, "total_steps": self.shown_total,
             "epoch": self.step / self.steps_per_epoch, **stats, "lr": self.scheduler.get_last_lr()[0],
             "tokens_per_s": tokens * self.world / step_time if step_time > 0 else 0.0,
             "padded_tokens": padded,
@@ -537,7 +555,7 @@ class _Run:
             metrics = held_out_metrics(self.accelerator, self.module, self.encoded_eval, self.eval_features,
                                        self.pad_id, self.config.batch_size, self._evaluation_deadline(),
                                        self.stop.is_set, lower=self.lower)
-        metrics.update(event="eval", step=self.step, total_steps=self.schedule.total_steps,
+        metrics.update(event="eval", step=self.shown_step, total_steps=self.shown_total,
                        epoch=self.step / self.steps_per_epoch)
         self.budget.record_evaluation(now() - started)
         self.last_eval = metrics
@@ -551,6 +569,8 @@ class _Run:
         if self.plan is None or self.features is not None:
             return None  # head mode: an evaluation reads cached features, milliseconds
         planned = self.plan.seconds.get("evaluation", 0.0) / max(1, self.plan.evaluations)
+        if self.head_stage is not None:  # the top blocks after the head: their own estimate
+            planned = self._top_blocks_seconds()[1]
         end = self.started_at + self.config.time_budget_s - self.budget.save_s
         return Deadline(min(now() + 2 * planned + 1.0, end))
 
@@ -561,6 +581,8 @@ class _Run:
         self._keep_eval(list(range(scored)))
 
     def save_checkpoint(self) -> None:
+        if self.head_stage is not None:
+            return  # the top blocks of --mode auto: a stop keeps the head, nothing to resume
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if self.is_main:
@@ -609,7 +631,7 @@ class _Run:
             self.phase("saving the model")
             with self.times.timed("saving"):
                 self._save(stopped, data_summary)
-            self.emit({"event": "done", "step": self.step, "total_steps": self.schedule.total_steps,
+            self.emit({"event": "done", "step": self.shown_step, "total_steps": self.shown_total,
                        "stopped": stopped, "out_dir": str(self.out_dir), "phase_seconds": self.times.to_dict()})
         accelerator.wait_for_everyone()
 
@@ -641,8 +663,9 @@ class _Run:
                      # "the longer answer wins" on the same held-out pairs, for the model card
                      "eval_length_baseline": _length_baseline(self.eval_groups)},
             "metrics": self.final(),
-            "steps": self.step,
-            "total_steps": self.schedule.total_steps,
+            "steps": self.shown_step,
+            "total_steps": self.shown_total,
+            "auto": self.auto,  # --mode auto: what each stage scored and which was kept
             "stopped": stopped,
             "time_budget_s": config.time_budget_s or None,
             "plan": self.plan.to_dict() if self.plan else None,
@@ -651,12 +674,89 @@ class _Run:
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
+    # -- 6b: --mode auto's second stage (rmcore.training.auto)
+    @property
+    def shown_step(self) -> int:
+        return self.step_offset + self.step
+
+    @property
+    def shown_total(self) -> int:
+        return self.step_offset + self.schedule.total_steps
+
+    def _second_stage_config(self) -> TrainConfig | None:
+        """The top blocks --mode auto may train after the head: with a time budget, on one process."""
+        if self.requested.mode != "auto" or not self.config.time_budget_s or self.world > 1 or self.trunk is not None:
+            return None
+        try:
+            blocks = len(decoder_blocks(self.classifier))
+        except TrainingError:
+            return None  # a trunk whose blocks are not found: head mode only
+        top = self.requested.top_blocks()
+        return replace(top, trainable_layers=min(top.trainable_layers, blocks))
+
+    def _top_blocks_seconds(self) -> tuple[float, float]:
+        """Seconds of one training pass of the top blocks and of one held-out evaluation, from the probe."""
+        share = self.top_config.trainable_layers / len(decoder_blocks(self.classifier))
+        kept = self.lower.has if self.lower is not None else (lambda group: False)
+        forward = self.rates.forward_s_per_token
+        return (top_blocks_seconds(self.encoded, forward, share, kept, training=True),
+                top_blocks_seconds(self.encoded_eval, forward, share, kept, training=False))
+
+    def top_blocks_fit(self) -> bool:
+        """--mode auto after the head: whether a pass of the top blocks and an evaluation fit in the time left."""
+        if self.top_config is None or not self.plan or not (self.last_eval or {}).get("eval_comparisons"):
+            if self.top_config is not None:
+                self.auto = {"kept": "head", "why": "no held-out sample to compare the top blocks on"}
+            return False
+        pass_s, eval_s = self._top_blocks_seconds()
+        left = (self.config.time_budget_s - (now() - self.started_at) - self.rates.save_s
+                - _margin(self.config.time_budget_s))
+        if pass_s + eval_s <= left:
+            return True
+        self.auto = {"kept": "head", "why": f"a pass of the top {self.top_config.trainable_layers} blocks and an "
+                     f"evaluation need about {format_duration(pass_s + eval_s)}; {format_duration(max(0.0, left))} "
+                     "was left"}
+        self.phase(f"auto: head mode only ({self.auto['why']})")
+        return False
+
+    def train_top_blocks(self, stop: StopSignal) -> bool:
+        """Full mode on the top blocks from the head's solution, then the better of the two is kept."""
+        head_config, head_features = self.config, self.features
+        self.phase(f"auto: head mode done (held-out accuracy {self.last_eval['eval_accuracy']:.3f}); now the top "
+                   f"{self.top_config.trainable_layers} blocks from the head's solution, kept if better held out")
+        self.config, self.features, self.eval_features = self.top_config, None, None
+        self.packed, self.trainable = setup_mode(self.config, self.classifier)
+        self.packed.to(self.accelerator.device)
+        self.head_stage = HeadStage.of(self.classifier, self.last_eval, self.last_train, self.step, self.schedule)
+        self.step_offset, self.step = self.step, 0
+        self.prepare(resume=False)
+        self.budget.evaluation_s = self._top_blocks_seconds()[1]  # reserved before the first evaluation
+        try:
+            stopped = self.loop(stop)
+            won, why = top_blocks_won(self.head_stage.eval, self.last_eval, stopped)
+        except TrainingError as exc:  # a loss that became non-finite, or out of memory: the head stands
+            won, why = False, f"the top blocks failed ({exc}), so the head is kept"
+        self.auto = {"kept": "top blocks" if won else "head", "why": why,
+                     "top_blocks": self.config.trainable_layers, "head_eval": self.head_stage.eval,
+                     "top_blocks_eval": self.last_eval, "top_blocks_steps": self.step}
+        if not won:
+            self._back_to_the_head(head_config, head_features)
+        self.phase(f"auto: {why}")
+        return False
+
+    def _back_to_the_head(self, head_config: TrainConfig, head_features) -> None:
+        head = self.head_stage
+        head.restore(self.classifier)
+        self.config, self.features = head_config, head_features
+        self.last_eval, self.last_train = head.eval, head.train
+        self.step, self.step_offset, self.schedule = head.steps, 0, head.schedule
+
     def final(self) -> dict[str, Any]:
         return {"train": {k: v for k, v in self.last_train.items() if k != "event"}, "eval": self.last_eval}
 
     def result(self, stopped: bool) -> TrainResult:
-        total = getattr(self, "schedule", None)
-        return TrainResult(self.out_dir, self.step, total.total_steps if total else 0, stopped, self.history,
+        total = self.shown_total if getattr(self, "schedule", None) else 0
+        return TrainResult(self.out_dir, self.shown_step, total, stopped, self.history,
                            self.final() if self.last_train or self.last_eval else {}, self.is_main,
                            self.groups_seen, self.times.to_dict(), self.plan.to_dict() if self.plan else None)
 
