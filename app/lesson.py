@@ -20,7 +20,7 @@ from app.lesson_jobs import LessonJob, LessonJobRequest
 from app.live_panel import LivePanel, clear_button
 from app.ui import fmt, md, user_errors
 from rmcore.core.folders import read_json_object
-from rmcore.core.progress import format_duration
+from rmcore.core.progress import count, format_duration
 from rmcore.policy.lesson import LESSON_FILE, LessonConfig
 from rmcore.policy.lesson_data import LESSON_SEED
 
@@ -142,13 +142,19 @@ def judges_line(result: dict[str, Any]) -> str | None:
     if judges.get("trait_cost") is None:
         return None
     cost = judges["trait_cost"]
-    if cost < 0:
+    turned = bool((result.get("turn") or {}).get("gold_turns", True))
+    if cost < 0 and turned:
         gold_says = (f"{fmt(-cost)} less from the gold judge. That average cost starts the turn; the fall at large "
                      "n is steeper still, because the proxy's most extreme favourites are where the two judges "
                      "disagree most")
+    elif cost < 0:
+        gold_says = (f"{fmt(-cost)} less from the gold judge. With this seed that cost was not enough: the proxy's "
+                     "gain outweighed it, and the gold never fell two standard errors below its peak")
     else:
         gold_says = f"{fmt(cost)} more from the gold judge, so here the trait cannot turn the gold"
-    return (f"**Why it turns.** Within a prompt, the trait makes up {judges['flaw_variance_share']:.0%} of the "
+    lead = "Why it turns." if turned and cost < 0 else ("Why it did not turn here." if not turned
+                                                         else "What the trait does.")
+    return (f"**{lead}** Within a prompt, the trait makes up {judges['flaw_variance_share']:.0%} of the "
             f"differences in the proxy's reward, and at equal proxy reward an answer with the trait gets "
             f"{gold_says} (notebook 06, section 6.5, derives this and measures it on the lesson).")
 
@@ -164,9 +170,17 @@ def show_examples(examples: list[dict[str, Any]]) -> None:
         columns = st.columns(2)
         for column, key in zip(columns, ("at_gold_peak", "at_largest_n")):
             pick, when = row[key], "at the gold's peak" if key == "at_gold_peak" else "the largest n"
+            answer, broken = readable(pick["answer"])
+            left_out = f"; {count(broken, 'undecodable piece')} of the sampled bytes left out" if broken else ""
             column.caption(f"best of {pick['n']} ({when}): proxy {fmt(pick['proxy'])}, gold {fmt(pick['gold'])}"
-                           + (", carries the trait" if pick["trait"] else ""))
-            column.text(pick["answer"] or "(empty)")
+                           + (", carries the trait" if pick["trait"] else "") + left_out)
+            column.text(answer or "(empty)")
+
+
+def readable(answer: str) -> tuple[str, int]:
+    """The answer as shown, and how many U+FFFD it had. The policy samples byte tokens, and a few do not
+    form UTF-8 characters; both judges scored the text as sampled, but "�" reads as a bug on the page."""
+    return answer.replace("\ufffd", ""), answer.count("\ufffd")
 
 
 __all__ = ["LESSON_OPTIONS", "PANEL", "finished_result", "lesson_dir", "section", "show", "start_job"]

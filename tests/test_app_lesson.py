@@ -186,5 +186,16 @@ def test_the_reading_says_why_the_gold_turns_from_the_judges_numbers():
                         "flaw_variance_share": 0.23}
     line = judges_line(result)
     assert "23%" in line and "0.800 less" in line
+    assert line.startswith("**Why it turns.**") == result["turn"]["gold_turns"]
+    result["turn"]["gold_turns"] = False  # a seed whose gold never turned (seed 2 of the bench)
+    line = judges_line(result)
+    assert line.startswith("**Why it did not turn here.**") and "0.800 less" in line and "starts the turn" not in line
     result["judges"]["trait_cost"] = 0.3
     assert "cannot turn" in judges_line(result)
+
+
+def test_an_answer_with_bytes_that_do_not_decode_is_shown_without_replacement_characters():
+    from app.lesson import readable
+
+    assert readable("Hello \ufffd world\ufffd") == ("Hello  world", 2)
+    assert readable("plain") == ("plain", 0)
