@@ -105,7 +105,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.mode in MODES:
-            self.epochs = DEFAULT_EPOCHS["head" if self.mode == "auto" else self.mode]
+            self.epochs = DEFAULT_EPOCHS[self._defaults_mode()]
+
+    def _defaults_mode(self) -> str:
+        """The mode whose defaults apply: auto starts as head mode (its top blocks have their own)."""
+        return "head" if self.mode == "auto" else self.mode
 
     def head_first(self, device: str | None = None) -> TrainConfig:
         """The first stage of --mode auto: head mode with this run's settings (itself for other modes). On
@@ -142,7 +146,7 @@ class TrainConfig:
         return AUTO_TURNS if self.max_turns == "auto" else (self.max_turns,)
 
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR["head" if self.mode == "auto" else self.mode]
+        return self.lr if self.lr is not None else DEFAULT_LR[self._defaults_mode()]
 
     def lora_scaling_alpha(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_r

@@ -6,8 +6,9 @@ machine's speed and plan every phase (rmcore.training.budget), (4) head mode: co
 features (within the plan: a subset until its deadline, the rest of the time kept for the head, the
 evaluation and the save), (5) optimizer, schedule and accelerate, continuing a checkpoint with
 `resume`, (6) step through length-bucketed batches, evaluating on held-out prompts and
-checkpointing when due, (7) save atomically. `_Run` holds the state those steps share, one
-method per step, and the seconds each phase took.
+checkpointing when due, then under --mode auto the top blocks from the head's solution when a pass
+fits, keeping the better held out (rmcore.training.auto), (7) save atomically. `_Run` holds the
+state those steps share, one method per step, and the seconds each phase took.
 
 `accelerate launch` runs the same code on several processes: each takes its share of every
 epoch's batches (each batch goes to exactly one process) and DDP averages the gradients.
@@ -339,10 +340,12 @@ class _Run:
         return True
 
     def _all_features(self, stop: StopSignal) -> None:
-        compute = self.trunk.features if self.trunk is not None else trunk_features
-        self.features, self.eval_features = compute(
-            self.config, self.model_path, self.packed, self.encoded, self.encoded_eval, self.pad_id,
-            self.accelerator, self.phase, stop.is_set, **({"lower": self.lower} if self.trunk is None else {}))
+        args = (self.config, self.model_path, self.packed, self.encoded, self.encoded_eval, self.pad_id,
+                self.accelerator, self.phase, stop.is_set)
+        if self.trunk is not None:  # an ensemble's member: head mode only, nothing to keep for top blocks
+            self.features, self.eval_features = self.trunk.features(*args)
+        else:
+            self.features, self.eval_features = trunk_features(*args, lower=self.lower)
 
     def _planned_features(self, stop: StopSignal) -> None:
         reserve = self.rates.save_s + self.plan.seconds.get("training", 0.0) + _margin(self.config.time_budget_s)
