@@ -630,6 +630,27 @@ def test_estimate_times_one_batch_and_scales_with_epochs(tiny_model_dir, private
     assert format_duration(75) == "1 min 15 s" and format_duration(3) == "3 s"
 
 
+def test_the_plan_preview_promises_the_top_blocks_the_model_has_only_when_a_pass_fits(tiny_model_dir, private_cache):
+    from dataclasses import replace
+
+    from rmcore.data import split_groups
+    from rmcore.data.encoding import encode_groups
+    from rmcore.model.reward_model import load_tokenizer
+    from rmcore.training.estimate import measure_rates, plan_for
+    from rmcore.training.train import TrainConfig
+
+    train_groups, eval_groups = split_groups(read_preferences(demo_data_path()).groups, 0.2)
+    config = TrainConfig(model=str(tiny_model_dir), mode="auto", time_budget_s=600, max_length=128)
+    rates = measure_rates(config, train_groups)
+    assert rates.blocks == 2
+    assert plan_for(config, train_groups, eval_groups, rates=rates).then_top_blocks == 2, "4 clamped to 2 blocks"
+    tokens = sum(g.num_tokens for g in encode_groups(load_tokenizer(str(tiny_model_dir)), train_groups + eval_groups,
+                                                     128))
+    slow = replace(rates, forward_s_per_token=0.75 * 600 / tokens)  # the features take three quarters of it
+    assert plan_for(config, train_groups, eval_groups, rates=slow).then_top_blocks == 0, \
+        "features that fill most of the budget leave no pass of the top blocks to promise"
+
+
 def test_generate_samples_n_answers_and_best_of_n_takes_the_highest_reward(tiny_model_dir):
     from rmcore.model.reward_model import RewardModel
     from rmcore.policy.generate import Generator, best_of_n

@@ -12,6 +12,7 @@ from rmcore.data import read_preferences, split_groups
 from rmcore.model.reward_model import PackedRewardModel
 from rmcore.model.tiny import build_tiny_model
 from rmcore.training.auto import top_blocks_seconds, top_blocks_won
+from rmcore.training.lower_blocks import LowerBlocks
 from rmcore.training.train import TrainConfig, train
 
 
@@ -115,9 +116,17 @@ def test_auto_runs_both_stages_in_bfloat16_where_the_chip_makes_it_fast(fast_bf1
     assert TrainConfig(mode="head").mixed_precision("cpu") == "no", "head mode alone computes features as scoring"
 
 
-def test_no_time_for_a_pass_of_the_top_blocks_keeps_the_head(six_block_model, demo_split, tmp_path,
-                                                             simulated_machine, private_cache):
+def test_no_time_for_a_pass_of_the_top_blocks_keeps_the_head_and_no_hidden_states(
+        six_block_model, demo_split, tmp_path, simulated_machine, private_cache, monkeypatch):
     train_groups, eval_groups = demo_split
+    kept: list[int] = []
+    keeping = LowerBlocks.keeping
+
+    def spy(self, groups):
+        kept.append(len(groups))
+        return keeping(self, groups)
+
+    monkeypatch.setattr(LowerBlocks, "keeping", spy)
     from rmcore.data.encoding import encode_groups
     from rmcore.model.reward_model import load_tokenizer
 
@@ -132,6 +141,8 @@ def test_no_time_for_a_pass_of_the_top_blocks_keeps_the_head(six_block_model, de
     assert meta["mode"] == "head" and meta["auto"]["kept"] == "head"
     assert "a pass of the top 5 blocks and an evaluation need about" in meta["auto"]["why"]
     assert machine.now - machine.start <= budget
+    assert meta["plan"]["then_top_blocks"] == 0, "the plan did not promise the top blocks"
+    assert not kept, "the features pass kept no hidden states for a pass that could not fit"
 
 
 def test_without_held_out_prompts_auto_stays_head(tiny_model_dir, demo_split, tmp_path, private_cache):

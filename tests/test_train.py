@@ -115,6 +115,26 @@ def test_frozen_lower_blocks_run_once_and_train_the_same_model(mode, tiny_model_
         [e["eval_accuracy"] for e in whole.history if e["event"] == "eval"])
 
 
+def test_frozen_lower_blocks_run_once_under_a_time_budget_too(tiny_model_dir, demo_split, tmp_path, private_cache,
+                                                              monkeypatch):
+    """A budgeted full-mode run on the top blocks keeps its own hidden states (--mode auto's rule of when to
+    keep them is about auto's second stage only)."""
+    from rmcore.training import lower_blocks
+
+    starts = []
+    real_forward = lower_blocks.LowerBlocks.forward
+
+    def counted(self, module, batch, groups):
+        starts.append(self._gather(batch, groups) is not None)
+        return real_forward(self, module, batch, groups)
+
+    monkeypatch.setattr(lower_blocks.LowerBlocks, "forward", counted)
+    train_groups, eval_groups = demo_split
+    train(TrainConfig(model=str(tiny_model_dir), mode="full", epochs=3, trainable_layers=1, time_budget_s=60),
+          train_groups, tmp_path / "rm", eval_groups=eval_groups)
+    assert any(starts), "later passes started from the kept hidden states"
+
+
 def test_more_trainable_layers_than_the_model_has_is_refused(tiny_model_dir, demo_split, tmp_path):
     config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=1, trainable_layers=99)
     with pytest.raises(TrainingError, match="more than the model's"):

@@ -21,6 +21,10 @@ import torch
 from rmcore.data.encoding import EncodedGroup
 
 BACKWARD_FORWARDS = 2.0  # a backward pass costs about two forward passes
+# The plan promises the top blocks (and the head's features pass keeps hidden states for them) only when a
+# pass would fit on a machine this many times faster than the probe measured: a probe of a few seconds
+# can read a busy moment, and a promise missed costs only memory, a promise not made costs the stage.
+HOPE = 1.5
 
 
 def top_blocks_seconds(groups: list[EncodedGroup], forward_s_per_token: float, block_share: float, kept,
@@ -29,6 +33,23 @@ def top_blocks_seconds(groups: list[EncodedGroup], forward_s_per_token: float, b
     hidden state was kept (`kept(group)`) runs only those blocks, another the whole trunk first."""
     top = block_share * (1 + BACKWARD_FORWARDS if training else 1)
     return sum(g.num_tokens * forward_s_per_token * (top if kept(g) else 1 + top) for g in groups)
+
+
+def top_blocks_may_follow(plan, train_groups: list[EncodedGroup], eval_groups: list[EncodedGroup],
+                          block_share: float, margin_s: float) -> bool:
+    """Whether the head's plan (rmcore.training.budget.Plan) leaves time for a pass of the top blocks and an
+    evaluation, at their most hopeful: every hidden state kept, a machine HOPE times faster than measured.
+    If not, nothing is kept for them, since the kept states cost up to LowerBlocks.MAX_BYTES of memory."""
+    forward = plan.rates_forward
+    sample = [eval_groups[i] for i in plan.eval_indices] or eval_groups
+    need = (top_blocks_seconds(train_groups, forward, block_share, _always, training=True)
+            + top_blocks_seconds(sample, forward, block_share, _always, training=False))
+    left = plan.budget_s - plan.spent_s - sum(plan.seconds.values()) - margin_s
+    return need <= HOPE * left
+
+
+def _always(group: EncodedGroup) -> bool:
+    return True
 
 
 @dataclass

@@ -40,6 +40,11 @@ SAVE_BYTES_PER_S = 150e6  # writing safetensors, tokenizer and the atomic rename
 EVAL_SHARE = 0.15  # of the time left after loading: every held-out evaluation of the run together
 MARGIN_SHARE = 0.03  # of the budget, kept free for what no probe measures (Python, the file system)
 MIN_MARGIN_S = 1.0
+
+
+def margin_seconds(budget_s: float | None) -> float:
+    """Seconds of a budget kept free for what no probe measures."""
+    return max(MIN_MARGIN_S, MARGIN_SHARE * budget_s) if budget_s else 0.0
 CUT_GAIN = 1.1  # a cut to the last turns must fit this many times the comparisons of the longer context
 MIN_EVAL_PROMPTS = 4  # a held-out sample smaller than this says nothing; it is then the whole set or none
 
@@ -194,8 +199,7 @@ def _usable_order(encoded: list[EncodedGroup], rng: random.Random) -> list[int]:
 
 
 def _time_left(config, spent_s: float) -> float:
-    budget = config.time_budget_s
-    return budget - spent_s - max(MIN_MARGIN_S, MARGIN_SHARE * budget)
+    return config.time_budget_s - spent_s - margin_seconds(config.time_budget_s)
 
 
 def _take_while(order: list[int], cost: list[float], room: float, minimum: int = 0) -> list[int]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rmcore.core.errors import TrainingError
 from rmcore.core.progress import format_duration
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, encode_groups, encode_last_turns
@@ -27,19 +28,21 @@ from rmcore.model.batching import pack_groups
 from rmcore.model.device import autocast, autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key
 from rmcore.model.reward_model import load_sequence_classifier, load_tokenizer, resolve_model_path
+from rmcore.training.auto import top_blocks_may_follow
 from rmcore.training.budget import (
     HEAD_STEP_S,
     SAVE_BYTES_PER_S,
     Plan,
     Rates,
     choose_cut,
+    margin_seconds,
     mark_cut,
     now,
     plan_run,
     save_seconds,
 )
 from rmcore.training.config import TrainConfig
-from rmcore.training.modes import setup_mode
+from rmcore.training.modes import decoder_blocks, setup_mode
 
 PROBE_S = 3.0  # the few seconds a budgeted run spends measuring its speed before it plans
 PROBE_TOKENS = 1024  # tokens of the probe's batch: about 1.5 s forward and 6 s for a full step (SmolLM2, 2 cores)
@@ -56,6 +59,7 @@ class StepRates:
     forward_s_per_token: float  # inference (features, held-out evaluation)
     train_s_per_token: float  # forward + backward + optimizer step (0 for head mode: it trains on features)
     parameters: int  # parameters saved at the end (for the save time)
+    blocks: int = 0  # the trunk's transformer blocks (0: not found), for --mode auto's top blocks
 
 
 @dataclass
@@ -128,7 +132,15 @@ def measure_rates(
     forward_s, train_s = _time_batch(config, packed, trainable, batch, device, lambda: autocast(device, mixed),
                                      step=True)
     tokens = max(1, batch.real_tokens)
-    return StepRates(name, config.mode, device, load_s, forward_s / tokens, train_s / tokens, parameters)
+    return StepRates(name, config.mode, device, load_s, forward_s / tokens, train_s / tokens, parameters,
+                     _block_count(classifier))
+
+
+def _block_count(classifier) -> int:
+    try:
+        return len(decoder_blocks(classifier))
+    except TrainingError:
+        return 0
 
 
 def probe_rates(config: TrainConfig, packed, trainable, encoded: list[EncodedGroup], pad_id: int,
@@ -240,10 +252,12 @@ def plan_for(config: TrainConfig, train_groups: list[RankedGroup], eval_groups: 
     budget_rates = Rates(rates.forward_s_per_token, rates.train_s_per_token, save_seconds(rates.parameters),
                          save_seconds(3 * rates.parameters) if config.mode == "full" else 1.0)
     whole: dict[str, list[EncodedGroup]] = {}
+    cuts: dict[int | None, tuple[list[EncodedGroup], list[EncodedGroup]]] = {}
 
     def plan_of(n: int | None) -> Plan:  # as the run plans each cut of --max-turns (rmcore.training.train)
         encoded = encode_last_turns(tokenizer, train_groups, n, config.max_length, whole.get("train"))[1]
         encoded_eval = encode_last_turns(tokenizer, eval_groups or [], n, config.max_length, whole.get("eval"))[1]
+        cuts[n] = encoded, encoded_eval
         if n is None:
             whole.update(train=encoded, eval=encoded_eval)
         plan = plan_run(config, encoded, encoded_eval, budget_rates, spent_s=rates.load_s + PROBE_S,
@@ -252,8 +266,11 @@ def plan_for(config: TrainConfig, train_groups: list[RankedGroup], eval_groups: 
         return mark_cut(plan, n, encoded + encoded_eval, whole["train"] + whole["eval"] if whole else None)
 
     plan = choose_cut(config.turns_to_try(), plan_of)
-    if requested.mode == "auto" and plan.eval_prompts_total:  # as the run says (rmcore.training.train)
-        plan.then_top_blocks = requested.top_blocks().trainable_layers
+    top = min(requested.top_blocks().trainable_layers, rates.blocks)  # the run clamps N to the blocks there are
+    if requested.mode == "auto" and plan.eval_prompts_total and top:  # as the run says (rmcore.training.train)
+        margin = margin_seconds(config.time_budget_s)
+        if top_blocks_may_follow(plan, *cuts[plan.max_turns], top / rates.blocks, margin):
+            plan.then_top_blocks = top
     return plan
 
 

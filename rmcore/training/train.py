@@ -47,16 +47,15 @@ from rmcore.model.batching import length_bucketed_batches, pack_groups, split_by
 from rmcore.model.device import autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key, model_key
 from rmcore.model.reward_model import load_sequence_classifier, resolve_model_path, save_reward_model, unwrap_classifier
-from rmcore.training.auto import HeadStage, top_blocks_seconds, top_blocks_won
+from rmcore.training.auto import HeadStage, top_blocks_may_follow, top_blocks_seconds, top_blocks_won
 from rmcore.training.budget import (
-    MARGIN_SHARE,
-    MIN_MARGIN_S,
     Deadline,
     PhaseTimes,
     Plan,
     Rates,
     StepBudget,
     choose_cut,
+    margin_seconds,
     mark_cut,
     now,
     plan_run,
@@ -263,8 +262,11 @@ class _Run:
         self._use_cut(self.plan.max_turns)
         if resume:
             self._keep_the_checkpoints_prompts()
-        if self.top_config is not None and self.plan.eval_prompts_total:
-            self.plan.then_top_blocks = self.top_config.trainable_layers
+        if self.top_config is not None:  # --mode auto
+            if self.plan.eval_prompts_total and self._top_blocks_may_follow():
+                self.plan.then_top_blocks = self.top_config.trainable_layers
+            else:
+                self.lower = None  # no pass of the top blocks will use kept hidden states: keep none
         self.phase(self.plan.describe())
         if not self.plan.fits:
             raise TrainingError(self.plan.refusal())
@@ -348,7 +350,8 @@ class _Run:
             self.features, self.eval_features = trunk_features(*args, lower=self.lower)
 
     def _planned_features(self, stop: StopSignal) -> None:
-        reserve = self.rates.save_s + self.plan.seconds.get("training", 0.0) + _margin(self.config.time_budget_s)
+        reserve = (self.rates.save_s + self.plan.seconds.get("training", 0.0)
+                   + margin_seconds(self.config.time_budget_s))
         exact = getattr(self, "resumed_keys", False)  # a resumed run needs exactly its checkpoint's prompts
         deadline = Deadline(None if exact else self.started_at + self.config.time_budget_s - reserve)
         planned = planned_features(self.config, self.model_path, self.packed, self.encoded, self.encoded_eval,
@@ -393,7 +396,8 @@ class _Run:
             self.schedule.total_steps = self.max_steps  # --epochs may differ from the checkpoint's run
             self.phase(f"resumed from step {self.step}")
         save_s = self.rates.save_s if self.rates else save_seconds(sum(p.numel() for p in self.classifier.parameters()))
-        self.budget = StepBudget(config.time_budget_s, self.started_at, save_s + _margin(config.time_budget_s))
+        self.budget = StepBudget(config.time_budget_s, self.started_at,
+                                 save_s + margin_seconds(config.time_budget_s))
 
     # -- 5: the loop
     def loop(self, stop: StopSignal) -> bool:
@@ -705,6 +709,11 @@ class _Run:
         return (top_blocks_seconds(self.encoded, forward, share, kept, training=True),
                 top_blocks_seconds(self.encoded_eval, forward, share, kept, training=False))
 
+    def _top_blocks_may_follow(self) -> bool:
+        share = self.top_config.trainable_layers / len(decoder_blocks(self.classifier))
+        return top_blocks_may_follow(self.plan, self.encoded, self.encoded_eval, share,
+                                     margin_seconds(self.config.time_budget_s))
+
     def top_blocks_fit(self) -> bool:
         """--mode auto after the head: whether a pass of the top blocks and an evaluation fit in the time left."""
         if self.top_config is None or not self.plan or not (self.last_eval or {}).get("eval_comparisons"):
@@ -713,7 +722,7 @@ class _Run:
             return False
         pass_s, eval_s = self._top_blocks_seconds()
         left = (self.config.time_budget_s - (now() - self.started_at) - self.rates.save_s
-                - _margin(self.config.time_budget_s))
+                - margin_seconds(self.config.time_budget_s))
         if pass_s + eval_s <= left:
             return True
         self.auto = {"kept": "head", "why": f"a pass of the top {self.top_config.trainable_layers} blocks and an "
@@ -798,9 +807,6 @@ def _accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
         return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
-def _margin(budget_s: float) -> float:
-    """Seconds of a budget kept free for what no probe measures (rmcore.training.budget)."""
-    return max(MIN_MARGIN_S, MARGIN_SHARE * budget_s) if budget_s else 0.0
 
 
 def _due(step: int, every: int) -> bool:
