@@ -73,6 +73,30 @@ def test_full_mode_keeps_its_budget_when_every_token_costs_three_times_more(tiny
     assert RewardModel.load(tmp_path / "rm", device="cpu").trained
 
 
+def test_steps_added_at_the_last_step_train_at_a_rate_above_zero(tiny_model_dir, demo_split, tmp_path,
+                                                                 simulated_machine, private_cache, monkeypatch):
+    """The budget refits the last step after every step. When it moves it later at the planned last step
+    (the machine got faster), the first added step must train at the new schedule's rate, not at the old
+    schedule's final rate of zero, which would waste it."""
+    from rmcore.training.budget import StepBudget
+
+    def grows_at_step_6(self, step, max_steps, *args, **kwargs):
+        return 6 if step < 6 else 9
+
+    monkeypatch.setattr(StepBudget, "steps_that_fit", grows_at_step_6)
+    machine = simulated_machine(cost=0.0001)
+    train_groups, eval_groups = demo_split
+    events: list[dict] = []
+    config = TrainConfig(model=str(tiny_model_dir), mode="full", epochs=20, batch_size=2, lr=1e-3,
+                         warmup_ratio=0.0, time_budget_s=600.0)
+    result = train(config, train_groups, tmp_path / "rm", eval_groups=eval_groups, on_step=events.append,
+                   started_at=machine())
+    rates = [e["lr"] for e in events if e["event"] == "step"]
+    assert result.steps == 9 and len(rates) == 9
+    assert rates[:6] == pytest.approx([1e-3 * (6 - k) / 6 for k in range(6)])  # the decay planned for 6 steps
+    assert rates[6:] == pytest.approx([1e-3 * (9 - k) / 9 for k in range(6, 9)])  # then the one for 9
+
+
 def test_an_evaluation_that_runs_out_of_time_is_kept_partial_and_the_sample_shrinks(
         tiny_model_dir, demo_path, tmp_path, simulated_machine, private_cache):
     groups = read_preferences(demo_path).groups

@@ -393,7 +393,7 @@ class _Run:
             self.optimizer.load_state_dict(saved["optimizer"])
             self.scheduler.load_state_dict(saved["scheduler"])
             self.step, self.history = int(state["step"]), list(state.get("history", []))
-            self.schedule.total_steps = self.max_steps  # --epochs may differ from the checkpoint's run
+            self._set_total_steps(self.max_steps)  # --epochs may differ from the checkpoint's run
             self.phase(f"resumed from step {self.step}")
         save_s = self.rates.save_s if self.rates else save_seconds(sum(p.numel() for p in self.classifier.parameters()))
         self.budget = StepBudget(config.time_budget_s, self.started_at,
@@ -448,6 +448,7 @@ class _Run:
 
     def train_one_step(self) -> None:
         batch_groups, weight = self._share_of_step()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step trains at
         started = now()
         stats, tokens, padded = self._forward_backward(batch_groups, weight)
         if self.config.max_grad_norm:
@@ -463,7 +464,7 @@ class _Run:
         elapsed = now() - self.started_at
         self.last_train = {
             "event": "step", "step": self.shown_step, "total_steps": self.shown_total,
-            "epoch": self.step / self.steps_per_epoch, **stats, "lr": self.scheduler.get_last_lr()[0],
+            "epoch": self.step / self.steps_per_epoch, **stats, "lr": lr,
             "tokens_per_s": tokens * self.world / step_time if step_time > 0 else 0.0,
             "padded_tokens": padded,
             "comparisons_per_s": stats["comparisons"] * self.world / step_time if step_time > 0 else 0.0,
@@ -615,7 +616,18 @@ class _Run:
         # Fewer steps at once (the run must end on time); more only for a gain of two or more, so
         # noise in the step times does not move the end of the schedule back and forth.
         if fitted < current or fitted > current + 1:
-            self.schedule.total_steps = fitted
+            self._set_total_steps(fitted)
+
+    def _set_total_steps(self, total: int) -> None:
+        """Move the schedule's last step, and set the coming step's learning rate from the new schedule.
+
+        The scheduler computes a step's rate at the end of the step before, from the total it knew then:
+        without this, a run whose total grows at its last step would train one more step at rate 0.
+        """
+        self.schedule.total_steps = total
+        factor = self.schedule(self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
 
     def _any_process(self, flag: bool) -> bool:
         """True when `flag` is set on any process (all must stop at the same step, or DDP hangs)."""
