@@ -138,3 +138,20 @@ def test_the_benchmark_uses_only_rmcores_public_names():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rmcore"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"bench/{name} imports {private} from {node.module}"
+
+
+@pytest.mark.slow  # two fresh Python processes, each training a tiny model for a few seconds
+def test_the_throughput_bench_trains_each_setting_in_its_own_process_and_gives_ratios(tiny_model_dir, demo_path,
+                                                                                      tmp_path, capsys):
+    import throughput
+
+    code = throughput.main(["--model", str(tiny_model_dir), "--data", str(demo_path), "--budget", "20s",
+                            "--rounds", "1", "--settings", "filed,default", "--results", str(tmp_path)])
+    assert code == 0
+    record = json.loads(next(tmp_path.glob("*_throughput.json")).read_text())
+    runs = {run["setting"]: run for run in record["runs"]}
+    assert set(runs) == {"filed", "default"} and not any("failed" in run for run in runs.values())
+    assert runs["filed"]["trained_at"] == "no" and runs["filed"]["max_turns_used"] == "all"
+    assert all(run["comparisons"] > 0 and 0 < run["wall_s"] <= 20 * 1.1 + 15 for run in runs.values())
+    assert record["summary"]["filed"]["ratio_to_filed"] == 1.0 and set(record["summary"]) == {"filed", "default"}
+    assert "| default |" in capsys.readouterr().out

@@ -120,6 +120,8 @@ def test_a_time_budget_ends_on_time_with_a_decayed_schedule_and_a_finished_model
     # each step records the rate it trained at: the last one the smallest of the decay, whose next is 0
     decay = [e["lr"] for e in steps[1:]]
     assert steps[-1]["lr"] == min(decay) > 0
+    # before a step was timed, the run planned the plan's steps, not every epoch's (its warm-up, its bar)
+    assert steps[0]["total_steps"] == json.loads((tmp_path / "rm" / "rmcore.json").read_text())["plan"]["steps"]
     meta = json.loads((tmp_path / "rm" / "rmcore.json").read_text())
     assert meta["elapsed_s"] <= 60 and meta["time_budget_s"] == 60 and not meta["stopped"]
     evals = [e for e in events if e["event"] == "eval"]

@@ -611,6 +611,11 @@ class _Run:
             return
         fitted = self.budget.steps_that_fit(self.step, self.max_steps, self.steps_per_epoch, bool(self.encoded_eval),
                                             self._tokens_of_step)
+        planned = self.plan.steps if self.plan is not None and self.plan.mode == self.config.mode else 0
+        if self.step == 0 and not self.budget.step_times and planned:
+            # Before a step is timed, the plan's steps (from the probe), not every epoch's: the warm-up and the
+            # first rates are then those of a run this long, and the progress bar starts at a likely total
+            fitted = min(fitted, planned)
         fitted = int(self._agree_across_processes(fitted))
         current = self.schedule.total_steps
         # Fewer steps at once (the run must end on time); more only for a gain of two or more, so
