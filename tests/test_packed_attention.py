@@ -46,6 +46,32 @@ def test_structured_attention_equals_the_dense_block_mask_in_values_and_gradient
     assert tiny.model.config._attn_implementation == "sdpa"  # switched only for the packed call
 
 
+@pytest.mark.parametrize("structured", [True, False])
+def test_one_row_of_several_groups_equals_a_row_each_in_values_and_gradients(tiny, structured):
+    """Training's rows of several groups: no padding, and no group sees another (dense mask or structured)."""
+    groups = groups_of(tiny)
+    rows = pack_groups(groups, tiny.tokenizer.pad_token_id)
+    one = pack_groups(groups, tiny.tokenizer.pad_token_id, row_tokens=10_000)
+    assert one.input_ids.shape == (1, sum(g.num_tokens for g in groups)) and one.group_sizes == rows.group_sizes
+    expected, expected_grads = rewards_and_grads(tiny, rows, rows.layout)
+    got, got_grads = rewards_and_grads(tiny, one, one.layout if structured else None)
+    assert got.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert set(got_grads) == set(expected_grads)
+    for name, grad in expected_grads.items():
+        scale = grad.abs().max().clamp_min(1e-12)
+        assert ((got_grads[name] - grad).abs().max() / scale) < 1e-4, name
+
+
+def test_rows_of_several_groups_stop_at_the_row_budget(tiny):
+    groups = groups_of(tiny)  # a row budget of the first two groups' tokens puts the third in a row of its own
+    budget = groups[0].num_tokens + groups[1].num_tokens
+    batch = pack_groups(groups, tiny.tokenizer.pad_token_id, row_tokens=budget)
+    assert batch.layout.groups_per_row == [2, 1] and batch.input_ids.shape[1] == max(budget, groups[2].num_tokens)
+    single = pack_groups(groups, tiny.tokenizer.pad_token_id, row_tokens=1)  # every group is longer: a row each
+    assert single.layout.groups_per_row == [1, 1, 1]
+    assert torch.equal(single.input_ids, pack_groups(groups, tiny.tokenizer.pad_token_id).input_ids)
+
+
 def test_scoring_uses_the_structured_path_and_matches_plain_transformers(tiny):
     enc = tiny.encode("How do I keep bread fresh?", ["Wrap it.", "Freeze slices.", "No."])
     seqs = [enc.prompt_ids + r for r in enc.response_ids]

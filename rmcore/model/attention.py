@@ -36,10 +36,14 @@ _registered = False
 
 @dataclass
 class PackedLayout:
-    """Each packed row's prompt length and response lengths, in row order (the rest is padding)."""
+    """Each packed group's prompt length and response lengths, in row order (the rest is padding).
 
-    prompt_lengths: list[int]  # (B,) prompt tokens in the row (after the cached prefix, if any)
-    response_lengths: list[list[int]]  # (B, K_b)
+    A row holds one group, or with `groups_per_row` several, one after the other (training's rows of
+    several groups, rmcore.model.batching)."""
+
+    prompt_lengths: list[int]  # (G,) prompt tokens of each group (after the cached prefix, if any)
+    response_lengths: list[list[int]]  # (G, K_g)
+    groups_per_row: list[int] | None = None  # (B,) groups in each row; None: one each
     masks: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)  # made once, used by every layer
     prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)  # per layer, B == 1
     record: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)  # layer -> kv
@@ -54,6 +58,14 @@ class PackedLayout:
 
     def to(self, device) -> PackedLayout:
         return self  # plain lengths; masks are made on the device that asks for them
+
+    def rows(self) -> list[list[tuple[int, list[int]]]]:
+        """Each row's groups, as (prompt length, response lengths)."""
+        groups = list(zip(self.prompt_lengths, self.response_lengths))
+        if self.groups_per_row is None:
+            return [[group] for group in groups]
+        starts = [sum(self.groups_per_row[:row]) for row in range(len(self.groups_per_row))]
+        return [groups[start : start + n] for start, n in zip(starts, self.groups_per_row)]
 
 
 def _sdpa(query, key, value, *, mask, causal: bool, dropout: float, scaling):
@@ -81,38 +93,50 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     length = query.shape[2]
-    rows = []
+    out = []
     # split/unbind rather than slicing: their backward is one cat/stack, not a zero-filled copy per slice
-    for p, responses, q, k, v in zip(layout.prompt_lengths, layout.response_lengths, query.unbind(0),
-                                     key.unbind(0), value.unbind(0)):
-        sizes = [p, *responses]
+    for groups, q, k, v in zip(layout.rows(), query.unbind(0), key.unbind(0), value.unbind(0)):
+        sizes = [n for p, responses in groups for n in (p, *responses)]
         pad = length - sum(sizes)
         q_parts = q.split(sizes + [pad] if pad else sizes, dim=1)  # (H, n, D) each
         k_parts = k.split(sizes + [pad] if pad else sizes, dim=1)  # (Hkv, n, D) each
         v_parts = v.split(sizes + [pad] if pad else sizes, dim=1)
-        k_prompt, v_prompt = k_parts[0][None], v_parts[0][None]  # (1, Hkv, p, D)
-        cached = 0
-        if layout.prefix is not None:  # keys/values of the prompt's first tokens, from an earlier call
-            k_cached, v_cached = layout.prefix[module.layer_idx]
-            cached = k_cached.shape[2]
-            k_prompt = torch.cat([k_cached.to(k_prompt.dtype), k_prompt], dim=2)  # (1, Hkv, cached + p, D)
-            v_prompt = torch.cat([v_cached.to(v_prompt.dtype), v_prompt], dim=2)
-        if layout.record is not None:
-            layout.record[module.layer_idx] = (k_prompt, v_prompt)
-        parts = []
-        if p:
-            parts.append(_sdpa(q_parts[0][None], k_prompt, v_prompt,
-                               mask=layout.mask(cached, p, query.device) if cached else None, causal=not cached,
-                               dropout=dropout, scaling=scaling)[0])  # (H, p, D)
-        for n, r in enumerate(responses, start=1):
-            keys = torch.cat([k_prompt, k_parts[n][None]], dim=2)  # (1, Hkv, cached + p + r, D)
-            values = torch.cat([v_prompt, v_parts[n][None]], dim=2)
-            parts.append(_sdpa(q_parts[n][None], keys, values, mask=layout.mask(cached + p, r, query.device),
-                               causal=False, dropout=dropout, scaling=scaling)[0])  # (H, r, D)
+        parts, at = [], 0
+        for p, responses in groups:
+            span = slice(at, at + 1 + len(responses))
+            parts += _group_attention(module, layout, q_parts[span], k_parts[span], v_parts[span], p, responses,
+                                      dropout, scaling)
+            at = span.stop
         if pad:  # padding: its output is never read
             parts.append(query.new_zeros(query.shape[1], pad, query.shape[3]))
-        rows.append(torch.cat(parts, dim=1))  # (H, L, D)
-    return torch.stack(rows).transpose(1, 2), None  # (B, L, H, D)
+        out.append(torch.cat(parts, dim=1))  # (H, L, D)
+    return torch.stack(out).transpose(1, 2), None  # (B, L, H, D)
+
+
+def _group_attention(module, layout: PackedLayout, q_parts, k_parts, v_parts, p: int, responses: list[int],
+                     dropout: float, scaling) -> list[torch.Tensor]:
+    """One group's outputs, (H, n, D) per part: the prompt causally, each response over the prompt and itself."""
+    device = q_parts[0].device
+    k_prompt, v_prompt = k_parts[0][None], v_parts[0][None]  # (1, Hkv, p, D)
+    cached = 0
+    if layout.prefix is not None:  # keys/values of the prompt's first tokens, from an earlier call
+        k_cached, v_cached = layout.prefix[module.layer_idx]
+        cached = k_cached.shape[2]
+        k_prompt = torch.cat([k_cached.to(k_prompt.dtype), k_prompt], dim=2)  # (1, Hkv, cached + p, D)
+        v_prompt = torch.cat([v_cached.to(v_prompt.dtype), v_prompt], dim=2)
+    if layout.record is not None:
+        layout.record[module.layer_idx] = (k_prompt, v_prompt)
+    parts = []
+    if p:
+        mask = layout.mask(cached, p, device) if cached else None
+        parts.append(_sdpa(q_parts[0][None], k_prompt, v_prompt, mask=mask, causal=not cached, dropout=dropout,
+                           scaling=scaling)[0])  # (H, p, D)
+    for n, r in enumerate(responses, start=1):
+        keys = torch.cat([k_prompt, k_parts[n][None]], dim=2)  # (1, Hkv, cached + p + r, D)
+        values = torch.cat([v_prompt, v_parts[n][None]], dim=2)
+        parts.append(_sdpa(q_parts[n][None], keys, values, mask=layout.mask(cached + p, r, device),
+                           causal=False, dropout=dropout, scaling=scaling)[0])  # (H, r, D)
+    return parts
 
 
 def _uses_sdpa(config) -> bool:

@@ -24,7 +24,7 @@ from rmcore.core.errors import TrainingError
 from rmcore.core.progress import format_duration
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, encode_groups, encode_last_turns
-from rmcore.model.batching import pack_groups
+from rmcore.model.batching import ROW_TOKENS, pack_groups
 from rmcore.model.device import autocast, autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key
 from rmcore.model.reward_model import load_sequence_classifier, load_tokenizer, resolve_model_path
@@ -124,7 +124,7 @@ def measure_rates(
     usable = [g for g in groups if g.pairs()] or groups
     size = max(1, min(sample_groups, config.batch_size, len(usable)))
     encoded = encode_groups(tokenizer, usable[: max(size * 8, 64)], config.max_length)
-    batch = pack_groups(_sample_batch(encoded, size), tokenizer.pad_token_id).to(device)
+    batch = pack_groups(_sample_batch(encoded, size), tokenizer.pad_token_id, row_tokens=_row_tokens(config)).to(device)
     parameters = sum(p.numel() for p in classifier.parameters())  # what is saved (LoRA is merged)
     packed, trainable = setup_mode(config, classifier)
     packed.to(device)
@@ -151,12 +151,18 @@ def probe_rates(config: TrainConfig, packed, trainable, encoded: list[EncodedGro
     batch of random groups (`PROBE_TOKENS`), and for lora and full a forward and backward pass whose gradients are
     then dropped, so the weights, the optimizer and the random state are as before.
     """
-    batch = pack_groups(_random_batch(encoded, PROBE_TOKENS, config.seed), pad_id)
+    batch = pack_groups(_random_batch(encoded, PROBE_TOKENS, config.seed), pad_id, row_tokens=_row_tokens(config))
     forward_s, train_s = _time_batch(config, packed, trainable, batch.to(accelerator.device),
                                      accelerator.device.type, accelerator.autocast, step=False,
                                      warm_up=pack_groups([min(encoded, key=lambda g: g.num_tokens)], pad_id))
     tokens = max(1, batch.real_tokens)
     return forward_s / tokens, train_s / tokens
+
+
+def _row_tokens(config: TrainConfig) -> int | None:
+    """Pack as the run will: lora and full train on rows of several groups, head mode's features pass runs
+    a row per group (rmcore.model.batching)."""
+    return ROW_TOKENS if config.mode != "head" else None
 
 
 def _time_batch(config: TrainConfig, packed, trainable, batch, device: str, autocast_context,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rmcore.data.encoding import EncodedGroup
-from rmcore.model.batching import pack_groups
+from rmcore.model.batching import ROW_TOKENS, pack_groups
 from rmcore.training.budget import Deadline
 from rmcore.training.features import response_offsets
 from rmcore.training.loss import bradley_terry_loss, pair_index
@@ -55,7 +55,8 @@ def _rewards(accelerator, model, groups: list[EncodedGroup], eval_features, firs
     if eval_features is not None:
         n = sum(len(g.response_ids) for g in groups)
         return model(eval_features[first_row : first_row + n]).squeeze(-1).float()
-    batch = pack_groups(groups, pad_id).to(accelerator.device)
+    row_tokens = ROW_TOKENS if lower is None else None  # kept hidden states are a row per group
+    batch = pack_groups(groups, pad_id, row_tokens=row_tokens).to(accelerator.device)
     with accelerator.autocast():
         return lower.forward(model, batch, groups) if lower is not None else model(batch)
 

@@ -43,7 +43,7 @@ from rmcore.core.progress import format_duration
 from rmcore.core.stop import StopSignal
 from rmcore.data import RankedGroup
 from rmcore.data.encoding import EncodedGroup, count_truncated, encode_last_turns
-from rmcore.model.batching import length_bucketed_batches, pack_groups, split_by_tokens
+from rmcore.model.batching import ROW_TOKENS, length_bucketed_batches, pack_groups, split_by_tokens
 from rmcore.model.device import autodetect_device
 from rmcore.model.feature_cache import FeatureCache, group_key, model_key
 from rmcore.model.reward_model import load_sequence_classifier, resolve_model_path, save_reward_model, unwrap_classifier
@@ -510,7 +510,8 @@ class _Run:
             index = torch.tensor(rows, device=self.accelerator.device)
             rewards = self.module(self.features[index]).squeeze(-1).float()
             return rewards, groups, sum(g.num_tokens for g in groups), 0
-        batch = pack_groups(groups, self.pad_id).to(self.accelerator.device)
+        row_tokens = ROW_TOKENS if self.lower is None else None  # kept hidden states are a row per group
+        batch = pack_groups(groups, self.pad_id, row_tokens=row_tokens).to(self.accelerator.device)
         rewards = self.lower.forward(self.module, batch, groups) if self.lower is not None else self.module(batch)
         return rewards, groups, batch.real_tokens, batch.input_ids.numel()
 
