@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/throughput.py                        # HH helpful, 5-minute budgets, 2 rounds
     .venv/bin/python bench/throughput.py --budget 3m --rounds 1 --data ../shared/data/oasst/en_100_tree.jsonl
+    .venv/bin/python bench/throughput.py --filed-at 288a3eb   # `filed` also runs that commit's rmcore
 
 Each setting trains full mode on the file under `--time-budget`, as `rmcore train DATA --mode full
 --time-budget B` does (the same library call, the CLI's 10% held out by prompt, seed 0), in a process of
 its own, in turns (filed, bfloat16, default, filed, ...) so that a change in the machine's load hits
 every setting alike:
-- filed: `--precision float32 --max-turns all`, what a full-mode run did when the issue was filed;
+- filed: `--precision float32 --max-turns all`, what a full-mode run did when the issue was filed
+  (with `--filed-at COMMIT`, also rmcore's code as it was at that commit, from a temporary worktree);
 - bfloat16: `--precision auto --max-turns all` (bfloat16 autocast where the chip makes it fast);
 - default: `--precision auto --max-turns auto`, today's defaults (a budget that cannot cover every
   comparison may cut dialogues to their last turns, see rmcore/training/budget.py).
@@ -21,6 +23,7 @@ Results go to bench/results/ (JSON and Markdown).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -44,6 +47,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "helpful-base-test.
 
 def one_run(data: str, setting: str, budget_s: float, model: str, out: str) -> dict:
     """One `rmcore train --mode full --time-budget` of `setting`, in this process; what it trained."""
+    import rmcore
     from rmcore.data import read_preferences, split_groups
     from rmcore.training.train import TrainConfig, train
 
@@ -62,18 +66,47 @@ def one_run(data: str, setting: str, budget_s: float, model: str, out: str) -> d
         "max_turns_used": meta.get("max_turns"), "wall_s": time.perf_counter() - started,
         "cpu_s": time.process_time() - cpu_started, "phase_seconds": meta.get("phase_seconds"),
         "eval_accuracy": final_eval.get("eval_accuracy"), "eval_accuracy_se": final_eval.get("eval_accuracy_se"),
-        "eval_comparisons": final_eval.get("eval_comparisons"),
+        "eval_comparisons": final_eval.get("eval_comparisons"), "rmcore_file": rmcore.__file__,
     }
 
 
-def run_in_child(args, setting: str) -> dict:
+def run_in_child(args, setting: str, source: Path | None = None) -> dict:
+    """One run in a fresh process; `source`: a checkout whose rmcore the run imports instead of this one's."""
     with tempfile.TemporaryDirectory(prefix="rmcore-throughput-") as tmp:
         command = [sys.executable, __file__, "--one", setting, "--data", str(args.data), "--budget", args.budget,
                    "--model", args.model, "--out", str(Path(tmp) / "model")]
+        if source is not None:
+            command += ["--source", str(source)]
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"setting": setting, "failed": proc.stderr.strip().splitlines()[-1:] or ["no output"]}
         return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def all_runs(args, chosen: list[str], filed_source: Path | None) -> list[dict]:
+    runs = []
+    for round_ in range(args.rounds):
+        for setting in chosen:
+            run = run_in_child(args, setting, filed_source if setting == "filed" else None)
+            runs.append(run)
+            rate = "failed" if "failed" in run else f"{per_cpu_minute(run):.1f} comparisons per CPU-minute"
+            print(f"round {round_ + 1}, {setting}: {rate}", flush=True)
+    return runs
+
+
+@contextlib.contextmanager
+def filed_checkout(commit: str | None):
+    """A temporary git worktree of `commit` (None: no checkout, every setting runs this checkout's rmcore)."""
+    if commit is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="rmcore-filed-") as tmp:
+        subprocess.run(["git", "worktree", "add", "--detach", tmp, commit], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            yield Path(tmp)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", tmp], cwd=ROOT, capture_output=True)
 
 
 def per_cpu_minute(run: dict) -> float:
@@ -120,9 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated: " + ", ".join(SETTINGS))
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"), help="'' to write nothing")
+    parser.add_argument("--filed-at", metavar="COMMIT",
+                        help="run `filed` with rmcore as it was at this commit (a temporary git worktree), so the "
+                             "ratio also counts what changed in the code, not only in the settings")
     parser.add_argument("--one", choices=list(SETTINGS), help=argparse.SUPPRESS)  # a child process: one run
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.source:
+        sys.path.insert(0, args.source)
     from rmcore.training.config import parse_duration
 
     budget_s = parse_duration(args.budget)
@@ -133,13 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     head = {"date": time.strftime("%Y-%m-%d %H:%M"), "git": git_info(), "machine": machine_info("cpu"),
             "load_before": load_average(), "stamp": time.strftime("%Y%m%d-%H%M"), "data": str(args.data),
             "budget": args.budget}
-    runs = []
-    for round_ in range(args.rounds):
-        for setting in chosen:
-            run = run_in_child(args, setting)
-            runs.append(run)
-            rate = "failed" if "failed" in run else f"{per_cpu_minute(run):.1f} comparisons per CPU-minute"
-            print(f"round {round_ + 1}, {setting}: {rate}", flush=True)
+    if args.filed_at:
+        head["filed_at"] = args.filed_at
+    with filed_checkout(args.filed_at) as filed_source:
+        runs = all_runs(args, chosen, filed_source)
     head["load_after"] = load_average()
     totals = summary(runs)
     text = markdown(head, runs, totals)

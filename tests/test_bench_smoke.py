@@ -146,7 +146,8 @@ def test_the_throughput_bench_trains_each_setting_in_its_own_process_and_gives_r
     import throughput
 
     code = throughput.main(["--model", str(tiny_model_dir), "--data", str(demo_path), "--budget", "20s",
-                            "--rounds", "1", "--settings", "filed,default", "--results", str(tmp_path)])
+                            "--rounds", "1", "--settings", "filed,default", "--results", str(tmp_path),
+                            "--filed-at", "HEAD"])
     assert code == 0
     record = json.loads(next(tmp_path.glob("*_throughput.json")).read_text())
     runs = {run["setting"]: run for run in record["runs"]}
@@ -155,3 +156,7 @@ def test_the_throughput_bench_trains_each_setting_in_its_own_process_and_gives_r
     assert all(run["comparisons"] > 0 and 0 < run["wall_s"] <= 20 * 1.1 + 15 for run in runs.values())
     assert record["summary"]["filed"]["ratio_to_filed"] == 1.0 and set(record["summary"]) == {"filed", "default"}
     assert "| default |" in capsys.readouterr().out
+    root = Path(__file__).resolve().parents[1]
+    assert Path(runs["default"]["rmcore_file"]).is_relative_to(root)
+    assert not Path(runs["filed"]["rmcore_file"]).is_relative_to(root), "filed ran the worktree's rmcore"
+    assert record["header"]["filed_at"] == "HEAD"
