@@ -25,6 +25,7 @@ values, for the cache.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -59,13 +60,11 @@ class PackedLayout:
     def to(self, device) -> PackedLayout:
         return self  # plain lengths; masks are made on the device that asks for them
 
+    @functools.cached_property
     def rows(self) -> list[list[tuple[int, list[int]]]]:
-        """Each row's groups, as (prompt length, response lengths)."""
-        groups = list(zip(self.prompt_lengths, self.response_lengths))
-        if self.groups_per_row is None:
-            return [[group] for group in groups]
-        starts = [sum(self.groups_per_row[:row]) for row in range(len(self.groups_per_row))]
-        return [groups[start : start + n] for start, n in zip(starts, self.groups_per_row)]
+        """Each row's groups, as (prompt length, response lengths): worked out once, read by every layer."""
+        groups = iter(zip(self.prompt_lengths, self.response_lengths))
+        return [[next(groups) for _ in range(n)] for n in self.groups_per_row or [1] * len(self.prompt_lengths)]
 
 
 def _sdpa(query, key, value, *, mask, causal: bool, dropout: float, scaling):
@@ -95,7 +94,7 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
     length = query.shape[2]
     out = []
     # split/unbind rather than slicing: their backward is one cat/stack, not a zero-filled copy per slice
-    for groups, q, k, v in zip(layout.rows(), query.unbind(0), key.unbind(0), value.unbind(0)):
+    for groups, q, k, v in zip(layout.rows, query.unbind(0), key.unbind(0), value.unbind(0)):
         sizes = [n for p, responses in groups for n in (p, *responses)]
         pad = length - sum(sizes)
         q_parts = q.split(sizes + [pad] if pad else sizes, dim=1)  # (H, n, D) each

@@ -9,9 +9,9 @@ compute goes to padding. Training and its held-out evaluation put several groups
 (`row_tokens`: [group 1 | group 2 | ... | padding], up to ROW_TOKENS tokens a row; each group sees only
 itself), which saves most of the padding's share of the linear layers (6-9% of the tokens of
 length-bucketed HH batches of 8, more in evaluation batches, which are not sorted by length). The
-row's block mask grows as its length squared, hence the cap. The batch also
-carries a `PackedLayout` (rmcore.model.attention) with which attention skips the blocks the mask
-forbids, instead of computing and discarding them.
+row's block mask grows as its length squared, hence the cap. The batch also carries a `PackedLayout`
+(rmcore.model.attention) with which attention skips the blocks the mask forbids, instead of computing
+and discarding them.
 """
 
 from __future__ import annotations
